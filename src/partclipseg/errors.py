@@ -1,0 +1,26 @@
+"""Exceptions raised for bad user input.
+
+Each carries a message that names the offending thing (file, class name, checkpoint key, ...).
+They subclass ``ValueError`` so callers that catch ``ValueError`` keep working.
+"""
+from __future__ import annotations
+
+
+class PartCLIPSegError(ValueError):
+    """Base class of every error this package raises on bad input."""
+
+
+class ImageError(PartCLIPSegError):
+    """An image could not be read or has an unusable shape or mode."""
+
+
+class VocabularyError(PartCLIPSegError):
+    """A class name or vocabulary is malformed (no "'s", empty part, duplicate, empty list)."""
+
+
+class CheckpointError(PartCLIPSegError):
+    """A checkpoint file is unreadable, or its keys/shapes do not fit the model."""
+
+
+class ConfigError(PartCLIPSegError):
+    """A configuration is inconsistent or has unknown fields."""

@@ -1,0 +1,168 @@
+"""The CLIPSeg decoder and the two mask heads of PartCLIPSeg.
+
+Shapes: ``B`` images, ``N`` conditioning classes, ``L = 1 + g*g`` tokens, ``D`` = reduce_dim,
+``E`` = projection_dim, ``T`` object-specific classes, ``S = patch * g`` output side.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DecoderConfig
+from .clip import MultiHeadAttention
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm transformer layer with a ReLU MLP (the official code forces ReLU).
+
+    ``x = norm1(x + attn(x))``; ``x = norm2(x + fc2(relu(fc1(x))))``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(x, need_weights=need_weights)
+        x = self.norm1(x + attn_out)
+        x = self.norm2(x + self.fc2(F.relu(self.fc1(x))))
+        return x, weights
+
+
+class MaskHead(nn.Sequential):
+    """Feature map [M, D, g, g] -> mask logits [M, 1, S, S] (S = patch * g).
+
+    Complex variant (rd64-refined): Conv3x3(D, D) - ReLU - ConvT(D, D/2, k=s=patch/4) - ReLU -
+    ConvT(D/2, 1, k=s=patch/4). Simple variant: ConvT(D, 1, k=s=patch).
+    """
+
+    def __init__(self, dim: int, patch_size: int, complex_head: bool) -> None:
+        if complex_head:
+            k = patch_size // 4
+            super().__init__(
+                nn.Conv2d(dim, dim, kernel_size=3, padding=1), nn.ReLU(),
+                nn.ConvTranspose2d(dim, dim // 2, kernel_size=k, stride=k), nn.ReLU(),
+                nn.ConvTranspose2d(dim // 2, 1, kernel_size=k, stride=k))
+        else:
+            super().__init__(nn.ConvTranspose2d(dim, 1, kernel_size=patch_size, stride=patch_size))
+
+
+class CLIPSegDecoder(nn.Module):
+    """Class-conditioned shared decoder.
+
+    ``forward(activations, class_embeddings)``: ``activations`` is the list of vision activations
+    [B, L, C] in extraction order (shallow to deep); they are consumed deepest first. Each reduced
+    activation is computed once per image and broadcast over the ``N`` classes (the official code
+    repeats the activations N times first; the numbers are the same). FiLM with the class embedding
+    [N, E] is applied before decoder layer ``conditional_layer``.
+
+    Returns ``features`` [B, N, L, D] (CLS included), the per-layer attentions [B, N, H, L, L] when
+    ``need_weights`` and the per-layer hidden states [B, N, L, D] when ``need_hidden_states``.
+    """
+
+    def __init__(self, config: DecoderConfig, vision_dim: int, projection_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        d = config.reduce_dim
+        self.film_mul = nn.Linear(projection_dim, d)
+        self.film_add = nn.Linear(projection_dim, d)
+        self.reduces = nn.ModuleList(nn.Linear(vision_dim, d) for _ in config.extract_layers)
+        self.layers = nn.ModuleList(
+            DecoderLayer(d, config.num_heads, config.intermediate_size, config.layer_norm_eps)
+            for _ in config.extract_layers)
+
+    def forward(self, activations: list[torch.Tensor], class_embeddings: torch.Tensor,
+                need_weights: bool = False, need_hidden_states: bool = False):
+        b = activations[0].shape[0]
+        n = class_embeddings.shape[0]
+        x = None
+        attentions: list[torch.Tensor] = []
+        hidden_states: list[torch.Tensor] = []
+        for i, (activation, reduce, layer) in enumerate(zip(activations[::-1], self.reduces, self.layers)):
+            reduced = reduce(activation)  # [B, L, D], once per image
+            if x is None:
+                x = reduced[:, None].expand(b, n, *reduced.shape[1:])
+            else:
+                x = reduced[:, None] + x.view(b, n, *x.shape[1:])
+            if i == self.config.conditional_layer:
+                x = self.film_mul(class_embeddings)[None, :, None] * x + self.film_add(class_embeddings)[None, :, None]
+            x = x.reshape(b * n, *x.shape[2:])
+            x, weights = layer(x, need_weights=need_weights)
+            if need_weights:
+                attentions.append(weights.view(b, n, *weights.shape[1:]))
+            if need_hidden_states:
+                hidden_states.append(x.view(b, n, *x.shape[1:]))
+        features = x.view(b, n, *x.shape[1:])
+        return features, tuple(attentions) or None, tuple(hidden_states) or None
+
+
+def tokens_to_maps(features: torch.Tensor) -> torch.Tensor:
+    """[..., 1 + g*g, D] (CLS first) -> channel-first maps [..., D, g, g]."""
+    *lead, tokens, d = features.shape
+    g = int(round((tokens - 1) ** 0.5))
+    maps = features[..., 1:, :].transpose(-1, -2)
+    return maps.reshape(*lead, d, g, g)
+
+
+class ObjectPartHead(nn.Module):
+    """Object-specific part head (SPEC §1.8).
+
+    For each object-specific class t with generalized part ``p(t)`` and object ``o(t)``:
+
+    * visual: ``fuse([F[p(t)], F[P + o(t)]])`` (Linear 2D -> D per pixel), where F are the decoder
+      maps of the N = P + O + 1 classes; the extra last row uses ``[F[N-1], F[N-1]]`` (background);
+    * text: ``r = text_fuse([E[o'(t)], E[p(t)]])`` (Linear 2E -> E) — object half first, where
+      ``o'(t) = o(t)`` when ``object_text_index_offset_bug`` (official) else ``P + o(t)``; last row
+      ``[E[N-1], E[N-1]]``;
+    * FiLM: ``film_mul(r) * fused + film_add(r)``, then ``mask_head`` -> [B, T+1, S, S].
+
+    The Linear over the concatenated visual pair is split into its two halves, each applied to the N
+    shared maps once and gathered per class (identical to concatenating first, up to float rounding).
+    """
+
+    def __init__(self, dim: int, projection_dim: int, patch_size: int, complex_head: bool) -> None:
+        super().__init__()
+        self.visual_fuse = nn.Linear(2 * dim, dim)
+        self.text_fuse = nn.Linear(2 * projection_dim, projection_dim)
+        self.film_mul = nn.Linear(projection_dim, dim)
+        self.film_add = nn.Linear(projection_dim, dim)
+        self.mask_head = MaskHead(dim, patch_size, complex_head)
+
+    def class_conditions(self, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
+                         text_to_object: torch.Tensor, num_parts: int,
+                         object_index_offset_bug: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """FiLM scale and shift, each [T+1, D], from the class embeddings [N, E] (image independent)."""
+        n = class_embeddings.shape[0]
+        obj_rows = text_to_object if object_index_offset_bug else text_to_object + num_parts
+        bg = torch.tensor([n - 1], device=class_embeddings.device)
+        first = torch.cat([obj_rows, bg])
+        second = torch.cat([text_to_part, bg])
+        r = self.text_fuse(torch.cat([class_embeddings[first], class_embeddings[second]], dim=-1))
+        return self.film_mul(r), self.film_add(r)
+
+    def forward(self, maps: torch.Tensor, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
+                text_to_object: torch.Tensor, num_parts: int, object_index_offset_bug: bool = True,
+                conditions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``maps`` [B, N, D, g, g] -> object-specific logits [B, T+1, S, S]."""
+        b, n, d, g, _ = maps.shape
+        if conditions is None:
+            conditions = self.class_conditions(class_embeddings, text_to_part, text_to_object, num_parts,
+                                               object_index_offset_bug)
+        scale, shift = conditions
+        pixels = maps.permute(0, 1, 3, 4, 2)  # [B, N, g, g, D]
+        w_part, w_obj = self.visual_fuse.weight[:, :d], self.visual_fuse.weight[:, d:]
+        part_side = pixels @ w_part.T  # [B, N, g, g, D]
+        obj_side = pixels @ w_obj.T
+        bg = torch.tensor([n - 1], device=maps.device)
+        part_rows = torch.cat([text_to_part, bg])
+        obj_rows = torch.cat([text_to_object + num_parts, bg])
+        fused = part_side[:, part_rows] + obj_side[:, obj_rows] + self.visual_fuse.bias  # [B, T+1, g, g, D]
+        fused = scale[None, :, None, None] * fused + shift[None, :, None, None]
+        t1 = fused.shape[1]
+        logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t1, d, g, g))
+        return logits.view(b, t1, *logits.shape[-2:])
