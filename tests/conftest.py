@@ -35,3 +35,30 @@ def ref_dir() -> Path:
 @pytest.fixture(scope="session")
 def ref_vocab(ref_dir: Path) -> dict:
     return json.loads((ref_dir / "vocab_and_losses.json").read_text())
+
+
+def load_reference_model(path: Path):
+    """The official fixture weights (official key names, fp16-exact) in our model, float32, eval."""
+    from safetensors.torch import load_file
+
+    from partclipseg.config import PartCLIPSegConfig
+    from partclipseg.model import build_model
+    from partclipseg.weights import convert_official_state_dict, load_state_dict_checked
+
+    config = PartCLIPSegConfig.load(path / "config.json")
+    model = build_model(config)
+    load_state_dict_checked(model, convert_official_state_dict(load_file(str(path / "model.safetensors"))), str(path))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ref_model(ref_dir: Path):
+    return load_reference_model(ref_dir)
+
+
+@pytest.fixture(scope="session")
+def ref_tensors(ref_dir: Path):
+    """name -> dict of tensors for inputs/outputs/train/infer safetensors files present in the folder."""
+    from safetensors.torch import load_file
+
+    return {p.stem: load_file(str(p)) for p in sorted(ref_dir.glob("*.safetensors")) if p.stem != "model"}

@@ -85,6 +85,24 @@ class CLIPSegCore(nn.Module):
         self.class_head = MaskHead(config.decoder.reduce_dim, v.patch_size,
                                    config.decoder.complex_transposed_convolution)
 
+    # ------------------------------------------------------------------ weights I/O
+    @classmethod
+    def from_pretrained(cls, source, **kwargs) -> "CLIPSegCore":
+        """Load a saved folder, a hub id or an official ``.pth`` (see ``partclipseg.weights.load_pretrained``)."""
+        from ..errors import CheckpointError
+        from ..weights import load_pretrained
+
+        model = load_pretrained(source, **kwargs)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{source} holds a {type(model).__name__} model, not a {cls.__name__}")
+        return model
+
+    def save_pretrained(self, directory):
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+        from ..weights import save_pretrained
+
+        return save_pretrained(self, directory)
+
     # ------------------------------------------------------------------ encoders
     def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ImageFeatures:
         """pixel_values [B, 3, S, S] -> activations at ``extract_layers`` (+ visual adapter)."""
