@@ -324,3 +324,28 @@ def _download(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NA
 __all__ = ["save_pretrained", "load_pretrained", "load_official_checkpoint", "init_from_clipseg",
            "map_official_key", "convert_official_state_dict", "load_state_dict_checked", "strip_prefix",
            "PartCLIPSeg", "CLIPSegBaseline"]
+
+
+# ---------------------------------------------------------------------------- built-in default
+DEFAULT_MODEL_DIR = Path(__file__).parent / "resources" / "default_model"
+
+
+def default_model_available() -> bool:
+    return (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file() and (DEFAULT_MODEL_DIR / WEIGHTS_NAME).is_file()
+
+
+def load_default_model() -> CLIPSegCore:
+    """The model shipped in the package; while none is shipped, a tiny model with RANDOM weights
+    (seed 0), with a warning that its masks mean nothing."""
+    if default_model_available():
+        return load_pretrained(DEFAULT_MODEL_DIR)
+    import warnings
+
+    warnings.warn("no trained default model is bundled yet: using a tiny model with RANDOM weights; its masks are "
+                  "meaningless. Pass --model / model= with real weights.", UserWarning, stacklevel=2)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        return build_model(get_config("tiny-fast")).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)

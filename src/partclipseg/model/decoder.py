@@ -147,8 +147,13 @@ class ObjectPartHead(nn.Module):
 
     def forward(self, maps: torch.Tensor, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
                 text_to_object: torch.Tensor, num_parts: int, object_index_offset_bug: bool = True,
-                conditions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``maps`` [B, N, D, g, g] -> object-specific logits [B, T+1, S, S]."""
+                conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
+                chunk_size: int | None = None) -> torch.Tensor:
+        """``maps`` [B, N, D, g, g] -> object-specific logits [B, T+1, S, S].
+
+        ``chunk_size`` bounds how many classes go through the mask head at once (memory); the result
+        does not depend on it.
+        """
         b, n, d, g, _ = maps.shape
         if conditions is None:
             conditions = self.class_conditions(class_embeddings, text_to_part, text_to_object, num_parts,
@@ -161,8 +166,14 @@ class ObjectPartHead(nn.Module):
         bg = torch.tensor([n - 1], device=maps.device)
         part_rows = torch.cat([text_to_part, bg])
         obj_rows = torch.cat([text_to_object + num_parts, bg])
-        fused = part_side[:, part_rows] + obj_side[:, obj_rows] + self.visual_fuse.bias  # [B, T+1, g, g, D]
-        fused = scale[None, :, None, None] * fused + shift[None, :, None, None]
-        t1 = fused.shape[1]
-        logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t1, d, g, g))
-        return logits.view(b, t1, *logits.shape[-2:])
+        t1 = part_rows.shape[0]
+        step = chunk_size or t1
+        outputs = []
+        for start in range(0, t1, step):
+            rows = slice(start, start + step)
+            fused = part_side[:, part_rows[rows]] + obj_side[:, obj_rows[rows]] + self.visual_fuse.bias
+            fused = scale[None, rows, None, None] * fused + shift[None, rows, None, None]  # [B, t, g, g, D]
+            t = fused.shape[1]
+            logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t, d, g, g))
+            outputs.append(logits.view(b, t, *logits.shape[-2:]))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

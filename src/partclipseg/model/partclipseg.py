@@ -126,15 +126,35 @@ class CLIPSegCore(nn.Module):
         return torch.cat([text_features, self.non_object_embedding.to(text_features.dtype)], dim=0)
 
     def decode_features(self, features: ImageFeatures, class_embeddings: torch.Tensor,
-                        output_attentions: bool = False, output_hidden_states: bool = False):
-        """Shared decoder -> (maps [B, N, D, g, g], class logits [B, N, S, S], attentions, hidden states)."""
-        tokens, attentions, hidden = self.decoder(features.activations, class_embeddings,
-                                                  need_weights=output_attentions,
-                                                  need_hidden_states=output_hidden_states)
-        maps = tokens_to_maps(tokens)
-        b, n, d, g, _ = maps.shape
-        logits = self.class_head(maps.reshape(b * n, d, g, g))
-        return maps, logits.view(b, n, *logits.shape[-2:]), attentions, hidden
+                        output_attentions: bool = False, output_hidden_states: bool = False,
+                        chunk_size: int | None = None):
+        """Shared decoder -> (maps [B, N, D, g, g], class logits [B, N, S, S], attentions, hidden states).
+
+        Classes are decoded independently, so ``chunk_size`` (classes per pass, for memory) does not
+        change the result.
+        """
+        n = class_embeddings.shape[0]
+        step = chunk_size or n
+        parts = []
+        for start in range(0, n, step):
+            tokens, attentions, hidden = self.decoder(features.activations, class_embeddings[start:start + step],
+                                                      need_weights=output_attentions,
+                                                      need_hidden_states=output_hidden_states)
+            maps = tokens_to_maps(tokens)
+            parts.append((maps, self._class_logits(maps), attentions, hidden))
+        if len(parts) == 1:
+            return parts[0]
+        maps = torch.cat([p[0] for p in parts], dim=1)
+        logits = torch.cat([p[1] for p in parts], dim=1)
+        attentions = tuple(torch.cat(ls, dim=1) for ls in zip(*[p[2] for p in parts])) if output_attentions else None
+        hidden = tuple(torch.cat(ls, dim=1) for ls in zip(*[p[3] for p in parts])) if output_hidden_states else None
+        return maps, logits, attentions, hidden
+
+    def _class_logits(self, maps: torch.Tensor) -> torch.Tensor:
+        """Class head: maps [B, C, D, g, g] -> logits [B, C, S, S]."""
+        b, c, d, g, _ = maps.shape
+        logits = self.class_head(maps.reshape(b * c, d, g, g))
+        return logits.view(b, c, *logits.shape[-2:])
 
 
 class PartCLIPSeg(CLIPSegCore):
@@ -148,20 +168,23 @@ class PartCLIPSeg(CLIPSegCore):
 
     def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
                text_to_object: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False,
-               conditions: tuple[torch.Tensor, torch.Tensor] | None = None) -> SegmentationOutput:
+               conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
+               chunk_size: int | None = None) -> SegmentationOutput:
         """Decode image features for a vocabulary.
 
         ``class_embeddings`` [N, E] (P parts, O objects, non-object); ``text_to_part`` / ``text_to_object``
         [T] index the object-specific classes into parts (0..P-1) and objects (0..O-1). ``conditions``
         may carry precomputed ``object_part_head.class_conditions`` (they depend on text only).
+        ``chunk_size`` bounds the classes decoded at once (memory only; results are unchanged).
         """
         text_to_part, text_to_object = _index(text_to_part, class_embeddings), _index(text_to_object, class_embeddings)
         num_parts = class_embeddings.shape[0] - 1 - (int(text_to_object.max()) + 1 if text_to_object.numel() else 0)
         maps, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
-                                                                output_hidden_states)
+                                                                output_hidden_states, chunk_size)
         object_part_logits = self.object_part_head(
             maps, class_embeddings, text_to_part, text_to_object, num_parts,
-            object_index_offset_bug=self.config.official.object_text_index_offset_bug, conditions=conditions)
+            object_index_offset_bug=self.config.official.object_text_index_offset_bug, conditions=conditions,
+            chunk_size=chunk_size)
         return SegmentationOutput(logits, object_part_logits, class_embeddings, attentions, hidden,
                                   features.hidden_states)
 
@@ -179,9 +202,10 @@ class CLIPSegBaseline(CLIPSegCore):
     """The CLIPSeg baseline (SPEC §7): one prompt per object-specific class, background last."""
 
     def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, output_attentions: bool = False,
-               output_hidden_states: bool = False) -> SegmentationOutput:
+               output_hidden_states: bool = False, chunk_size: int | None = None) -> SegmentationOutput:
+        """Decode image features for class embeddings [T+1, E] (T prompts + non-object)."""
         _, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
-                                                             output_hidden_states)
+                                                             output_hidden_states, chunk_size)
         return SegmentationOutput(logits, None, class_embeddings, attentions, hidden, features.hidden_states)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

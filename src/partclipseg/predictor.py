@@ -1,0 +1,346 @@
+"""The Predictor: embed an image once, answer any number of vocabularies and prompts (the SAM pattern).
+
+    predictor = Predictor.from_pretrained("path/to/model")
+    predictor.set_image("dog.jpg")                       # vision tower runs once
+    result = predictor.predict(["dog's head", "dog's leg", "dog's tail"])   # Pred-All
+    result = predictor.predict(vocab, point=(120, 80))   # the parts of the object under the point
+
+Text features are cached per vocabulary (a new image with the same vocabulary re-encodes no text),
+and the decoder output of the last (image, vocabulary) pair is kept, so changing only the prompt
+re-runs post-processing alone.
+
+Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
+
+* **pred-all** (no prompt): the object head's argmax picks, per pixel, an object or background; the
+  pixel gets the best part of that object (SPEC §4.2).
+* **oracle-obj** (``object_name`` given, ``object_mask`` optional): every pixel gets the best part of
+  the given object(s) (SPEC §4.1); with ``object_mask`` the pixels outside the mask are background.
+* **mask** (``object_mask`` without ``object_name``): the object with the highest mean object score
+  inside the mask is chosen; the mask's pixels get that object's best part.
+* **box** ``(x0, y0, x1, y1)`` in pixels (x1, y1 exclusive): the object with the highest mean object
+  score inside the box is chosen; its region is the box's pixels where the object head (Pred-All)
+  picks that object; the region gets the object's parts, the rest is background.
+* **point** ``(x, y)``: the object with the highest object score at the point is chosen; its region is
+  the 8-connected area around the point where the object head picks that object.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import PartCLIPSegError, VocabularyError
+from .model import CLIPSegBaseline, CLIPSegCore, ImageFeatures, PartCLIPSeg
+from .postprocess import ProtocolOutput, connected_component, object_conditioned, pred_all, upsample
+from .preprocess import load_image, preprocess
+from .result import PartSegmentation
+from .tokenizer import get_tokenizer
+from .vocabulary import Vocabulary
+
+PROTOCOLS = ("pred-all", "oracle-obj")
+
+
+@dataclass
+class EncodedVocabulary:
+    """Text-side tensors of a vocabulary (image independent, cached)."""
+
+    vocabulary: Vocabulary
+    class_embeddings: torch.Tensor  # [N, E]
+    text_to_part: torch.Tensor  # [T]
+    text_to_object: torch.Tensor  # [T]
+    conditions: tuple[torch.Tensor, torch.Tensor] | None  # object-specific FiLM [T+1, D] x 2
+
+
+class Predictor:
+    """Wraps a model; see the module docstring. ``chunk_size`` bounds classes decoded at once."""
+
+    def __init__(self, model: CLIPSegCore, *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, chunk_size: int | None = 64, max_cached_vocabularies: int = 8):
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        self.model = model.eval()
+        self.config = model.config
+        self.chunk_size = chunk_size
+        self.max_cached_vocabularies = max_cached_vocabularies
+        self._text_cache: OrderedDict[tuple[str, ...], EncodedVocabulary] = OrderedDict()
+        self._images: list[np.ndarray] = []
+        self._features: ImageFeatures | None = None
+        self._decoded: tuple[tuple[str, ...], Any] | None = None
+
+    @classmethod
+    def from_pretrained(cls, source=None, *, device=None, dtype=None, **kwargs) -> "Predictor":
+        """A Predictor on a saved folder / hub id / official ``.pth`` (``None``: the built-in default model)."""
+        from .weights import load_default_model, load_pretrained
+
+        model = load_default_model() if source is None else load_pretrained(source)
+        return cls(model, device=device, dtype=dtype, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_baseline(self) -> bool:
+        return isinstance(self.model, CLIPSegBaseline)
+
+    # ------------------------------------------------------------------ images
+    def set_image(self, image: Any) -> None:
+        """Embed one image (path, PIL image, HWC array or tensor; see ``preprocess.load_image``)."""
+        self.set_images([image])
+
+    @torch.inference_mode()
+    def set_images(self, images: Sequence[Any]) -> None:
+        """Embed a batch of images; ``predict(image_index=i)`` then answers for image ``i``."""
+        arrays = [load_image(image) for image in images]
+        if not arrays:
+            raise PartCLIPSegError("no images given")
+        pixels = preprocess(arrays, self.config.image_size, mean=self.config.image_mean, std=self.config.image_std)
+        self._features = self.model.encode_image(pixels.to(self.device))
+        self._images = arrays
+        self._decoded = None
+
+    # ------------------------------------------------------------------ text
+    @torch.inference_mode()
+    def encode_vocabulary(self, vocabulary: Vocabulary | str | Sequence[str]) -> EncodedVocabulary:
+        """Tokenise and encode a vocabulary's prompts once (LRU-cached by class names)."""
+        vocab = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary.parse(vocabulary)
+        key = vocab.object_specific_classes
+        cached = self._text_cache.get(key)
+        if cached is not None:
+            self._text_cache.move_to_end(key)
+            return cached
+        prompts = vocab.baseline_prompts if self.is_baseline else vocab.prompts
+        ids, mask = get_tokenizer()(list(prompts), padding="longest")
+        embeddings = self.model.class_embeddings(self.model.encode_text(ids.to(self.device), mask.to(self.device)))
+        to_part = torch.tensor(vocab.text_to_part, device=self.device)
+        to_object = torch.tensor(vocab.text_to_object, device=self.device)
+        conditions = None
+        if isinstance(self.model, PartCLIPSeg):
+            conditions = self.model.object_part_head.class_conditions(
+                embeddings, to_part, to_object, vocab.num_parts, self.config.official.object_text_index_offset_bug)
+        encoded = EncodedVocabulary(vocab, embeddings, to_part, to_object, conditions)
+        self._text_cache[key] = encoded
+        while len(self._text_cache) > self.max_cached_vocabularies:
+            self._text_cache.popitem(last=False)
+        return encoded
+
+    # ------------------------------------------------------------------ decoding
+    @torch.inference_mode()
+    def _decode(self, encoded: EncodedVocabulary):
+        """Decoder output for all embedded images and this vocabulary (the last pair is kept)."""
+        key = encoded.vocabulary.object_specific_classes
+        if self._decoded is not None and self._decoded[0] == key:
+            return self._decoded[1]
+        if self._features is None:
+            raise PartCLIPSegError("no image set: call set_image() first")
+        if isinstance(self.model, PartCLIPSeg):
+            out = self.model.decode(self._features, encoded.class_embeddings, encoded.text_to_part,
+                                    encoded.text_to_object, conditions=encoded.conditions, chunk_size=self.chunk_size)
+        else:
+            out = self.model.decode(self._features, encoded.class_embeddings, chunk_size=self.chunk_size)
+        self._decoded = (key, out)
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def predict(self, vocabulary: Vocabulary | str | Sequence[str], *, protocol: str | None = None,
+                object_mask: np.ndarray | None = None, object_name: str | Sequence[str] | None = None,
+                box: Sequence[float] | None = None, point: Sequence[float] | None = None,
+                return_scores: bool = False, attention_for: Sequence[str] | None = None,
+                image_index: int = 0) -> PartSegmentation:
+        """Segment the parts of image ``image_index`` for ``vocabulary``; see the module docstring."""
+        encoded = self.encode_vocabulary(vocabulary)
+        vocab = encoded.vocabulary
+        if not self._images:
+            raise PartCLIPSegError("no image set: call set_image() first")
+        if not 0 <= image_index < len(self._images):
+            raise PartCLIPSegError(f"image_index {image_index} out of range ({len(self._images)} image(s) set)")
+        image = self._images[image_index]
+        size = image.shape[:2]
+        mode = _check_prompts(protocol, object_mask, object_name, box, point)
+        out = self._decode(encoded)
+        logits = out.logits[image_index]
+        part_logits = out.object_part_logits[image_index] if out.object_part_logits is not None else None
+        selected = None
+        if self.is_baseline:
+            result = self._baseline(logits, encoded, size, mode, object_mask, object_name, return_scores)
+        elif mode == "pred-all":
+            result = pred_all(logits, part_logits, encoded.text_to_object, vocab.num_parts, size, return_scores)
+        else:
+            objects, region = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name, box, point)
+            selected = ", ".join(vocab.objects[o] for o in objects)
+            result = object_conditioned(logits, part_logits, encoded.text_to_object, vocab.num_parts, size,
+                                        objects, region, return_scores)
+        segmentation = _to_result(result, vocab, image, mode, selected)
+        for name in attention_for or ():
+            segmentation.attention[name] = self._attention_map(encoded, name, segmentation, image_index)
+        return segmentation
+
+    def predict_batch(self, images: Sequence[Any], vocabulary, *, batch_size: int = 4, **kwargs) -> list[PartSegmentation]:
+        """Embed and segment many images, ``batch_size`` at a time (same vocabulary and options)."""
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            self.set_images(chunk)
+            results.extend(self.predict(vocabulary, image_index=i, **kwargs) for i in range(len(chunk)))
+        return results
+
+    # ------------------------------------------------------------------ helpers
+    def _objects_and_region(self, mode, vocab: Vocabulary, logits, size, object_mask, object_name, box, point):
+        num_parts = vocab.num_parts
+        obj_scores = torch.sigmoid(upsample(logits[num_parts:], size))  # [O+1, H, W]
+        region = None
+        if object_mask is not None:
+            region = _mask_tensor(object_mask, size, self.device)
+        if mode == "oracle-obj":
+            names = [object_name] if isinstance(object_name, str) else list(object_name)
+            objects = [_object_index(vocab, n) for n in names]
+            return sorted(set(objects)), region
+        if mode == "mask":
+            if not bool(region.any()):
+                raise PartCLIPSegError("the object mask is empty")
+            inside = obj_scores[:-1, region].mean(1)
+            return [int(inside.argmax())], region
+        object_labels = obj_scores.argmax(0)
+        if mode == "box":
+            x0, y0, x1, y1 = _check_box(box, size)
+            inside = torch.zeros(size, dtype=torch.bool, device=self.device)
+            inside[y0:y1, x0:x1] = True
+            best = int(obj_scores[:-1, inside].mean(1).argmax())
+            return [best], inside & (object_labels == best)
+        x, y = _check_point(point, size)
+        best = int(obj_scores[:-1, y, x].argmax())
+        return [best], connected_component(object_labels == best, (y, x))
+
+    def _baseline(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
+        """CLIPSeg baseline (SPEC §7): Pred-All = plain argmax over T+1; Oracle-Obj zeroes other objects."""
+        vocab = encoded.vocabulary
+        t = len(vocab)
+        scores = torch.sigmoid(upsample(logits, size))
+        region = None
+        if mode == "oracle-obj":
+            names = [object_name] if isinstance(object_name, str) else list(object_name)
+            objects = [_object_index(vocab, n) for n in names]
+            allowed = torch.isin(encoded.text_to_object, torch.tensor(objects, device=scores.device))
+            scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
+            if object_mask is not None:
+                region = _mask_tensor(object_mask, size, self.device)
+        elif mode != "pred-all":
+            raise PartCLIPSegError(f"the CLIPSeg baseline has no object head: '{mode}' prompts need a PartCLIPSeg model")
+        confidence, labels = scores.max(0)
+        if region is not None:
+            labels = torch.where(region, labels, t)
+        owner = torch.cat([encoded.text_to_object, encoded.text_to_object.new_tensor([vocab.num_objects])])
+        part_of = torch.cat([encoded.text_to_part, encoded.text_to_part.new_tensor([vocab.num_parts])])
+        return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores if keep_scores else None)
+
+    @torch.inference_mode()
+    def _attention_map(self, encoded: EncodedVocabulary, name: str, seg: PartSegmentation, image_index: int):
+        """Head-averaged last-layer decoder attention for a class (the paper's Fig. A2), [H, W] in [0, 1].
+
+        PartCLIPSeg: mean of the part's and the object's attention; the query tokens are those inside
+        the class's predicted region (all tokens if it is empty); the key map is min-max normalised and
+        upsampled bilinearly to the image.
+        """
+        vocab = encoded.vocabulary
+        t = vocab.index(name)
+        rows = [t] if self.is_baseline else [vocab.text_to_part[t], vocab.num_parts + vocab.text_to_object[t]]
+        features = self._features.select(slice(image_index, image_index + 1))
+        _, attentions, _ = self.model.decoder(features.activations, encoded.class_embeddings[rows], need_weights=True)
+        attn = attentions[-1][0].float().mean(1).mean(0)[1:, 1:]  # [g*g queries, g*g keys]
+        g = int(round(attn.shape[0] ** 0.5))
+        region = torch.as_tensor(seg.part_labels == t)[None, None].float()
+        queries = torch.nn.functional.interpolate(region, size=(g, g), mode="nearest")[0, 0].flatten() > 0
+        heat = attn[queries].mean(0) if bool(queries.any()) else attn.mean(0)
+        heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-9)
+        return upsample(heat.view(1, g, g), seg.size)[0].clamp(0, 1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------- validation helpers
+def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    prompts = [n for n, v in (("object_mask", object_mask), ("box", box), ("point", point)) if v is not None]
+    if len(prompts) > 1:
+        raise PartCLIPSegError(f"give at most one of object_mask, box and point (got {', '.join(prompts)})")
+    if object_name is not None:
+        if prompts and prompts[0] != "object_mask":
+            raise PartCLIPSegError("object_name goes with object_mask (or alone), not with a box or a point")
+        mode = "oracle-obj"
+    elif prompts:
+        mode = {"object_mask": "mask", "box": "box", "point": "point"}[prompts[0]]
+    else:
+        mode = "pred-all"
+    if protocol == "oracle-obj" and mode != "oracle-obj":
+        raise PartCLIPSegError("the oracle-obj protocol needs object_name (the ground-truth object class)")
+    if protocol == "pred-all" and mode != "pred-all":
+        raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
+    return mode
+
+
+def _object_index(vocab: Vocabulary, name: str) -> int:
+    if name not in vocab.objects:
+        raise VocabularyError(f"object {name!r} has no part classes in the vocabulary (objects: {list(vocab.objects)})")
+    return vocab.objects.index(name)
+
+
+def _mask_tensor(mask, size, device) -> torch.Tensor:
+    array = np.asarray(mask)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[..., 0]
+    if array.shape != tuple(size):
+        raise PartCLIPSegError(f"object mask is {array.shape[1]}x{array.shape[0]} (WxH) but the image is "
+                               f"{size[1]}x{size[0]}")
+    return torch.as_tensor(array > 0, device=device)
+
+
+def _check_box(box, size) -> tuple[int, int, int, int]:
+    h, w = size
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise PartCLIPSegError(f"box must be four numbers x0,y0,x1,y1, got {box!r}") from None
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise PartCLIPSegError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the {w}x{h} image "
+                               f"(need 0 <= x0 < x1 <= {w}, 0 <= y0 < y1 <= {h})")
+    return int(x0), int(y0), max(int(np.ceil(x1)), int(x0) + 1), max(int(np.ceil(y1)), int(y0) + 1)
+
+
+def _check_point(point, size) -> tuple[int, int]:
+    h, w = size
+    try:
+        x, y = (float(v) for v in point)
+    except (TypeError, ValueError):
+        raise PartCLIPSegError(f"point must be two numbers x,y, got {point!r}") from None
+    if not (0 <= x < w and 0 <= y < h):
+        raise PartCLIPSegError(f"point {x:g},{y:g} is outside the {w}x{h} image")
+    return int(x), int(y)
+
+
+def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: str,
+               selected: str | None) -> PartSegmentation:
+    def np_(t):
+        return None if t is None else t.cpu().numpy()
+
+    return PartSegmentation(vocab, image, np_(out.part_labels), np_(out.object_labels),
+                            np_(out.generalized_part_labels), np_(out.part_confidence), mode, selected,
+                            np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores))
+
+
+def segment_parts(image: Any, parts: Vocabulary | str | Sequence[str], model: Any = None, **kwargs) -> list[dict]:
+    """One call: ``[{"label", "mask", "score"}]`` for the parts found in ``image`` (HF pipeline shape).
+
+    ``model``: a Predictor, a model, a folder / hub id / ``.pth``, or None for the built-in default.
+    Keyword arguments go to ``Predictor.predict`` (prompts, protocol).
+    """
+    if isinstance(model, Predictor):
+        predictor = model
+    elif isinstance(model, CLIPSegCore):
+        predictor = Predictor(model)
+    else:
+        predictor = Predictor.from_pretrained(model)
+    predictor.set_image(image)
+    return predictor.predict(parts, **kwargs).segments()
