@@ -1,0 +1,206 @@
+"""Command line: ``partclipseg segment | convert``.
+
+Argument parsing and reporting only; the work is done by the Predictor, the weights module and
+the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
+model or vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from .errors import PartCLIPSegError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary")
+    seg.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    vocab = seg.add_mutually_exclusive_group()
+    vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
+    vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet")
+    seg.add_argument("--object-mask", type=Path, help="PNG mask of the object (non-zero = object)")
+    seg.add_argument("--object", help="object class of --object-mask (Oracle-Obj); without it the model picks")
+    seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
+    seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
+    seg.add_argument("--protocol", choices=["pred-all", "oracle-obj"], default=None)
+    seg.add_argument("--out", type=Path, required=True, help="output folder")
+    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    seg.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    seg.add_argument("--batch-size", type=int, default=1)
+    seg.add_argument("--resume", action="store_true", help="skip images whose outputs exist")
+    seg.add_argument("--scores", action="store_true", help="also save per-class score maps (.scores.npz)")
+    seg.add_argument("--attention", action="append", default=[], metavar="CLASS",
+                     help="also save the decoder attention heatmap of CLASS (repeatable)")
+    seg.add_argument("--rle", action="store_true", help="COCO RLE masks in the JSON (needs pycocotools)")
+    seg.add_argument("--no-overlay", action="store_true")
+
+    conv = sub.add_parser("convert", help="convert an official PartCLIPSeg/CLIPSeg .pth to a saved model folder")
+    conv.add_argument("checkpoint", type=Path)
+    conv.add_argument("out_dir", type=Path)
+    conv.add_argument("--config", default=None,
+                      help="official config JSON (format of reference/tiny/config.json), our config.json, or a "
+                           "preset name (default: clipseg-rd64-refined)")
+    conv.add_argument("--image-size", type=int, default=None, help="processing size (default 352)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "segment":
+            return _segment(args)
+        if args.command == "convert":
+            return _convert(args)
+    except PartCLIPSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+# ---------------------------------------------------------------------------- convert
+def _convert(args) -> int:
+    from .weights import load_pretrained, save_pretrained
+
+    model = load_pretrained(args.checkpoint, config=args.config)
+    if args.image_size is not None:
+        model.config.image_size = args.image_size
+        model.config.validate()
+    save_pretrained(model, args.out_dir)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out_dir}/config.json and model.safetensors ({type(model).__name__}, {n:,} parameters)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- segment
+def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and glob patterns -> (paths, problems)."""
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._"))
+            if not found:
+                problems.append(f"{item}: folder has no images")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                problems.append(f"{item}: no such file")
+            paths.extend(matches)
+    unique = list(dict.fromkeys(paths))
+    return unique, problems
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names: the file stem, made unique with the parent folder name when stems collide."""
+    stems = [p.stem for p in paths]
+    out = []
+    for p, stem in zip(paths, stems):
+        out.append(stem if stems.count(stem) == 1 else f"{p.parent.name}__{stem}")
+    return out
+
+
+def _segment(args) -> int:
+    import torch
+
+    from .predictor import Predictor
+    from .preprocess import load_image
+    from .vocabulary import Vocabulary
+    from .outputs import outputs_complete, write_outputs
+
+    paths, problems = expand_inputs(args.images)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if args.vocab:
+        vocabulary = Vocabulary.from_benchmark(args.vocab)
+    elif args.parts:
+        vocabulary = Vocabulary.parse(args.parts)
+    else:
+        raise PartCLIPSegError("give the parts to find: --parts \"dog's head, dog's leg\" or --vocab NAME")
+    if args.object and args.object not in vocabulary.objects:
+        raise PartCLIPSegError(f"--object {args.object!r} has no part classes in the vocabulary "
+                               f"(objects: {', '.join(vocabulary.objects)})")
+    if args.batch_size < 1:
+        raise PartCLIPSegError("--batch-size must be >= 1")
+    mask = None
+    if args.object_mask is not None:
+        mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            predictor = Predictor.from_pretrained(args.model, device=device, dtype=dtype)
+        except RuntimeError as exc:  # e.g. CUDA asked for but not available
+            raise PartCLIPSegError(f"cannot put the model on {device!r}: {exc}") from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    stems = output_stems(paths)
+    todo = [(p, s) for p, s in zip(paths, stems) if not (args.resume and outputs_complete(args.out, s))]
+    skipped = len(paths) - len(todo)
+    if skipped:
+        print(f"resume: {skipped} image(s) already done", file=sys.stderr)
+    failures = len(problems)
+    done = 0
+    predict_kwargs = dict(protocol=args.protocol, object_mask=mask, object_name=args.object, box=args.box,
+                          point=args.point, return_scores=args.scores, attention_for=args.attention or None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="img", disable=len(todo) < 2, file=sys.stderr)
+    for start in range(0, len(todo), args.batch_size):
+        batch, arrays = [], []
+        for path, stem in todo[start:start + args.batch_size]:
+            try:
+                arrays.append(load_image(path))
+                batch.append((path, stem))
+            except PartCLIPSegError as exc:
+                failures += 1
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+                bar.update(1)
+        if not arrays:
+            continue
+        predictor.set_images(arrays)
+        for i, (path, stem) in enumerate(batch):
+            try:
+                result = predictor.predict(vocabulary, image_index=i, **predict_kwargs)
+                write_outputs(result, args.out, stem, overlay=not args.no_overlay, scores=args.scores, rle=args.rle,
+                              source=str(path))
+                done += 1
+            except PartCLIPSegError as exc:
+                failures += 1
+                tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
+            bar.update(1)
+    bar.close()
+    print(json.dumps({"processed": done, "skipped": skipped, "failed": failures, "out": str(args.out)}))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
