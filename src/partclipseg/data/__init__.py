@@ -1,0 +1,1 @@
+"""Benchmark datasets: readers for the published layouts, evaluation samples, synthetic generators."""
