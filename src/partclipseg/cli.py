@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--rle", action="store_true", help="COCO RLE masks in the JSON (needs pycocotools)")
     seg.add_argument("--no-overlay", action="store_true")
 
+    ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
+    ev.add_argument("--dataset", required=True, choices=["pascal_part_116", "ade20k_part_234", "partimagenet"])
+    ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
+    ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    ev.add_argument("--protocol", choices=["pred-all", "oracle-obj"], required=True)
+    ev.add_argument("--train-dataset", default=None, help="for cross-dataset runs: the dataset the model was trained on")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--out", type=Path, required=True, help="results JSON (work files go to OUT.work/)")
+    ev.add_argument("--clean-gt", action="store_true",
+                    help="use the annotation as is (default: the official 800-short-side GT round trip)")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ev.add_argument("--no-progress", action="store_true")
+
     conv = sub.add_parser("convert", help="convert an official PartCLIPSeg/CLIPSeg .pth to a saved model folder")
     conv.add_argument("checkpoint", type=Path)
     conv.add_argument("out_dir", type=Path)
@@ -72,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
     except PartCLIPSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +108,21 @@ def _convert(args) -> int:
     save_pretrained(model, args.out_dir)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out_dir}/config.json and model.safetensors ({type(model).__name__}, {n:,} parameters)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _evaluate(args) -> int:
+    import torch
+
+    from .eval_runner import evaluate
+
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    results = evaluate(args.dataset, args.root, args.model, args.protocol, args.out, train_dataset=args.train_dataset,
+                       limit=args.limit, gt_resize_quirk=not args.clean_gt, device=args.device, dtype=dtype,
+                       progress=not args.no_progress)
+    if results is not None:
+        print(f"wrote {args.out}")
     return 0
 
 
