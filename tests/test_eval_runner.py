@@ -123,3 +123,13 @@ def test_malformed_dataset_gives_a_clear_error(capsys, model_dir, tmp_path):
                  "--protocol", "pred-all", "--out", str(tmp_path / "r.json"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and victim.stem in err and "Traceback" not in err
+
+
+def test_prepare_partimagenet_command(capsys, model_dir, tmp_path):
+    source = synthetic.make_partimagenet_original(tmp_path / "PartImageNet_Seg")
+    before = sorted(p.relative_to(source) for p in Path(source).rglob("*"))
+    assert main(["prepare-partimagenet", str(source), str(tmp_path / "PartImageNet")]) == 0
+    capsys.readouterr()
+    assert sorted(p.relative_to(source) for p in Path(source).rglob("*")) == before  # source untouched
+    results = _evaluate(capsys, model_dir, tmp_path / "PartImageNet", "partimagenet", "oracle-obj", tmp_path / "r.json")
+    assert results["evaluated_samples"] > 0

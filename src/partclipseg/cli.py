@@ -1,4 +1,4 @@
-"""Command line: ``partclipseg segment | convert``.
+"""Command line: ``partclipseg segment | evaluate | convert | prepare-partimagenet``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--no-progress", action="store_true")
 
+    prep = sub.add_parser("prepare-partimagenet",
+                          help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)")
+    prep.add_argument("source", type=Path, help="the extracted PartImageNet_Seg folder")
+    prep.add_argument("out", type=Path, help="a new (or empty) output folder")
+    prep.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
+
     conv = sub.add_parser("convert", help="convert an official PartCLIPSeg/CLIPSeg .pth to a saved model folder")
     conv.add_argument("checkpoint", type=Path)
     conv.add_argument("out_dir", type=Path)
@@ -88,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "prepare-partimagenet":
+            from .data.partimagenet_preprocess import preprocess_partimagenet
+
+            print(json.dumps(preprocess_partimagenet(args.source, args.out, link=not args.copy), indent=1))
+            return 0
     except PartCLIPSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
