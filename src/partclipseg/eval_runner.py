@@ -104,6 +104,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
     from .evaluation import ConfusionAccumulator, compute_metrics, format_table, from_sparse, sample_confusion, to_sparse
     from .model import CLIPSegCore
     from .predictor import Predictor
+    from .preprocess import load_image
     from .vocabulary import Vocabulary, load_benchmark_info
 
     if protocol not in PROTOCOLS:
@@ -152,7 +153,8 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
                 _append(handle, {"sample_id": ref.sample_id, "skipped": "no labelled part pixel"})
             else:
                 if sample.image_path != current_image:
-                    predictor.set_image(sample.image_path)
+                    # raw pixel frame (no EXIF rotation), like the labels and the official inference
+                    predictor.set_image(load_image(sample.image_path, exif_transpose=False))
                     current_image = sample.image_path
                 kwargs = {}
                 if protocol == "oracle-obj":
