@@ -211,3 +211,20 @@ def test_bfloat16_runs_close_to_float32(images):
     got = bf16.predict(VOCAB, return_scores=True)
     assert np.abs(got.object_scores - ref.object_scores).max() < 0.05  # gated part scores may flip
     assert (got.part_labels == ref.part_labels).mean() > 0.8
+
+
+def test_chunked_post_processing_equals_full_argmax():
+    from partclipseg.postprocess import pred_all
+
+    torch.manual_seed(3)
+    p, o, t = 5, 3, 11
+    logits = torch.randn(p + o + 1, 24, 24) * 3
+    part_logits = torch.randn(t + 1, 24, 24) * 3
+    part_logits[:, :4, :4] = 40.0  # saturated sigmoids: ties resolved to the first index
+    text_to_object = torch.randint(0, o, (t,))
+    full = pred_all(logits, part_logits, text_to_object, p, (37, 50), keep_scores=True)
+    for chunk in (1, 4, 32):
+        got = pred_all(logits, part_logits, text_to_object, p, (37, 50), keep_scores=False, chunk=chunk)
+        assert torch.equal(got.part_labels, full.part_labels)
+        assert torch.equal(got.part_labels, full.part_scores.argmax(0))
+        torch.testing.assert_close(got.part_confidence, full.part_scores.max(0).values)

@@ -15,11 +15,22 @@ import torch.nn.functional as F
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[C, s, s] logits -> [C, H, W] (bilinear, align_corners=False), float32."""
+    """[C, s, s] logits -> a new [C, H, W] float32 tensor (bilinear, align_corners=False)."""
     logits = logits.float()
     if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
+        return logits.clone()
     return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _running_argmax(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor,
+                    offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a chunk of channels [c, H, W] into (best value, best index); ties keep the first index."""
+    index = scores.argmax(0)
+    value = scores.gather(0, index[None])[0]
+    if best is None:
+        return value, index + offset
+    better = value > best[0]
+    return torch.where(better, value, best[0]), torch.where(better, index + offset, best[1])
 
 
 @dataclass
@@ -51,31 +62,48 @@ def object_scores(logits: torch.Tensor, num_parts: int, size: tuple[int, int]) -
 
 def generalized_parts(logits: torch.Tensor, num_parts: int, size: tuple[int, int],
                       object_labels: torch.Tensor, num_objects: int, keep_scores: bool):
-    """Generalized-part map: argmax over the P part channels, background where the object head says so."""
+    """Generalized-part map: argmax over the P part channels, background where the object head says so.
+
+    (A visualisation map in the official code: without ``keep_scores`` the argmax is taken on the
+    logits, which equals the argmax of the sigmoid scores except where float32 sigmoids saturate.)
+    """
     if num_parts == 0:
         return torch.full(size, 0, dtype=torch.long, device=logits.device), None
-    scores = torch.sigmoid(upsample(logits[:num_parts], size))
-    labels = scores.argmax(0)
+    up = upsample(logits[:num_parts], size)
+    scores = up.sigmoid_() if keep_scores else None
+    labels = up.argmax(0)
     labels[object_labels == num_objects] = num_parts
-    return labels, scores if keep_scores else None
+    return labels, scores
 
 
 def pred_all(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
-             num_parts: int, size: tuple[int, int], keep_scores: bool = False) -> ProtocolOutput:
+             num_parts: int, size: tuple[int, int], keep_scores: bool = False, chunk: int = 32) -> ProtocolOutput:
     """Pred-All (SPEC §4.2): the object head's argmax gates which object's parts survive per pixel.
 
-    ``logits`` [P+O+1, s, s], ``object_part_logits`` [T+1, s, s], ``text_to_object`` [T].
+    ``logits`` [P+O+1, s, s], ``object_part_logits`` [T+1, s, s], ``text_to_object`` [T]. Without
+    ``keep_scores`` the T+1 channels are processed ``chunk`` at a time (bounded memory); the decision
+    is the same argmax over gated sigmoid scores, first index on ties.
     """
     num_objects = logits.shape[0] - num_parts - 1
     obj_scores = object_scores(logits, num_parts, size)
     object_labels = obj_scores.argmax(0)  # O = background
     owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])  # [T+1]
-    scores = torch.sigmoid(upsample(object_part_logits, size))
-    scores.mul_(owner[:, None, None] == object_labels[None])
-    confidence, part_labels = scores.max(0)
+    t1 = object_part_logits.shape[0]
+    scores = None
+    if keep_scores:
+        scores = upsample(object_part_logits, size).sigmoid_()
+        scores.masked_fill_(owner[:, None, None] != object_labels[None], 0.0)
+        confidence, part_labels = _running_argmax(None, scores, 0)
+    else:
+        best = None
+        for start in range(0, t1, chunk):
+            part = upsample(object_part_logits[start:start + chunk], size).sigmoid_()
+            part.masked_fill_(owner[start:start + chunk, None, None] != object_labels[None], 0.0)
+            best = _running_argmax(best, part, start)
+        confidence, part_labels = best
     gen_labels, gen_scores = generalized_parts(logits, num_parts, size, object_labels, num_objects, keep_scores)
     return ProtocolOutput(part_labels, object_labels, gen_labels, confidence,
-                          scores if keep_scores else None, obj_scores if keep_scores else None, gen_scores)
+                          scores, obj_scores if keep_scores else None, gen_scores)
 
 
 def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
@@ -84,30 +112,30 @@ def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, t
     """Oracle-Obj (SPEC §4.1) and the prompt modes: parts of the given objects only.
 
     Classes whose object is not in ``objects`` get score 0 and the background channel is dropped, so
-    every pixel gets the best part of the given object(s), as the official Oracle-Obj. Pixels outside
-    ``region`` (bool [H, W], e.g. the object mask) are then labelled background (``T``).
+    every pixel gets the best part of the given object(s), as the official Oracle-Obj. Only the
+    allowed channels are upsampled; where all of them are 0 the official argmax gives class 0, and so
+    does this. Pixels outside ``region`` (bool [H, W], e.g. the object mask) are then background (``T``).
     """
     num_objects = logits.shape[0] - num_parts - 1
     t = object_part_logits.shape[0] - 1
-    allowed = torch.isin(text_to_object, text_to_object.new_tensor(objects))
-    scores = torch.sigmoid(upsample(object_part_logits[:t], size))
-    scores.mul_(allowed[:, None, None])
-    confidence, part_labels = scores.max(0)
+    allowed = torch.isin(text_to_object, text_to_object.new_tensor(objects)).nonzero().flatten()
+    allowed_scores = upsample(object_part_logits[allowed], size).sigmoid_()  # [A, H, W]
+    confidence, which = _running_argmax(None, allowed_scores, 0)
+    part_labels = torch.where(confidence > 0, allowed[which], 0)
     obj_scores = object_scores(logits, num_parts, size)
-    object_labels = torch.full(size, num_objects, dtype=torch.long, device=scores.device)
+    given = torch.as_tensor(objects, device=logits.device)
+    object_labels = given[obj_scores[objects].argmax(0)]  # each pixel takes its best-scoring given object
     if region is not None:
         part_labels = torch.where(region, part_labels, t)
         confidence = torch.where(region, confidence, 0.0)
-        # each pixel of the region takes its best-scoring given object
-        chosen = obj_scores[objects].argmax(0)
-        object_labels = torch.where(region, torch.as_tensor(objects, device=scores.device)[chosen], num_objects)
-    else:
-        object_labels = torch.as_tensor(objects, device=scores.device)[obj_scores[objects].argmax(0)]
+        object_labels = torch.where(region, object_labels, num_objects)
     gen_labels, gen_scores = generalized_parts(logits, num_parts, size, object_labels, num_objects, keep_scores)
+    scores = None
     if keep_scores:
-        scores = torch.cat([scores, scores.new_zeros(1, *size)])
+        scores = allowed_scores.new_zeros(t + 1, *size)
+        scores[allowed] = allowed_scores
     return ProtocolOutput(part_labels, object_labels, gen_labels, confidence,
-                          scores if keep_scores else None, obj_scores if keep_scores else None, gen_scores)
+                          scores, obj_scores if keep_scores else None, gen_scores)
 
 
 def connected_component(mask: torch.Tensor, seed: tuple[int, int], max_iterations: int = 100_000) -> torch.Tensor:

@@ -190,8 +190,6 @@ class Predictor:
 
     # ------------------------------------------------------------------ helpers
     def _objects_and_region(self, mode, vocab: Vocabulary, logits, size, object_mask, object_name, box, point):
-        num_parts = vocab.num_parts
-        obj_scores = torch.sigmoid(upsample(logits[num_parts:], size))  # [O+1, H, W]
         region = None
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
@@ -199,6 +197,7 @@ class Predictor:
             names = [object_name] if isinstance(object_name, str) else list(object_name)
             objects = [_object_index(vocab, n) for n in names]
             return sorted(set(objects)), region
+        obj_scores = torch.sigmoid(upsample(logits[vocab.num_parts:], size))  # [O+1, H, W]
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")

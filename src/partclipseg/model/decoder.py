@@ -27,19 +27,59 @@ class DecoderLayer(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
 
+    # rows per MLP tile at inference: keeps the [rows, hidden] intermediate in cache-sized blocks
+    mlp_tile_rows = 1024
+
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn_out, weights = self.attn(x, need_weights=need_weights)
         x = self.norm1(x + attn_out)
-        x = self.norm2(x + self.fc2(F.relu(self.fc1(x))))
+        x = self.norm2(x + self.mlp(x))
         return x, weights
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``fc2(relu(fc1(x)))``; without autograd it runs in row tiles with an in-place ReLU, so the
+        [rows, hidden] intermediate never exists for all B*N*L rows at once (same numbers per row)."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.fc2(F.relu(self.fc1(x)))
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.empty(flat.shape[0], self.fc2.out_features, dtype=x.dtype, device=x.device)
+        for start in range(0, flat.shape[0], self.mlp_tile_rows):
+            rows = slice(start, start + self.mlp_tile_rows)
+            hidden = F.linear(flat[rows], self.fc1.weight, self.fc1.bias).relu_()
+            out[rows] = F.linear(hidden, self.fc2.weight, self.fc2.bias)
+        return out.view(*x.shape[:-1], -1)
+
+
+def patch_transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A ``ConvTranspose2d`` whose kernel equals its stride (no padding), as one matrix product.
+
+    Each input pixel writes its own non-overlapping k x k output block, so
+    ``y[n, o, i*k + a, j*k + b] = bias[o] + sum_c x[n, c, i, j] * W[c, o, a, b]``: a [pixels, C] x
+    [C, O*k*k] product and a pixel shuffle. Much faster than the generic kernel on CPU; same numbers
+    up to float summation order.
+    """
+    n, c, h, w = x.shape
+    _, o, k, _ = conv.weight.shape
+    y = x.permute(0, 2, 3, 1).reshape(-1, c) @ conv.weight.reshape(c, o * k * k)
+    y = y.view(n, h, w, o, k, k).permute(0, 3, 1, 4, 2, 5).reshape(n, o, h * k, w * k)
+    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
 
 
 class MaskHead(nn.Sequential):
     """Feature map [M, D, g, g] -> mask logits [M, 1, S, S] (S = patch * g).
 
     Complex variant (rd64-refined): Conv3x3(D, D) - ReLU - ConvT(D, D/2, k=s=patch/4) - ReLU -
-    ConvT(D/2, 1, k=s=patch/4). Simple variant: ConvT(D, 1, k=s=patch).
+    ConvT(D/2, 1, k=s=patch/4). Simple variant: ConvT(D, 1, k=s=patch). The transposed convolutions
+    run as matrix products (``patch_transposed_conv``).
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, nn.ConvTranspose2d):
+                x = patch_transposed_conv(x, layer)
+            else:
+                x = layer(x)
+        return x
 
     def __init__(self, dim: int, patch_size: int, complex_head: bool) -> None:
         if complex_head:
