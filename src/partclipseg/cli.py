@@ -1,4 +1,4 @@
-"""Command line: ``partclipseg segment | evaluate | convert | prepare-partimagenet``.
+"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--no-progress", action="store_true")
 
+    tr = sub.add_parser("train", help="train a model with a recipe (works under torchrun)")
+    tr.add_argument("recipe", help="a shipped recipe name (pascal_part_116, ade20k_part_234, partimagenet, toy_world) "
+                                   "or a recipe JSON file")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/PascalPart116 iterations=100")
+    tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics, final model)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    tr.add_argument("--no-progress", action="store_true")
+
     prep = sub.add_parser("prepare-partimagenet",
                           help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)")
     prep.add_argument("source", type=Path, help="the extracted PartImageNet_Seg folder")
@@ -94,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "train":
+            from .train import load_recipe, train
+
+            final = train(load_recipe(args.recipe, args.overrides), args.out, resume=args.resume,
+                          progress=not args.no_progress)
+            print(f"final model: {final}")
+            return 0
         if args.command == "prepare-partimagenet":
             from .data.partimagenet_preprocess import preprocess_partimagenet
 

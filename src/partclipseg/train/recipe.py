@@ -1,0 +1,183 @@
+"""Training recipes: a plain dataclass, named JSON recipes shipped in the package, ``key=value`` overrides.
+
+``load_recipe("pascal_part_116", ["iterations=100", "loss.use_attention=false"])`` returns a
+``TrainConfig``. The shipped recipes (``resources/recipes/*.json``) hold the official settings
+(SPEC §3.6); a recipe may also be a path to a JSON file. Unknown keys are refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from ..losses import LossConfig
+
+TRAINABLE_SETS = ("VA+L+F+D", "all")
+AUGMENTATIONS = ("resize_flip", "flip", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Defaults = the official recipe (SPEC §3.6).
+
+    * ``init``: CLIPSeg weights in Hugging Face layout (folder or hub id) for a new model, a saved
+      partclipseg folder to fine-tune, or ``"random:<preset>"`` (a config preset with random weights).
+    * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
+      both heads) or ``"all"`` (every parameter that reaches the loss).
+    * ``batch_size`` is the *global* batch (split over torchrun processes); the loss is per image
+      (``loss.per_image``), as the official 8 GPUs x 1 image.
+    * ``augmentation``: ``"resize_flip"`` (short side ``min_size``, long side <= ``max_size``, then
+      h-flip with ``flip_prob``; Pascal/ADE), ``"flip"``, or ``"none"`` (PartImageNet, official).
+    * ``channel_order``: ``"BGR"`` reproduces the official training input (detectron2 default format).
+    """
+
+    dataset: str = "pascal_part_116"
+    root: str = ""
+    architecture: str = "partclipseg"
+    init: str = "CIDAS/clipseg-rd64-refined"
+    image_size: int = 352
+    iterations: int = 20000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    weight_decay_embed: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    poly_power: float = 0.9
+    grad_clip: float = 0.01
+    trainable: str = "VA+L+F+D"
+    precision: str = "fp32"
+    seed: int = 12345678
+    augmentation: str = "resize_flip"
+    min_size: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    channel_order: str = "BGR"
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint_period: int = 1000
+    keep_checkpoints: int = 3
+    eval_period: int = 1000
+    eval_protocol: str = "oracle-obj"
+    eval_limit: int | None = None
+    log_period: int = 20
+    num_workers: int = 2
+
+    def validate(self) -> None:
+        if self.architecture not in ("partclipseg", "clipseg"):
+            raise ConfigError(f"architecture must be 'partclipseg' or 'clipseg', got {self.architecture!r}")
+        if self.trainable not in TRAINABLE_SETS:
+            raise ConfigError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.eval_protocol not in ("pred-all", "oracle-obj"):
+            raise ConfigError(f"eval_protocol must be 'pred-all' or 'oracle-obj', got {self.eval_protocol!r}")
+        for name in ("iterations", "batch_size", "image_size", "checkpoint_period", "eval_period", "log_period",
+                     "keep_checkpoints"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.root:
+            raise ConfigError("root (the dataset folder) is not set: add root=/path/to/dataset")
+        if not self.init:
+            raise ConfigError("init is not set: CLIPSeg weights (folder or hub id) or random:<preset>")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert a JSON value or an override string to the type of the current value."""
+    if isinstance(value, str) and not isinstance(current, str):
+        text = value.strip()
+        if text.lower() in ("none", "null"):
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            if text.lower() in ("true", "false"):
+                value = text.lower() == "true"
+            else:
+                raise ConfigError(f"cannot read {key}={value!r} as a {type(current).__name__}") from None
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, (int, float)) \
+            and float(value).is_integer():
+        return int(value)
+    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if current is not None and value is not None and not isinstance(value, type(current)):
+        raise ConfigError(f"{key} must be a {type(current).__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
+    """Set fields from ``{"key": value, "loss.key": value}``; unknown keys raise ``ConfigError``."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
+    loss_updates: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "loss" and isinstance(value, dict):
+            for sub, v in value.items():
+                loss_updates[sub] = v
+            continue
+        if key.startswith("loss."):
+            loss_updates[key[5:]] = value
+            continue
+        if key not in fields:
+            raise ConfigError(f"unknown recipe key {key!r} in {source}; known: {', '.join(sorted(fields))}")
+        setattr(config, key, _coerce(value, getattr(config, key), key))
+    for sub, value in loss_updates.items():
+        if sub not in loss_fields:
+            raise ConfigError(f"unknown loss key {sub!r} in {source}; known: {', '.join(sorted(loss_fields))}")
+        current = getattr(config.loss, sub)
+        coerced = _coerce(value, current, f"loss.{sub}")
+        try:
+            config.loss = dataclasses.replace(config.loss, **{sub: coerced})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"loss.{sub}: {exc}") from None
+    return config
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("partclipseg").joinpath("resources", "recipes")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A shipped recipe by name, or a JSON file, then ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    elif name_or_path in recipe_names():
+        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
+                                                                   f"{name_or_path}.json").read_text())
+        source = f"recipe {name_or_path!r}"
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+    data.pop("_comment", None)
+    config = apply_overrides(TrainConfig(), data, source)
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value
+    return apply_overrides(config, parsed, "overrides")

@@ -1,0 +1,142 @@
+"""Training: recipes, trainable set, loss goes down, exact resume, DDP equivalence, config errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from partclipseg.config import get_config
+from partclipseg.data import synthetic
+from partclipseg.data.common import DatasetError
+from partclipseg.errors import CheckpointError, ConfigError
+from partclipseg.model import PartCLIPSeg
+from partclipseg.train import load_recipe, train
+from partclipseg.train import loop as train_loop
+from partclipseg.train.data import StepSampler
+
+FAST = ["init=random:tiny-fast", "image_size=96", "batch_size=2", "log_period=1", "eval_period=1000",
+        "num_workers=0", "augmentation=flip", "channel_order=RGB", "grad_clip=1.0", "lr=1e-3", "trainable=all"]
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return synthetic.make_pascal_part(tmp_path_factory.mktemp("voc") / "PascalPart116", n_train=4, n_val=2)
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["total"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_shipped_recipes_hold_the_official_settings():
+    for name in ("pascal_part_116", "ade20k_part_234", "partimagenet"):
+        cfg = load_recipe(name)
+        assert cfg.dataset == name and cfg.iterations == 20000 and cfg.batch_size == 8 and cfg.lr == 1e-4
+        assert cfg.grad_clip == 0.01 and cfg.trainable == "VA+L+F+D" and cfg.channel_order == "BGR"
+        assert cfg.loss.use_attention and cfg.loss.sep_lambda == 0.1 and cfg.loss.enh_lambda == 0.01
+    assert load_recipe("partimagenet").augmentation == "none"
+    assert load_recipe("pascal_part_116").augmentation == "resize_flip"
+    cfg = load_recipe("pascal_part_116", ["iterations=5", "loss.use_attention=false", "betas=[0.8,0.9]"])
+    assert cfg.iterations == 5 and cfg.loss.use_attention is False and cfg.betas == (0.8, 0.9)
+
+
+def test_official_trainable_set_has_the_official_size():
+    with torch.device("meta"):
+        model = PartCLIPSeg(get_config("clipseg-rd64-refined"))
+    names = train_loop.set_trainable(model, "VA+L+F+D")
+    count = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert count == 27_427_202  # SPEC §1.11
+    assert not model.non_object_embedding.requires_grad and not model.vision.patch_embed.weight.requires_grad
+    groups = train_loop.parameter_groups(model, load_recipe("pascal_part_116"))
+    decay = {g["name"]: g["weight_decay"] for g in groups}
+    assert decay["text.token_embedding.weight"] == 0.0 and decay["decoder.layers.0.norm1.weight"] == 0.0
+    assert decay["decoder.film_mul.bias"] == 1e-4 and decay["visual_adapter.down.weight"] == 1e-4
+
+
+def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
+    final = train(load_recipe("pascal_part_116", [f"root={voc_root}", "iterations=12", *FAST]), tmp_path / "run",
+                  progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert (final / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "eval" / "step_0000012.json").read_text())["evaluated_samples"] > 0
+
+
+def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatch):
+    args = [f"root={voc_root}", "iterations=8", "checkpoint_period=3", *FAST]
+    train(load_recipe("pascal_part_116", args), tmp_path / "full", progress=False)
+    real_poly = train_loop.poly_lr
+
+    def killed_at_step_7(config, step):
+        if step == 7:
+            raise KeyboardInterrupt("simulated kill")
+        return real_poly(config, step)
+
+    monkeypatch.setattr(train_loop, "poly_lr", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
+    assert len(_losses(tmp_path / "killed")) == 7
+    monkeypatch.setattr(train_loop, "poly_lr", real_poly)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
+    train(load_recipe("pascal_part_116", args), tmp_path / "killed", resume=True, progress=False)
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")
+    a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kept = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert kept == ["step_0000003", "step_0000006", "step_0000008"]
+
+
+def test_two_process_ddp_equals_single_process(voc_root, tmp_path):
+    args = [f"root={voc_root}", "iterations=3", *FAST]
+    train(load_recipe("pascal_part_116", args), tmp_path / "single", progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537", "-m",
+           "partclipseg", "train", "pascal_part_116", *args, "--out", str(tmp_path / "ddp"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+    init = train_loop.build_initial_model(load_recipe("pascal_part_116", args)).state_dict()
+    moved = max((a[k] - init[k]).abs().max().item() for k in a)
+    assert moved > 1e-3  # the three steps changed the weights, identically in both runs
+
+
+def test_sampler_shares_one_global_order():
+    single = StepSampler(10, 4, seed=1, start=0, iterations=5)
+    ranks = [StepSampler(10, 4, seed=1, start=0, iterations=5, rank=r, world_size=2) for r in range(2)]
+    for step in range(5):
+        assert single.batch_for(step) == ranks[0].batch_for(step) + ranks[1].batch_for(step)
+    resumed = StepSampler(10, 4, seed=1, start=3, iterations=5)
+    assert list(resumed) == [single.batch_for(3), single.batch_for(4)]
+    with pytest.raises(ValueError, match="divisible"):
+        StepSampler(10, 3, seed=1, start=0, iterations=5, world_size=2)
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["learning_rate=1"], ConfigError, "unknown recipe key 'learning_rate'"),
+    (["loss.lambda_magic=1"], ConfigError, "unknown loss key"),
+    (["iterations=ten"], ConfigError, "iterations"),
+    (["trainable=some"], ConfigError, "trainable"),
+    (["init=/no/such/clipseg"], CheckpointError, "/no/such/clipseg"),
+    (["dataset=ade20k_part_234"], DatasetError, "ade20k_instance_train.json: missing file"),
+])
+def test_inconsistent_configs_are_refused(voc_root, tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        cfg = load_recipe("pascal_part_116", [f"root={voc_root}", "iterations=2", *FAST, *overrides])
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_unknown_recipe_and_missing_root():
+    with pytest.raises(ConfigError, match="shipped recipes"):
+        load_recipe("imagenet")
+    with pytest.raises(ConfigError, match="root"):
+        load_recipe("pascal_part_116").validate()
