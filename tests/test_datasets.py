@@ -69,7 +69,7 @@ def pin_root(pin_original: Path) -> Path:
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_and_open_dataset(pascal_root: Path) -> None:
-    assert set(DATASETS) == {"pascal_part_116", "ade20k_part_234", "partimagenet"}
+    assert set(DATASETS) == {"pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world"}
     assert DATASETS["pascal_part_116"] is PascalPart116 and DATASETS["ade20k_part_234"] is ADE20KPart234
     assert DATASETS["partimagenet"] is PartImageNet
     reader = open_dataset("pascal_part_116", pascal_root, "val")

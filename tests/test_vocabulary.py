@@ -154,6 +154,8 @@ EXPECTED_SIZES = {  # SPEC §2.3 table: (C_text, C_part, C_obj)
     ("ade20k_part_234", "test"): (234, 85, 44),
     ("partimagenet", "train"): (92, 13, 25),
     ("partimagenet", "test"): (147, 13, 40),
+    ("toy_world", "train"): (26, 12, 6),  # the project's own toy world (data/toyworld.py)
+    ("toy_world", "test"): (35, 12, 8),
 }
 
 

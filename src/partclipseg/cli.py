@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
-    vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet")
+    vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet, "
+                                       "toy_world")
     seg.add_argument("--object-mask", type=Path, help="PNG mask of the object (non-zero = object)")
     seg.add_argument("--object", help="object class of --object-mask (Oracle-Obj); without it the model picks")
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-overlay", action="store_true")
 
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
-    ev.add_argument("--dataset", required=True, choices=["pascal_part_116", "ade20k_part_234", "partimagenet"])
+    ev.add_argument("--dataset", required=True, choices=["pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world"])
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
     ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
     ev.add_argument("--protocol", choices=["pred-all", "oracle-obj"], required=True)

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Names of the benchmark vocabularies shipped with the package.
-BENCHMARKS: tuple[str, ...] = ("pascal_part_116", "ade20k_part_234", "partimagenet")
+BENCHMARKS: tuple[str, ...] = ("pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world")
 
 #: Vocabulary splits: "train" = the seen classes in seen order, "test" = all classes in label order.
 SPLITS: tuple[str, ...] = ("test", "train")

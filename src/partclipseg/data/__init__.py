@@ -16,6 +16,7 @@ from .base import DatasetReader, SampleRef, TrainRecord
 from .common import IGNORE, DatasetError, EvalSample
 from .partimagenet import PartImageNet
 from .pascal_part import PascalPart116
+from .toyworld import ToyWorld
 
 __all__ = [
     "DATASETS",
@@ -27,6 +28,7 @@ __all__ = [
     "PartImageNet",
     "PascalPart116",
     "SampleRef",
+    "ToyWorld",
     "TrainRecord",
     "open_dataset",
 ]
@@ -36,6 +38,7 @@ DATASETS: dict[str, type[DatasetReader]] = {
     "pascal_part_116": PascalPart116,
     "ade20k_part_234": ADE20KPart234,
     "partimagenet": PartImageNet,
+    "toy_world": ToyWorld,
 }
 
 
