@@ -77,3 +77,15 @@ def test_config_json_round_trip_and_validation(tmp_path):
 def test_non_square_pixel_values_are_refused(tiny):
     with pytest.raises(ValueError, match="square"):
         tiny.encode_image(torch.zeros(1, 3, 96, 64))
+
+
+def test_attentions_of_selected_layers_only(tiny):
+    vocab = Vocabulary.from_names(["dog's head", "cat's tail"])
+    ids, mask = get_tokenizer()(list(vocab.prompts))
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        every = tiny(pixels, ids, vocab.text_to_part, vocab.text_to_object, mask, output_attentions=True)
+        last = tiny(pixels, ids, vocab.text_to_part, vocab.text_to_object, mask, output_attentions=[2])
+    assert last.decoder_attentions[0] is None and last.decoder_attentions[1] is None
+    torch.testing.assert_close(last.decoder_attentions[2], every.decoder_attentions[2])
+    torch.testing.assert_close(last.object_part_logits, every.object_part_logits, atol=1e-5, rtol=0)

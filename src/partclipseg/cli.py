@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             from .train import load_recipe, train
 
+            _keep_freed_memory()
             final = train(load_recipe(args.recipe, args.overrides), args.out, resume=args.resume,
                           progress=not args.no_progress)
             print(f"final model: {final}")
@@ -122,6 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _keep_freed_memory() -> None:
+    """glibc only: keep freed memory in the heap instead of returning it to the OS (no mmap for big
+    blocks, no trimming). Training allocates and frees the same large tensors every step; without this
+    each step pays for fresh page faults (measured: 1.98 s -> 1.07 s per toy step with attention)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**30)
 
 
 # ---------------------------------------------------------------------------- convert

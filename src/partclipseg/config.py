@@ -10,7 +10,8 @@ Presets (``CONFIGS``):
   decoder reduce 64, extract layers [3, 6, 9], 352 px processing size.
 * ``"tiny"`` — the shape of the official golden fixtures (2 ViT layers of width 768, 8-wide text
   tower, 64 px native, 96 px processing): used by tests.
-* ``"tiny-fast"`` — a smaller tiny model (ViT width 64) for fast tests, demos and the toy world.
+* ``"tiny-fast"`` — a smaller tiny model (ViT width 64) for fast tests.
+* ``"toy"`` — the built-in default model trained on the toy world (8 px patches, 96 px input).
 """
 from __future__ import annotations
 
@@ -258,10 +259,22 @@ def _tiny_fast() -> PartCLIPSegConfig:
         projection_dim=64, image_size=96)
 
 
+def _toy() -> PartCLIPSegConfig:
+    """The built-in default model's shape: small enough to train on a CPU and ship (< 10 MB), with
+    8 px patches so that 96 px inputs give a 12 x 12 token grid."""
+    return PartCLIPSegConfig(
+        vision=VisionConfig(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=192, image_size=64,
+                            patch_size=8),
+        text=TextConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+        decoder=DecoderConfig(reduce_dim=32, num_heads=4, intermediate_size=64, extract_layers=(1, 2, 3)),
+        projection_dim=64, image_size=96)
+
+
 CONFIGS = {
     "clipseg-rd64-refined": _rd64_refined,
     "tiny": _tiny,
     "tiny-fast": _tiny_fast,
+    "toy": _toy,
 }
 
 

@@ -5,6 +5,8 @@ Shapes: ``B`` images, ``N`` conditioning classes, ``L = 1 + g*g`` tokens, ``D`` 
 """
 from __future__ import annotations
 
+from typing import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,6 +105,8 @@ class CLIPSegDecoder(nn.Module):
 
     Returns ``features`` [B, N, L, D] (CLS included), the per-layer attentions [B, N, H, L, L] when
     ``need_weights`` and the per-layer hidden states [B, N, L, D] when ``need_hidden_states``.
+    ``need_weights`` may be a collection of layer indices: only those layers materialise their
+    weights (the others run the fused kernel and give ``None`` in the tuple).
     """
 
     def __init__(self, config: DecoderConfig, vision_dim: int, projection_dim: int) -> None:
@@ -117,7 +121,7 @@ class CLIPSegDecoder(nn.Module):
             for _ in config.extract_layers)
 
     def forward(self, activations: list[torch.Tensor], class_embeddings: torch.Tensor,
-                need_weights: bool = False, need_hidden_states: bool = False):
+                need_weights: bool | Collection[int] = False, need_hidden_states: bool = False):
         b = activations[0].shape[0]
         n = class_embeddings.shape[0]
         x = None
@@ -132,9 +136,10 @@ class CLIPSegDecoder(nn.Module):
             if i == self.config.conditional_layer:
                 x = self.film_mul(class_embeddings)[None, :, None] * x + self.film_add(class_embeddings)[None, :, None]
             x = x.reshape(b * n, *x.shape[2:])
-            x, weights = layer(x, need_weights=need_weights)
-            if need_weights:
-                attentions.append(weights.view(b, n, *weights.shape[1:]))
+            wanted = bool(need_weights) if isinstance(need_weights, bool) else i in need_weights
+            x, weights = layer(x, need_weights=wanted)
+            if need_weights is not False and (not isinstance(need_weights, bool) or need_weights):
+                attentions.append(weights.view(b, n, *weights.shape[1:]) if wanted else None)
             if need_hidden_states:
                 hidden_states.append(x.view(b, n, *x.shape[1:]))
         features = x.view(b, n, *x.shape[1:])

@@ -56,7 +56,8 @@ class SegmentationOutput:
     * ``object_part_logits`` [B, T+1, S, S]: object-specific parts in vocabulary order, background
       last (PartCLIPSeg only).
     * ``class_embeddings`` [N, E]: the decoder conditions (text features + non-object embedding).
-    * ``decoder_attentions``: per decoder layer [B, N, heads, L, L] softmax weights (when asked).
+    * ``decoder_attentions``: per decoder layer [B, N, heads, L, L] softmax weights (when asked;
+      ``output_attentions`` may name the layers, the others are ``None``).
     * ``decoder_hidden_states``: per decoder layer [B, N, L, D] (when asked).
     * ``vision_hidden_states``: ``num_layers + 1`` tensors [B, L, C] (when asked).
     """
@@ -146,7 +147,8 @@ class CLIPSegCore(nn.Module):
             return parts[0]
         maps = torch.cat([p[0] for p in parts], dim=1)
         logits = torch.cat([p[1] for p in parts], dim=1)
-        attentions = tuple(torch.cat(ls, dim=1) for ls in zip(*[p[2] for p in parts])) if output_attentions else None
+        attentions = (tuple(None if ls[0] is None else torch.cat(ls, dim=1) for ls in zip(*[p[2] for p in parts]))
+                      if parts[0][2] is not None else None)
         hidden = tuple(torch.cat(ls, dim=1) for ls in zip(*[p[3] for p in parts])) if output_hidden_states else None
         return maps, logits, attentions, hidden
 

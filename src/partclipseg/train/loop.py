@@ -214,7 +214,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         with autocast:
             if config.architecture == "partclipseg":
                 out = net(pixels, input_ids, text_to_part, text_to_object, attention_mask,
-                          output_attentions=use_attention)
+                          output_attentions=list(config.loss.attn_levels) if use_attention else False)
             else:
                 out = net(pixels, input_ids, attention_mask)
         out.logits = out.logits.float()
