@@ -30,7 +30,8 @@ def voc_root(tmp_path_factory):
 
 
 def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["total"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["total"] for r in records if "total" in r]
 
 
 def test_shipped_recipes_hold_the_official_settings():
@@ -65,6 +66,8 @@ def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert (final / "model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "eval" / "step_0000012.json").read_text())["evaluated_samples"] > 0
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 12 and last["eval"] == "oracle-obj" and last["seen"] is not None
 
 
 def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatch):

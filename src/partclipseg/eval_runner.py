@@ -93,7 +93,8 @@ def _append(handle, record: dict) -> None:
 
 def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str | Path, *,
              train_dataset: str | None = None, limit: int | None = None, gt_resize_quirk: bool = True,
-             device: str | None = None, dtype: Any = None, progress: bool = True) -> dict | None:
+             device: str | None = None, dtype: Any = None, progress: bool = True,
+             print_table: bool = True) -> dict | None:
     """Evaluate ``model`` (folder / hub id / .pth / model / Predictor) on a benchmark; write ``out`` (JSON).
 
     Returns the results dict on rank 0 (None on other ranks).
@@ -207,7 +208,8 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
             "note": "seen/unseen are the test dataset's own splits; mIoU_all averages every class with ground truth",
         }
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")
-    print(format_table({protocol: metrics}))
+    if print_table:
+        print(format_table({protocol: metrics}))
     return results
 
 

@@ -277,6 +277,12 @@ def _evaluate(model: CLIPSegCore, config: TrainConfig, out_dir: Path, step: int)
     was_training = model.training
     model.eval()
     out = out_dir / "eval" / f"step_{step:07d}.json"
-    evaluate(config.dataset, root, model, config.eval_protocol, out, limit=config.eval_limit, progress=False)
+    results = evaluate(config.dataset, root, model, config.eval_protocol, out, limit=config.eval_limit,
+                       progress=False, print_table=False)
+    if results is not None:
+        m = results["metrics"]
+        with open(out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "eval": config.eval_protocol, "seen": m["mIoU-base"],
+                                     "unseen": m["mIoU-unbase"], "harmonic": m["h-IoU"]}) + "\n")
     if was_training:
         model.train()
