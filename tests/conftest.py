@@ -62,3 +62,17 @@ def ref_tensors(ref_dir: Path):
     from safetensors.torch import load_file
 
     return {p.stem: load_file(str(p)) for p in sorted(ref_dir.glob("*.safetensors")) if p.stem != "model"}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A saved tiny-fast model with seeded random weights (for CLI / evaluation tests)."""
+    import torch
+
+    from partclipseg.config import get_config
+    from partclipseg.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    build_model(get_config("tiny-fast")).save_pretrained(path)
+    return path

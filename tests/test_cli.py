@@ -9,19 +9,9 @@ import torch
 from PIL import Image
 
 from partclipseg.cli import main
-from partclipseg.config import get_config
-from partclipseg.model import build_model
 from partclipseg.viz import read_label_png
 
 PARTS = "dog's head, dog's leg, cat's head"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model")
-    build_model(get_config("tiny-fast")).save_pretrained(path)
-    return path
 
 
 @pytest.fixture()

@@ -8,23 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from partclipseg.cli import main
-from partclipseg.config import get_config
 from partclipseg.data import synthetic
-from partclipseg.model import build_model
 
 MAKERS = {"pascal_part_116": synthetic.make_pascal_part, "ade20k_part_234": synthetic.make_ade20k_part,
           "partimagenet": synthetic.make_partimagenet}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model")
-    build_model(get_config("tiny-fast")).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

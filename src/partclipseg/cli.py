@@ -1,4 +1,4 @@
-"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet``.
+"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="official config JSON (format of reference/tiny/config.json), our config.json, or a "
                            "preset name (default: clipseg-rd64-refined)")
     conv.add_argument("--image-size", type=int, default=None, help="processing size (default 352)")
+
+    demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)")
+    demo.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    demo.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     return parser
 
 
@@ -111,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           progress=not args.no_progress)
             print(f"final model: {final}")
             return 0
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "prepare-partimagenet":
             from .data.partimagenet_preprocess import preprocess_partimagenet
 
@@ -154,6 +161,16 @@ def _convert(args) -> int:
     save_pretrained(model, args.out_dir)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out_dir}/config.json and model.safetensors ({type(model).__name__}, {n:,} parameters)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def _demo(args) -> int:
+    try:
+        from .demo import launch
+    except ImportError as exc:
+        raise PartCLIPSegError(f"the demo needs gradio ({exc}): pip install -c constraints.txt -e '.[demo]'") from None
+    launch(args.model, host=args.host, port=args.port)
     return 0
 
 

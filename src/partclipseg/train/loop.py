@@ -28,7 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from ..eval_runner import barrier, dist_info, init_distributed
 from ..io import atomic_write_text
 from ..losses import build_targets, clipseg_loss, partclipseg_loss
-from ..model import CLIPSegCore, PartCLIPSeg, build_model
+from ..model import CLIPSegCore, build_model
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset, collate
@@ -257,7 +257,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if info.rank == 0:
         model.eval()
         save_pretrained(model, final)
-    _evaluate(model, config, out_dir, config.iterations)
+    if config.eval_period <= config.iterations:  # a final evaluation, unless evaluation is switched off
+        _evaluate(model, config, out_dir, config.iterations)
     barrier(info)
     return final
 
