@@ -1,7 +1,8 @@
 """The CLIPSeg decoder and the two mask heads of PartCLIPSeg.
 
 Shapes: ``B`` images, ``N`` conditioning classes, ``L = 1 + g*g`` tokens, ``D`` = reduce_dim,
-``E`` = projection_dim, ``T`` object-specific classes, ``S = patch * g`` output side.
+``E`` = projection_dim, ``T`` object-specific classes, ``S`` output side: ``g * (patch/4)**2`` with the
+complex head (16 g for 16 px patches), ``g * patch`` with the simple one.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def patch_transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Te
 
 
 class MaskHead(nn.Sequential):
-    """Feature map [M, D, g, g] -> mask logits [M, 1, S, S] (S = patch * g).
+    """Feature map [M, D, g, g] -> mask logits [M, 1, S, S] (S = 16 g for 16 px patches).
 
     Complex variant (rd64-refined): Conv3x3(D, D) - ReLU - ConvT(D, D/2, k=s=patch/4) - ReLU -
     ConvT(D/2, 1, k=s=patch/4). Simple variant: ConvT(D, 1, k=s=patch). The transposed convolutions

@@ -127,7 +127,7 @@ class CLIPSegCore(nn.Module):
         return torch.cat([text_features, self.non_object_embedding.to(text_features.dtype)], dim=0)
 
     def decode_features(self, features: ImageFeatures, class_embeddings: torch.Tensor,
-                        output_attentions: bool = False, output_hidden_states: bool = False,
+                        output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
                         chunk_size: int | None = None):
         """Shared decoder -> (maps [B, N, D, g, g], class logits [B, N, S, S], attentions, hidden states).
 
@@ -169,7 +169,7 @@ class PartCLIPSeg(CLIPSegCore):
                                                config.decoder.complex_transposed_convolution)
 
     def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
-               text_to_object: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False,
+               text_to_object: torch.Tensor, output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
                conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
                chunk_size: int | None = None) -> SegmentationOutput:
         """Decode image features for a vocabulary.
@@ -192,7 +192,7 @@ class PartCLIPSeg(CLIPSegCore):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, text_to_part: torch.Tensor,
                 text_to_object: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False, output_hidden_states: bool = False) -> SegmentationOutput:
+                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False) -> SegmentationOutput:
         """pixel_values [B,3,S,S]; input_ids [P+O, L] (prompts = parts then objects); index maps [T]."""
         features = self.encode_image(pixel_values, output_hidden_states)
         class_embeddings = self.class_embeddings(self.encode_text(input_ids, attention_mask))
@@ -203,7 +203,7 @@ class PartCLIPSeg(CLIPSegCore):
 class CLIPSegBaseline(CLIPSegCore):
     """The CLIPSeg baseline (SPEC §7): one prompt per object-specific class, background last."""
 
-    def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, output_attentions: bool = False,
+    def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, output_attentions: bool | Sequence[int] = False,
                output_hidden_states: bool = False, chunk_size: int | None = None) -> SegmentationOutput:
         """Decode image features for class embeddings [T+1, E] (T prompts + non-object)."""
         _, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
@@ -211,7 +211,7 @@ class CLIPSegBaseline(CLIPSegCore):
         return SegmentationOutput(logits, None, class_embeddings, attentions, hidden, features.hidden_states)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False, output_hidden_states: bool = False) -> SegmentationOutput:
+                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False) -> SegmentationOutput:
         """pixel_values [B,3,S,S]; input_ids [T, L] -> logits [B, T+1, S, S]."""
         features = self.encode_image(pixel_values, output_hidden_states)
         class_embeddings = self.class_embeddings(self.encode_text(input_ids, attention_mask))
