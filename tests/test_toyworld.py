@@ -72,23 +72,6 @@ def test_json_schema_matches_pascal(info: dict) -> None:
     assert [classes[i] for i in info["unseen_object_specific_class_indices"]] == info["unseen_object_specific_classes"]
 
 
-@pytest.mark.parametrize("split", ["test", "train"])
-def test_model_vocabularies_match_json(info: dict, split: str) -> None:
-    mv = info[f"model_vocabulary_{split}"]
-    v = Vocabulary.from_benchmark("toy_world", split)
-    key = "object_specific_classes" if split == "test" else "seen_object_specific_classes"
-    assert list(v.object_specific_classes) == info[key]
-    assert list(v.parts) == mv["generalized_part_classes"]
-    assert list(v.objects) == mv["object_classes_with_parts"]
-    assert list(v.prompts) == mv["text_prompts"]
-    assert list(v.text_to_part) == mv["object_specific_to_generalized_part_index"]
-    assert list(v.text_to_object) == mv["object_specific_to_object_with_parts_index"]
-    assert (v.num_text_classes, v.num_parts, v.num_objects) == (mv["C_text"], mv["C_part"], mv["C_obj"])
-    assert v.num_decoder_classes == mv["N_generalized_head_channels"]
-    assert v.num_text_classes + 1 == mv["N_object_specific_head_channels"]
-    assert (v.num_text_classes, v.num_parts, v.num_objects) == {"test": (35, 12, 8), "train": (26, 12, 6)}[split]
-
-
 def test_zero_shot_split(info: dict) -> None:
     parsed = [parse_class_name(c) for c in info["object_specific_classes"]]
     assert 25 <= len(parsed) <= 35
