@@ -16,7 +16,6 @@ from PIL import Image
 
 from conftest import make_toy_image_tree, read_tree
 from partclipseg.cli import main
-from partclipseg.segment_job import plan_inputs
 
 PARTS = "dog's head, dog's leg, cat's head"
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +92,8 @@ def test_an_output_that_would_replace_a_named_input_is_refused(capsys, model_dir
 
 
 def test_plan_names_mirror_folders_and_resolve_clashes(tmp_path):
+    from partclipseg.segment_job import plan_inputs
+
     in1, in2 = make_toy_image_tree(tmp_path)
     plan = plan_inputs([in1, in2, os.path.join(in1, "a.jpg")], tmp_path / "out")  # a.jpg named twice: one item
     names = [it.name for it in plan.items]
@@ -234,6 +235,24 @@ def test_file_size_limit_is_one_line_and_exit_2(model_dir, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "cannot write to --out" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "a.png.json").exists()
+
+
+def test_missing_ray_is_a_clear_message(monkeypatch, capsys, tmp_path, model_dir):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    (tmp_path / "in").mkdir()
+    code = main(["segment", str(tmp_path / "in"), "--model", str(model_dir), "--parts", PARTS, "--out",
+                 str(tmp_path / "o"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install" in err and "partclipseg[ray]" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------- torchrun

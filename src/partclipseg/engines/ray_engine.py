@@ -17,6 +17,7 @@ Without ``address`` a local Ray starts with this machine's CPUs (and GPUs); with
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -130,11 +131,17 @@ def _run_dataset(ray, todo: list[Item], out: str, options: SegmentOptions, job: 
     context.enable_progress_bars = False  # ours below counts finished images
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     rows = [{"source": it.source, "path": _absolute(it.path), "name": it.name} for it in todo]
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * workers)))
-    results = dataset.map_batches(
-        worker_class, fn_constructor_kwargs={"options": options, "out": _absolute(out), "job": job},
-        batch_size=options.batch_size, batch_format="numpy", concurrency=workers, num_gpus=gpus_per_worker or None,
-        num_cpus=1, max_task_retries=MAX_BATCH_RETRIES)
+    batches = -(-len(rows) // options.batch_size)
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(batches, 4 * workers)))
+    map_args = dict(fn_constructor_kwargs={"options": options, "out": _absolute(out), "job": job},
+                    batch_size=options.batch_size, batch_format="numpy", concurrency=workers,
+                    num_gpus=gpus_per_worker or None, num_cpus=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # Ray's own knob, still honoured
+        try:
+            results = dataset.map_batches(worker_class, **map_args, max_task_retries=MAX_BATCH_RETRIES)
+        except TypeError:  # a Ray that dropped extra remote args: its default (retry without limit)
+            results = dataset.map_batches(worker_class, **map_args)
     statuses = []
     bar = tqdm(total=len(todo), unit="img", disable=not progress or len(todo) < 2, file=sys.stderr)
     try:
