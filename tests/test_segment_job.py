@@ -103,6 +103,25 @@ def test_plan_names_mirror_folders_and_resolve_clashes(tmp_path):
     assert [p for p, _ in plan.problems] == []  # the corrupt file is found; it fails when read
 
 
+def test_uri_inputs_and_output_give_the_same_files(capsys, model_dir, tmp_path):
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "in"
+    _image(folder / "x" / "a.png", 0)
+    _image(folder / "b.jpg", 1)
+    assert _segment(capsys, model_dir, tmp_path / "plain", folder)[0] == 0
+    code, summary, err = _segment(capsys, model_dir, (tmp_path / "uri").as_uri(), folder.as_uri())
+    assert code == 0 and summary["processed"] == 2, err
+    plain, uri = read_tree(tmp_path / "plain"), read_tree(tmp_path / "uri")
+    assert sorted(plain) == sorted(uri)
+    for name in plain:
+        if name.endswith(".png"):
+            assert plain[name] == uri[name]
+        elif name.endswith(".json") and not name.startswith("partclipseg-"):
+            a, b = json.loads(plain[name]), json.loads(uri[name])
+            assert b["source"] == f"{folder.as_uri()}/{name[:-5]}"
+            assert {**a, "source": None} == {**b, "source": None}
+
+
 # ---------------------------------------------------------------------------- defect 6: non-regular files
 def test_fifos_named_like_images_are_refused_not_waited_on(model_dir, tmp_path):
     folder = tmp_path / "in"

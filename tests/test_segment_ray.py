@@ -45,10 +45,11 @@ def _summary(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_ray_engine_writes_the_local_engines_bytes(local_ray, toy_job, capsys):
+def test_ray_engine_writes_the_local_engines_bytes_to_a_pyarrow_uri(local_ray, toy_job, capsys):
     inputs, args, expected, root = toy_job
     capsys.readouterr()
-    assert main([*args, "--out", str(root / "ray"), "--engine", "ray", "--workers", "2"]) == 1
+    # the output goes through pyarrow's filesystem layer (the path s3:// and gs:// outputs take)
+    assert main([*args, "--out", (root / "ray").as_uri(), "--engine", "ray", "--workers", "2"]) == 1
     summary = _summary(capsys)
     assert summary["processed"] == 24 and summary["failed"] == 1 and summary["engine"] == "ray"
     got = read_tree(root / "ray")

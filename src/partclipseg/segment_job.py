@@ -417,20 +417,8 @@ def prepare_output(store: OutputStore, key: dict, items: Sequence[Item], *, resu
 
 
 def _remove_markers(store: OutputStore, items: Sequence[Item]) -> None:
-    local = store.local_path(JOB_FILE) is not None
     for it in items:
-        name = f"{it.name}.json"
-        try:
-            if local:
-                store.local_path(name).unlink()
-            elif store.exists(name):
-                store.filesystem.delete_file(store._path(name))  # type: ignore[attr-defined]
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        except OSError as exc:
-            from .storage import output_error
-
-            raise output_error(store.root, exc) from None
+        store.delete(f"{it.name}.json")
 
 
 # ============================================================================ process
@@ -491,20 +479,29 @@ class ItemProcessor:
             except PartCLIPSegError as exc:
                 statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
         if loaded:
-            self.predictor.set_images([array for _, _, array in loaded])
-            for k, (i, item, _) in enumerate(loaded):
-                try:
-                    result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
-                    files = render_outputs(result, item.name, overlay=self.options.overlay, scores=self.options.scores,
-                                           rle=self.options.rle, source=item.source, job=self.job)
-                except OutputError:
-                    raise
-                except PartCLIPSegError as exc:
-                    statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
-                    continue
-                for name, payload in files:
-                    self.store.write_bytes(name, payload)
-                statuses[i] = item_status(item, "ok")
+            try:
+                self.predictor.set_images([array for _, _, array in loaded])
+            except PartCLIPSegError as exc:
+                if len(loaded) == 1:
+                    statuses[loaded[0][0]] = item_status(loaded[0][1], "failed", _with_source(str(exc), loaded[0][1].source))
+                    loaded = []
+                else:  # find the image the batch failed on: one at a time
+                    for i, item, _ in loaded:
+                        statuses[i] = self.process([item], skip_complete=False)[0]
+                    loaded = []
+        for k, (i, item, _) in enumerate(loaded):
+            try:
+                result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
+                files = render_outputs(result, item.name, overlay=self.options.overlay, scores=self.options.scores,
+                                       rle=self.options.rle, source=item.source, job=self.job)
+            except OutputError:
+                raise
+            except PartCLIPSegError as exc:
+                statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
+                continue
+            for name, payload in files:
+                self.store.write_bytes(name, payload)
+            statuses[i] = item_status(item, "ok")
         return [statuses[i] for i in range(len(items))]
 
 

@@ -106,6 +106,10 @@ class OutputStore:
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
+    def delete(self, name: str) -> None:
+        """Remove the file if it exists; ``OutputError`` when that fails."""
+        raise NotImplementedError
+
     def local_path(self, name: str) -> Path | None:
         """The file's local path (None on a remote filesystem)."""
         return None
@@ -150,6 +154,14 @@ class LocalStore(OutputStore):
 
     def exists(self, name: str) -> bool:
         return self.local_path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        try:
+            self.local_path(name).unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise output_error(self.root, exc) from None
 
 
 class ArrowStore(OutputStore):
@@ -202,6 +214,13 @@ class ArrowStore(OutputStore):
         from pyarrow import fs as pafs
 
         return self.filesystem.get_file_info(self._path(name)).type == pafs.FileType.File
+
+    def delete(self, name: str) -> None:
+        if self.exists(name):
+            try:
+                self.filesystem.delete_file(self._path(name))
+            except OSError as exc:
+                raise output_error(self.root, exc) from None
 
 
 def open_store(out: str | os.PathLike) -> OutputStore:
