@@ -180,7 +180,8 @@ def test_resume_refuses_another_vocabulary_or_model_and_a_plain_run_redoes(capsy
 def test_resume_trusts_only_outputs_of_the_same_job(capsys, model_dir, tmp_path):
     """Job A on two images, then job B (other vocabulary) redoes one image only: B --resume must redo the other."""
     folder = tmp_path / "in"
-    a, b = _image(folder / "a.png", 0), _image(folder / "b.png", 1)
+    a = _image(folder / "a.png", 0)
+    _image(folder / "b.png", 1)
     out = tmp_path / "out"
     assert _segment(capsys, model_dir, out, folder)[0] == 0
     b_parts = ["--model", model_dir, "--parts", "cat's tail, cat's head", "--out", out]
@@ -272,6 +273,12 @@ def test_missing_ray_is_a_clear_message(monkeypatch, capsys, tmp_path, model_dir
                  str(tmp_path / "o"), "--engine", "ray"])
     err = capsys.readouterr().err
     assert code == 2 and "pip install" in err and "partclipseg[ray]" in err and "Traceback" not in err
+
+
+def test_ray_knobs_without_the_ray_engine_are_refused(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.png", 0)
+    code, _, err = _segment(capsys, model_dir, tmp_path / "o", tmp_path / "a.png", extra=["--workers", "2"])
+    assert code == 2 and "--workers: only with --engine ray" in err
 
 
 # ---------------------------------------------------------------------------- torchrun

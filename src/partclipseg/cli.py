@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .errors import PartCLIPSegError
 
+
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import PartCLIPSegError
-from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store, read_input_bytes
+from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, read_input_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 JOB_FILE = "partclipseg-job.json"

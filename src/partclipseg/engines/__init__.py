@@ -63,10 +63,14 @@ def run_segment(specs: Sequence[str], out: str | os.PathLike, options: SegmentOp
 
         return run_ray(specs, out, options, resume=resume, log=log, progress=progress, address=ray_address,
                        workers=workers, gpus_per_worker=gpus_per_worker)
-    if engine != "local":
-        from ..errors import PartCLIPSegError
+    from ..errors import PartCLIPSegError
 
+    if engine != "local":
         raise PartCLIPSegError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    ray_only = [flag for flag, value in (("--ray-address", ray_address), ("--workers", workers),
+                                         ("--gpus-per-worker", gpus_per_worker)) if value is not None]
+    if ray_only:
+        raise PartCLIPSegError(f"{', '.join(ray_only)}: only with --engine ray")
     if dist_info().distributed:
         from .torchrun import run_torchrun
 
