@@ -123,7 +123,7 @@ class CLIPTokenizer:
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Return ``[BOS, ...token ids, EOS]`` for ``text`` (no padding).
 
-        Raises ``VocabularyError`` if ``text`` is not a str, is empty after cleaning, or (when
+        Raises ``VocabularyError`` if ``text`` is not a str, is empty after normalisation (whitespace only), or (when
         ``max_length`` is given) needs more than ``max_length`` tokens including BOS/EOS.
         """
         if not isinstance(text, str):
