@@ -1,8 +1,8 @@
 """Inference protocols at image size (SPEC §4), as pure tensor functions.
 
-``PROTOCOLS`` names the evaluation protocols (the one list for the Predictor, the evaluator and the
-CLI). Models with an object head (``SegmentationOutput.has_object_head``) use ``pred_all`` and
-``object_conditioned``; models without one (the CLIPSeg baseline) use ``single_head``.
+Models with an object head (``SegmentationOutput.has_object_head``) use ``pred_all`` and
+``object_conditioned``; models without one (the CLIPSeg baseline) use ``single_head``. The protocol
+names (``PROTOCOLS``) live in ``partclipseg.evaluation``.
 
 All logits are upsampled bilinearly (``align_corners=False``) from the processing size to the image
 size *before* the sigmoid, exactly as the official inference; decisions are argmaxes over sigmoid
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-PROTOCOLS = ("pred-all", "oracle-obj")
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from .errors import PartCLIPSegError, VocabularyError
+from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
-from .postprocess import (PROTOCOLS, ProtocolOutput, connected_component, object_conditioned, object_scores, pred_all,
+from .postprocess import (ProtocolOutput, connected_component, object_conditioned, object_scores, pred_all,
                           single_head, upsample)
 from .preprocess import load_image, preprocess
 from .result import PartSegmentation
