@@ -23,7 +23,7 @@ from .checkpoint import (CONFIG_NAME, OFFICIAL_PREFIXES, WEIGHTS_NAME, convert_o
                          strip_prefix)
 from .config import from_official_config, get_config
 from .errors import CheckpointError, ConfigError
-from .model import CLIPSegBaseline, PartCLIPSeg, PartSegmentationModel, build_model
+from .model import PartSegmentationModel, build_model
 from .model.loading import load_pretrained, save_pretrained
 
 
@@ -72,7 +72,7 @@ def init_from_clipseg(source: str | os.PathLike, architecture: str = "partclipse
 __all__ = ["save_pretrained", "load_pretrained", "load_official_checkpoint", "init_from_clipseg",
            "map_official_key", "convert_official_state_dict", "load_state_dict_checked", "strip_prefix",
            "read_safetensors", "read_torch_checkpoint", "guess_architecture", "resolve_config",
-           "OFFICIAL_PREFIXES", "PartCLIPSeg", "CLIPSegBaseline", "load_default_model", "default_model_available"]
+           "OFFICIAL_PREFIXES", "load_default_model", "default_model_available"]
 
 
 # ---------------------------------------------------------------------------- built-in default
