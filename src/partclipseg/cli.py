@@ -227,7 +227,7 @@ def _segment(args) -> int:
 
     from .dist import default_device
     from .outputs import outputs_complete, write_outputs
-    from .predictor import Predictor
+    from .predictor import as_predictor
     from .preprocess import load_image
     from .vocabulary import Vocabulary
 
@@ -253,7 +253,7 @@ def _segment(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            predictor = Predictor.from_pretrained(args.model, device=device, dtype=dtype)
+            predictor = as_predictor(args.model, device, dtype)
         except RuntimeError as exc:  # e.g. CUDA asked for but not available
             raise PartCLIPSegError(f"cannot put the model on {device!r}: {exc}") from None
     for w in caught:
