@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import PartCLIPSegError
-from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, read_input_bytes
+from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store, read_input_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 JOB_FILE = "partclipseg-job.json"
@@ -421,6 +421,32 @@ def _remove_markers(store: OutputStore, items: Sequence[Item]) -> None:
         store.delete(f"{it.name}.json")
 
 
+@dataclass
+class StartedJob:
+    plan: Plan
+    store: OutputStore
+    todo: list
+    skipped: int
+
+
+def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict, job: str, *, resume: bool,
+              log: Log = _stderr) -> StartedJob:
+    """Plan the inputs, check and prepare the output, and find what is left to do."""
+    plan = plan_inputs(specs, out)
+    for _, message in plan.problems:
+        log(f"error: {message}")
+    if plan.earlier_outputs:
+        log(f"note: {plan.earlier_outputs} file(s) among the inputs are outputs of an earlier run; not segmented")
+    check_no_input_overwritten(plan, options, out)
+    store = open_store(out)
+    prepare_output(store, key, plan.items, resume=resume, log=log, model_source=options.model)
+    todo = [it for it in plan.items if not (resume and output_complete(store, it.name, job))]
+    skipped = len(plan.items) - len(todo)
+    if skipped:
+        log(f"resume: {skipped} image(s) already done")
+    return StartedJob(plan, store, todo, skipped)
+
+
 # ============================================================================ process
 def item_status(item: Item, status: str, error: str | None = None) -> dict[str, Any]:
     """``status``: ok (written now), failed (``error`` says why)."""
@@ -434,6 +460,7 @@ class ItemProcessor:
                  expected_job: str | None = None, log: Log = _stderr, model=None):
         import torch
 
+        from .dist import default_device
         from .predictor import Predictor
 
         self.options = options
@@ -446,7 +473,7 @@ class ItemProcessor:
             raise PartCLIPSegError(f"the model {options.model or '(built-in)'} loaded by this worker differs from the "
                                    f"one the job was planned with (weights fingerprint {self.key['model']}); "
                                    f"every worker must see the same weights")
-        device = device or options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or options.device or default_device()
         dtype = torch.bfloat16 if options.dtype == "bfloat16" else torch.float32
         try:
             self.predictor = Predictor(model, device=device, dtype=dtype)

@@ -4,15 +4,13 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ..segment_job import ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report
+from ..segment_job import ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, start_job
 from ..storage import open_store
 
 
 def run_local(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log = _stderr,
               progress: bool = True) -> Report:
     from tqdm import tqdm
-
-    from . import start_job
 
     processor = ItemProcessor(options, open_store(out), log=log)
     job = start_job(specs, out, options, processor.key, processor.job, resume=resume, log=log)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import PartCLIPSegError
 from ..segment_job import (Item, ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, key_hash,
-                           load_model, model_fingerprint)
+                           load_model, model_fingerprint, start_job)
 from ..storage import OutputError, open_store
 
 MAX_BATCH_RETRIES = 3
@@ -90,8 +90,6 @@ def _connect(ray, address: str | None, log: Log) -> bool:
 def run_ray(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log = _stderr,
             progress: bool = True, address: str | None = None, workers: int | None = None,
             gpus_per_worker: float | None = None, worker_class: type = SegmentWorker) -> Report:
-    from . import start_job
-
     ray = import_ray()
     if workers is not None and workers < 1:
         raise PartCLIPSegError(f"--workers must be >= 1, got {workers}")

@@ -11,20 +11,17 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import PartCLIPSegError
-from ..segment_job import ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report
+from ..segment_job import ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, start_job
 from ..storage import OutputError, open_store
 
 
 def run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log = _stderr,
                  progress: bool = True) -> Report:
-    import torch
     import torch.distributed as dist
 
-    from ..eval_runner import dist_info, init_distributed
-    from . import start_job
-
+    from ..dist import default_device, dist_info, init_distributed
     info = dist_info()
-    device = options.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = options.device or default_device(info.local_rank)
     init_distributed(info, device)
     quiet = (lambda message: None) if info.rank else log
     error = None
