@@ -24,6 +24,7 @@ from typing import Any
 from .errors import ConfigError
 
 ARCHITECTURES = ("partclipseg", "clipseg")
+BACKGROUNDS = ("learned", "none")
 
 
 @dataclass
@@ -101,6 +102,8 @@ class PartCLIPSegConfig:
     image_size: int = 352
     visual_adapter_reduction: int = 4
     visual_adapter_ratio: float = 0.2
+    visual_adapter: bool = True
+    background: str = "learned"
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     official: OfficialCompat = field(default_factory=OfficialCompat)
@@ -130,6 +133,10 @@ class PartCLIPSegConfig:
                 raise ConfigError(f"decoder.extract_layers has {layer}, outside [-1, {v.num_layers - 1}]")
         if not 0 <= d.conditional_layer < len(d.extract_layers):
             raise ConfigError(f"decoder.conditional_layer {d.conditional_layer} is not a decoder layer index")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"unknown background {self.background!r}; expected one of {BACKGROUNDS}")
+        if self.architecture == "partclipseg" and (self.background != "learned" or not self.visual_adapter):
+            raise ConfigError("a partclipseg model needs background='learned' and visual_adapter=True")
         if self.visual_adapter_reduction <= 0 or v.hidden_size % self.visual_adapter_reduction:
             raise ConfigError(f"visual_adapter_reduction {self.visual_adapter_reduction} does not divide "
                               f"vision.hidden_size {v.hidden_size}")

@@ -220,14 +220,18 @@ def _load_folder(path: Path) -> CLIPSegCore:
     config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{path} has no {CONFIG_NAME}; a saved model is a folder with {CONFIG_NAME} + {WEIGHTS_NAME}")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {config_path} is not valid JSON: {exc}") from None
+    from .hf_clipseg import is_hf_clipseg_config, load_hf_clipseg
+
+    if is_hf_clipseg_config(raw):  # a plain CLIPSeg model in Hugging Face layout
+        return load_hf_clipseg(path)
     config = PartCLIPSegConfig.load(config_path)
     if not weights_path.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
-    raw = json.loads(config_path.read_text())
     state = read_safetensors(weights_path)
-    if raw.get("format") != "partclipseg":
-        raise CheckpointError(f"{path} holds a Hugging Face CLIPSeg model, not a PartCLIPSeg one; start training "
-                              f"from it with init_from_clipseg() instead")
     model = build_model(config)
     load_state_dict_checked(model, state, str(weights_path))
     return model
