@@ -193,23 +193,28 @@ def save_pretrained(model: CLIPSegCore, directory: str | os.PathLike) -> Path:
 
 def load_pretrained(source: str | os.PathLike, *, config: PartCLIPSegConfig | str | os.PathLike | None = None,
                     device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> CLIPSegCore:
-    """Load a model from a saved folder, a hub id, or an official ``.pth`` checkpoint.
+    """Load a model from a saved folder, a named model (``partclipseg models``), a hub id, or an official
+    ``.pth`` checkpoint. Names and paths are resolved by ``partclipseg.hub.resolve_model``; a folder with
+    a ``manifest.json`` (the cache, ``partclipseg download --to``) is re-checked (sizes, sha256) first.
 
     ``config`` is only used for official checkpoints, which carry none: a ``PartCLIPSegConfig``, a
     preset name, or a JSON file (ours or the official/HF config format). Default: the full
     CLIPSeg-rd64-refined shape.
     """
-    path = Path(source)
-    if path.is_dir():
-        model = _load_folder(path)
-    elif path.is_file():
-        if path.suffix == ".safetensors":
-            raise CheckpointError(f"{path}: pass the folder that holds {WEIGHTS_NAME} and {CONFIG_NAME}")
-        model = load_official_checkpoint(path, config)
-    elif _looks_like_hub_id(str(source)):
-        model = _load_folder(_download(str(source)))
+    from .hub.resolve import resolve_model
+    from .hub.store import MANIFEST, verify
+
+    resolved = resolve_model(source)  # named models are fetched / verified here; bad paths are refused
+    if isinstance(resolved, str):  # only a Hugging Face repository id is left
+        model = _load_folder(_download(resolved))
+    elif resolved.is_dir():
+        if (resolved / MANIFEST).is_file():
+            verify(resolved)
+        model = _load_folder(resolved)
+    elif resolved.suffix == ".safetensors":
+        raise CheckpointError(f"{resolved}: pass the folder that holds {WEIGHTS_NAME} and {CONFIG_NAME}")
     else:
-        raise CheckpointError(f"model not found: {source} is neither a folder, a checkpoint file nor a hub id")
+        model = load_official_checkpoint(resolved, config)
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
@@ -314,15 +319,18 @@ def _looks_like_hub_id(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not os.path.exists(text)
 
 
-def _download(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:
+def _download(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, "preprocessor_config.json")) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
     except Exception as exc:
-        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline? Pass a local folder "
-                              f"instead.") from None
+        from .errors import DownloadError
+
+        raise DownloadError(f"{repo_id!r} is no local file or folder, and it could not be fetched as a Hugging Face "
+                            f"hub repository ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"offline? pass a local folder (see `partclipseg models` and `partclipseg download`)"
+                            ) from None
 
 
 __all__ = ["save_pretrained", "load_pretrained", "load_official_checkpoint", "init_from_clipseg",

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import get_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..eval_runner import barrier, dist_info, init_distributed
 from ..io import atomic_write_text
 from ..losses import build_targets, clipseg_loss, partclipseg_loss
@@ -47,19 +47,19 @@ def build_initial_model(config: TrainConfig) -> CLIPSegCore:
         model_config.validate()
         torch.manual_seed(config.seed)
         return build_model(model_config)
-    path = Path(config.init)
+    from ..hub.resolve import resolve_model
+
+    resolved = resolve_model(config.init)  # a named model is fetched; a missing path is refused by name
+    path = Path(resolved)
     if path.is_dir() and (path / "config.json").is_file() and '"format": "partclipseg"' in (path / "config.json").read_text():
         model = load_pretrained(path)
         if model.config.architecture != config.architecture:
-            raise ConfigError(f"init {path} is a {model.config.architecture} model but the recipe trains "
+            raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
                               f"{config.architecture}")
         model.config.image_size = config.image_size
         return model
-    if not path.exists() and "/" not in config.init:
-        raise CheckpointError(f"init weights not found: {config.init} (a CLIPSeg folder, a hub id, a saved "
-                              f"partclipseg folder, or random:<preset>)")
     torch.manual_seed(config.seed)
-    return init_from_clipseg(config.init, config.architecture, config.image_size)
+    return init_from_clipseg(resolved, config.architecture, config.image_size)
 
 
 def set_trainable(model: CLIPSegCore, which: str) -> list[str]:

@@ -1,0 +1,125 @@
+"""The named pretrained models: one table, the single home of every fact about where weights come from.
+
+No real download could be checked while this table was written (no network): the Google Drive file ids
+and file names are the ones in the authors' README, the sizes are the approximate sizes it states, and
+no exact byte count or sha256 is known yet (``bytes``/``sha256`` stay ``None`` until someone measures a
+real download; the server's announced length is checked meanwhile and the hash of what arrived is
+recorded and re-checked on every later load).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GDRIVE_URL = "https://drive.google.com/uc?id={id}"
+GDRIVE_VIEW_URL = "https://drive.google.com/file/d/{id}/view"
+HUB_URL = "https://huggingface.co/{repo}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model.
+
+    ``source``: ``"gdrive"`` (an official detectron2 ``.pth`` converted once into the cache), ``"hub"``
+    (a Hugging Face repository in ``transformers`` CLIPSeg layout) or ``"builtin"`` (shipped in the
+    package). ``config``: preset + architecture used to convert an official ``.pth``.
+    """
+
+    name: str
+    architecture: str
+    trained_on: str
+    vocabulary: str
+    size: str
+    source: str
+    licence: str
+    paper: str = "-"
+    gdrive_id: str | None = None
+    filename: str | None = None
+    hub_repo: str | None = None
+    hub_revision: str = "main"
+    config_preset: str = "clipseg-rd64-refined"
+    bytes: int | None = None
+    sha256: str | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        if self.source == "gdrive":
+            return GDRIVE_URL.format(id=self.gdrive_id)
+        if self.source == "hub":
+            return HUB_URL.format(repo=self.hub_repo)
+        return "(built into the package)"
+
+    @property
+    def source_text(self) -> str:
+        if self.source == "gdrive":
+            return f"Google Drive {self.gdrive_id}"
+        if self.source == "hub":
+            return f"HF hub {self.hub_repo}"
+        return "package"
+
+
+_OFFICIAL = "authors' release (kaist-cvml/part-clipseg, MIT code; no weight licence stated)"
+
+MODELS: dict[str, ModelEntry] = {e.name: e for e in [
+    ModelEntry(
+        name="pascal_part_116", architecture="partclipseg", trained_on="Pascal-Part-116 (seen classes)",
+        vocabulary="any (object's part); best on Pascal-Part objects", size="~829 MB", source="gdrive",
+        licence=_OFFICIAL, paper="Oracle-Obj seen/unseen 50.02/31.67 mIoU (Table 1, as listed; not re-measured)",
+        gdrive_id="1ytZpfutk__67GLwB-4jMClehJlnAzYFS", filename="partclipseg_voc_oracle.pth"),
+    ModelEntry(
+        name="ade20k_part_234", architecture="partclipseg", trained_on="ADE20K-Part-234 (seen classes)",
+        vocabulary="any (object's part); best on ADE20K objects", size="~829 MB", source="gdrive",
+        licence=_OFFICIAL, paper="see the paper's Table 1 (not re-measured)",
+        gdrive_id="10UTxrlamYq2rq3Uuv1GdOxpLy8f-QXoz", filename="partclipseg_ade_oracle.pth",
+        note="the authors' README names this download partclipseg_voc_oracle.pth too; stored as "
+             "partclipseg_ade_oracle.pth so the two never collide"),
+    ModelEntry(
+        name="clipseg_pascal_part_116", architecture="clipseg", trained_on="Pascal-Part-116 (seen classes)",
+        vocabulary="any (object's part)", size="~829 MB", source="gdrive", licence=_OFFICIAL,
+        paper="baseline row of the paper's Table 1 (not re-measured)",
+        gdrive_id="1WkCu3-KA2Oho5xzBXDR_HUmBvvKKYSQM", filename="clipseg_voc_oracle.pth",
+        note="the authors' fine-tuned CLIPSeg baseline; its link is commented out in their README"),
+    ModelEntry(
+        name="clipseg-rd64-refined", architecture="clipseg (plain HF)", trained_on="PhraseCut (CLIPSeg paper)",
+        vocabulary="any text; one independent mask per prompt", size="~603 MB", source="hub",
+        licence="Apache-2.0 (HF model card)", paper="zero-shot, no part training",
+        hub_repo="CIDAS/clipseg-rd64-refined",
+        note="plain CLIPSeg (transformers semantics): no learned background; a pixel is background when no "
+             "prompt's probability passes 0.5"),
+    ModelEntry(
+        name="toy", architecture="partclipseg", trained_on="the synthetic toy world", vocabulary="toy_world only",
+        size="< 10 MB", source="builtin", licence="MIT (this package)", paper="-",
+        note="the default; knows only the toy world, not real photographs"),
+]}
+
+DEFAULT_MODEL = "toy"
+
+
+def get_entry(name: str) -> ModelEntry | None:
+    return MODELS.get(name)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per named model: name, architecture, trained_on, vocabulary, size, source, licence,
+    paper, note and ``cached`` (whether it can be used without network now)."""
+    from .store import is_cached
+
+    return [{"name": e.name, "architecture": e.architecture, "trained_on": e.trained_on, "vocabulary": e.vocabulary,
+             "size": e.size, "source": e.source_text, "url": e.url, "licence": e.licence, "paper": e.paper,
+             "note": e.note, "cached": True if e.source == "builtin" else is_cached(e)} for e in MODELS.values()]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The ``partclipseg models`` table (plain text, one model per block of lines)."""
+    lines = []
+    for row in rows:
+        cached = "yes" if row["cached"] else "no"
+        lines.append(f"{row['name']}  [{row['architecture']}, {row['size']}, cached: {cached}]")
+        lines.append(f"    trained on: {row['trained_on']}; vocabulary: {row['vocabulary']}")
+        lines.append(f"    source: {row['source']} ({row['url']}); licence: {row['licence']}")
+        lines.append(f"    paper: {row['paper']}")
+        if row["note"]:
+            lines.append(f"    note: {row['note']}")
+    return "\n".join(lines)
