@@ -1,4 +1,4 @@
-"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo``.
+"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo | models | download``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -16,6 +16,10 @@ from typing import Sequence
 
 from .errors import PartCLIPSegError
 
+MODEL_HELP = ("a named model (partclipseg models), a saved model folder, a hub id or an official .pth (default: the built-in toy-world model)")
+TOY_NOTE = ("note: no --model given: the built-in model only knows the synthetic toy world; for real photographs "
+            "use a pretrained model, e.g. `partclipseg segment photo.jpg --model pascal_part_116 --parts \"dog's head, "
+            "dog's leg\" --out out/` (list: `partclipseg models`)")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -35,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary")
     seg.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    seg.add_argument("--model", default=None, help=MODEL_HELP)
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
     vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet, "
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
     ev.add_argument("--dataset", required=True, choices=["pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world"])
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
-    ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    ev.add_argument("--model", default=None, help=MODEL_HELP)
     ev.add_argument("--protocol", choices=["pred-all", "oracle-obj"], required=True)
     ev.add_argument("--train-dataset", default=None, help="for cross-dataset runs: the dataset the model was trained on")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
@@ -93,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--image-size", type=int, default=None, help="processing size (default 352)")
 
     demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)")
-    demo.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     demo.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+
+    sub.add_parser("models", help="list the named pretrained models (name, training data, size, source, cached)")
+    dl = sub.add_parser("download", help="fetch a named model into the cache (or into --to DIR, for offline machines)")
+    dl.add_argument("name", help="a model name from `partclipseg models`")
+    dl.add_argument("--to", type=Path, default=None,
+                    help="also copy the verified model folder here; use it elsewhere with --model DIR")
     return parser
 
 
@@ -117,7 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"final model: {final}")
             return 0
         if args.command == "demo":
+            _toy_note(args)
             return _demo(args)
+        if args.command == "models":
+            from .hub import format_table, list_models
+
+            print(format_table(list_models()))
+            return 0
+        if args.command == "download":
+            from .hub import download
+            from .hub.fetch import describe
+
+            print(describe(download(args.name, args.to)))
+            return 0
         if args.command == "prepare-partimagenet":
             from .data.partimagenet_preprocess import preprocess_partimagenet
 
@@ -130,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _toy_note(args) -> None:
+    """Say once, on stderr, that the default model is the toy-world one."""
+    if getattr(args, "model", None) is None:
+        print(TOY_NOTE, file=sys.stderr)
 
 
 def _keep_freed_memory() -> None:
@@ -181,6 +209,7 @@ def _evaluate(args) -> int:
     from .eval_runner import evaluate
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    _toy_note(args)
     results = evaluate(args.dataset, args.root, args.model, args.protocol, args.out, train_dataset=args.train_dataset,
                        limit=args.limit, gt_resize_quirk=not args.clean_gt, device=args.device, dtype=dtype,
                        progress=not args.no_progress)
@@ -248,6 +277,7 @@ def _segment(args) -> int:
         mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    _toy_note(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -60,31 +60,31 @@ class ModelEntry:
         return "package"
 
 
-_OFFICIAL = "authors' release (kaist-cvml/part-clipseg, MIT code; no weight licence stated)"
+_OFFICIAL = "authors' release; MIT code, no weight licence stated"
 
 MODELS: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry(
-        name="pascal_part_116", architecture="partclipseg", trained_on="Pascal-Part-116 (seen classes)",
-        vocabulary="any (object's part); best on Pascal-Part objects", size="~829 MB", source="gdrive",
-        licence=_OFFICIAL, paper="Oracle-Obj seen/unseen 50.02/31.67 mIoU (Table 1, as listed; not re-measured)",
+        name="pascal_part_116", architecture="partclipseg", trained_on="Pascal-Part-116 (seen)",
+        vocabulary="any \"object's part\"; best on Pascal objects", size="~829 MB", source="gdrive",
+        licence=_OFFICIAL, paper="Oracle-Obj 50.02 seen / 31.67 unseen mIoU*",
         gdrive_id="1ytZpfutk__67GLwB-4jMClehJlnAzYFS", filename="partclipseg_voc_oracle.pth"),
     ModelEntry(
-        name="ade20k_part_234", architecture="partclipseg", trained_on="ADE20K-Part-234 (seen classes)",
-        vocabulary="any (object's part); best on ADE20K objects", size="~829 MB", source="gdrive",
-        licence=_OFFICIAL, paper="see the paper's Table 1 (not re-measured)",
+        name="ade20k_part_234", architecture="partclipseg", trained_on="ADE20K-Part-234 (seen)",
+        vocabulary="any \"object's part\"; best on ADE20K objects", size="~829 MB", source="gdrive",
+        licence=_OFFICIAL, paper="paper Table 1*",
         gdrive_id="10UTxrlamYq2rq3Uuv1GdOxpLy8f-QXoz", filename="partclipseg_ade_oracle.pth",
         note="the authors' README names this download partclipseg_voc_oracle.pth too; stored as "
              "partclipseg_ade_oracle.pth so the two never collide"),
     ModelEntry(
-        name="clipseg_pascal_part_116", architecture="clipseg", trained_on="Pascal-Part-116 (seen classes)",
-        vocabulary="any (object's part)", size="~829 MB", source="gdrive", licence=_OFFICIAL,
-        paper="baseline row of the paper's Table 1 (not re-measured)",
+        name="clipseg_pascal_part_116", architecture="clipseg", trained_on="Pascal-Part-116 (seen)",
+        vocabulary="any \"object's part\"", size="~829 MB", source="gdrive", licence=_OFFICIAL,
+        paper="paper Table 1 (CLIPSeg row)*",
         gdrive_id="1WkCu3-KA2Oho5xzBXDR_HUmBvvKKYSQM", filename="clipseg_voc_oracle.pth",
         note="the authors' fine-tuned CLIPSeg baseline; its link is commented out in their README"),
     ModelEntry(
-        name="clipseg-rd64-refined", architecture="clipseg (plain HF)", trained_on="PhraseCut (CLIPSeg paper)",
-        vocabulary="any text; one independent mask per prompt", size="~603 MB", source="hub",
-        licence="Apache-2.0 (HF model card)", paper="zero-shot, no part training",
+        name="clipseg-rd64-refined", architecture="clipseg (HF)", trained_on="PhraseCut (no parts)",
+        vocabulary="any text; one mask per prompt", size="~603 MB", source="hub",
+        licence="Apache-2.0 (HF model card)", paper="-",
         hub_repo="CIDAS/clipseg-rd64-refined",
         note="plain CLIPSeg (transformers semantics): no learned background; a pixel is background when no "
              "prompt's probability passes 0.5"),
@@ -111,15 +111,21 @@ def list_models() -> list[dict[str, Any]]:
              "note": e.note, "cached": True if e.source == "builtin" else is_cached(e)} for e in MODELS.values()]
 
 
+COLUMNS = (("name", "name"), ("architecture", "architecture"), ("trained_on", "trained on"),
+           ("vocabulary", "vocabulary"), ("size", "size"), ("source", "source"), ("licence", "licence"),
+           ("paper", "paper"), ("cached", "cached"))
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The ``partclipseg models`` table (plain text, one model per block of lines)."""
-    lines = []
+    """The ``partclipseg models`` table: one aligned row per model, then the notes."""
+    cells = [[label for _, label in COLUMNS]]
     for row in rows:
-        cached = "yes" if row["cached"] else "no"
-        lines.append(f"{row['name']}  [{row['architecture']}, {row['size']}, cached: {cached}]")
-        lines.append(f"    trained on: {row['trained_on']}; vocabulary: {row['vocabulary']}")
-        lines.append(f"    source: {row['source']} ({row['url']}); licence: {row['licence']}")
-        lines.append(f"    paper: {row['paper']}")
-        if row["note"]:
-            lines.append(f"    note: {row['note']}")
+        cells.append([("yes" if row[key] else "no") if key == "cached" else str(row[key]) for key, _ in COLUMNS])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.extend(f"{row['name']}: {row['note']}" for row in rows if row["note"])
+    lines.append("* the paper's numbers (PartCLIPSeg, NeurIPS 2024) as quoted by a public results index; not checked against the PDF nor re-measured here.")
+    lines.append("Use one with --model NAME; fetch ahead of time with `partclipseg download NAME [--to DIR]`.")
     return "\n".join(lines)
