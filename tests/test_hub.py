@@ -26,7 +26,9 @@ from loopback_servers import FileServer, HubServer
 from partclipseg.cli import main
 from partclipseg.errors import CheckpointError, DownloadError
 from partclipseg.hub.registry import MODELS, ModelEntry
-from partclipseg.predictor import Predictor
+from partclipseg.predictor import Predictor, segment_parts
+from partclipseg.train import load_recipe
+from partclipseg.train.loop import build_initial_model
 from partclipseg.weights import load_pretrained
 
 TESTS = Path(__file__).parent
@@ -88,6 +90,11 @@ def test_first_use_downloads_and_converts_then_loads_without_network(home, offic
     # the server is gone: the cached, verified copy is used, and the default Predictor path takes the name too
     predictor = Predictor.from_pretrained("test_pascal")
     assert torch.equal(predictor.model.decoder.film_mul.weight, ref_model.decoder.film_mul.weight)
+    segments = segment_parts(np.full((30, 40, 3), 128, np.uint8), "dog's head, dog's leg", model="test_pascal")
+    assert isinstance(segments, list)
+    # train init=NAME: a saved partclipseg model by name starts fine-tuning
+    started = build_initial_model(load_recipe("pascal_part_116", ["init=test_pascal", "image_size=96"]))
+    assert torch.equal(started.decoder.film_mul.weight, ref_model.decoder.film_mul.weight)
 
 
 def test_connection_cut_mid_file_is_resumed_with_a_range_request(home, official_pth, monkeypatch):

@@ -293,8 +293,12 @@ def init_from_clipseg(source: str | os.PathLike, architecture: str = "partclipse
         hf_config = json.loads((path / CONFIG_NAME).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} has no {CONFIG_NAME} (expected a Hugging Face CLIPSeg folder)") from None
-    if "vision_config" not in hf_config:
+    from .hf_clipseg import merged_sub_config
+
+    if "vision_config" not in hf_config and "vision_config_dict" not in hf_config:
         raise ConfigError(f"{path / CONFIG_NAME} is not a CLIPSeg config (no vision_config)")
+    hf_config = dict(hf_config, vision_config=merged_sub_config(hf_config, "vision"),
+                     text_config=merged_sub_config(hf_config, "text"))
     config = from_official_config(hf_config, image_size=image_size, architecture=architecture)
     if (path / WEIGHTS_NAME).is_file():
         raw = read_safetensors(path / WEIGHTS_NAME)
