@@ -232,7 +232,8 @@ def from_official_config(data: dict[str, Any], *, image_size: int | None = None,
             intermediate_size=int(data.get("decoder_intermediate_size", 2048)),
             extract_layers=tuple(int(x) for x in data.get("extract_layers", (3, 6, 9))),
             conditional_layer=int(data.get("conditional_layer", 0)),
-            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)))
+            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)),
+            layer_norm_eps=vision.layer_norm_eps)  # the decoder copies the vision config (transformers)
         for act_key, act in (("hidden_act", vc.get("hidden_act", "quick_gelu")),
                              ("text hidden_act", tc.get("hidden_act", "quick_gelu"))):
             if act != "quick_gelu":

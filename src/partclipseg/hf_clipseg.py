@@ -92,7 +92,6 @@ def hf_clipseg_config(data: dict[str, Any], preprocessor: dict[str, Any] | None 
     flat.pop("text_config_dict", None)
     size, mean, std = _processing(preprocessor, vision["image_size"], patch)
     config = from_official_config(flat, image_size=size, architecture="clipseg")
-    config.decoder.layer_norm_eps = config.vision.layer_norm_eps
     config.visual_adapter = False
     config.background = "none"
     if mean is not None:
