@@ -172,15 +172,37 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_two_processes_fetching_at_once_share_one_download(home, official_pth, tmp_path):
-    with FileServer({DRIVE_PATH: official_pth}, chunk=1 << 16, delay=0.01) as server:
-        env = _cli_env(home, tmp_path, PARTCLIPSEG_GDRIVE_URL=server.url + "/uc?id={id}")
-        procs = [_cli("download", "test_pascal", env=env) for _ in range(2)]
-        results = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, results):
-        assert proc.returncode == 0, err
-        assert "manifest.json" in out
-    assert len(server.gets(DRIVE_PATH)) == 1  # the second process waited on the lock, then used the result
+    """Both processes find the model's lock taken (held here until both say they wait), then one
+    downloads and the other uses its result: one transfer, two successes, no corrupted file."""
+    import time
+
+    from partclipseg.hub.store import lock_for
+
     folder = home / "models" / "test_pascal"
+    with FileServer({DRIVE_PATH: official_pth}, chunk=1 << 16, delay=0.005) as server:
+        env = _cli_env(home, tmp_path, PARTCLIPSEG_GDRIVE_URL=server.url + "/uc?id={id}")
+        logs = [tmp_path / f"err{i}.txt" for i in range(2)]
+        lock = lock_for(folder)
+        lock.acquire()
+        procs = []
+        try:
+            for log in logs:
+                with open(log, "w") as handle:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, str(TESTS / "cli_with_test_models.py"), "download", "test_pascal"],
+                        env=env, stdout=subprocess.PIPE, stderr=handle, text=True))
+            deadline = time.monotonic() + 240
+            while not all("waiting for another process" in log.read_text() for log in logs):
+                assert time.monotonic() < deadline, [log.read_text() for log in logs]
+                assert all(p.poll() is None for p in procs), [log.read_text() for log in logs]
+                time.sleep(0.2)
+        finally:
+            lock.release()
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    for proc, out, log in zip(procs, outs, logs):
+        assert proc.returncode == 0, log.read_text()
+        assert "manifest.json" in out
+    assert len(server.gets(DRIVE_PATH)) == 1  # one transfer: the second process used the first one's result
     assert sorted(os.listdir(folder)) == ["config.json", "manifest.json", "model.safetensors"]
     assert load_pretrained(folder) is not None
 
@@ -286,6 +308,19 @@ def hf_files(tmp_path_factory):
     torch.save(state, buffer)
     return {"tester/tiny-clipseg/config.json": (folder / "config.json").read_bytes(),
             "tester/tiny-clipseg/pytorch_model.bin": buffer.getvalue()}, model
+
+
+def test_hub_offline_message_names_the_repo_and_folder(home, monkeypatch):
+    monkeypatch.setitem(MODELS, "test_hub_clipseg", ModelEntry(**HUB_ENTRY))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    folder = home / "models" / "test_hub_clipseg"
+    with pytest.raises(DownloadError) as info:
+        load_pretrained("test_hub_clipseg")
+    message = str(info.value)
+    for needle in ("https://huggingface.co/tester/tiny-clipseg", "huggingface-cli download tester/tiny-clipseg",
+                   str(folder), "partclipseg download test_hub_clipseg --to DIR"):
+        assert needle in message, needle
+    assert not folder.exists()
 
 
 def test_hub_model_downloads_converts_bin_and_runs_offline_from_a_copied_folder(home, hf_files, monkeypatch, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import DownloadError, PartCLIPSegError
@@ -39,7 +40,16 @@ def ensure_model(entry: ModelEntry, progress: bool = True) -> Path:
     if manifest is not None:
         verify(folder, manifest)
         return folder
-    with lock_for(folder):
+    from filelock import Timeout
+
+    lock = lock_for(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is fetching model {entry.name!r} (lock {lock.lock_file})",
+              file=sys.stderr)
+        lock.acquire()
+    try:
         manifest = read_manifest(folder)  # another process may have finished while we waited
         if manifest is None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -51,6 +61,8 @@ def ensure_model(entry: ModelEntry, progress: bool = True) -> Path:
                 raise PartCLIPSegError(f"model {entry.name!r} is built in; nothing to download")
             manifest = read_manifest(folder)
         verify(folder, manifest)
+    finally:
+        lock.release()
     return folder
 
 
@@ -170,7 +182,7 @@ def _hub_download(entry: ModelEntry, folder: Path, progress: bool) -> None:
 
 def _drop_hub_staging(staging: Path, folder: Path) -> None:
     """Keep resumable ``.incomplete`` bytes of huggingface_hub; drop the folders if nothing is in them."""
-    if staging.is_dir() and not any(p.is_file() and p.stat().st_size for p in staging.rglob("*")):
+    if staging.is_dir() and not any(p.stat().st_size for p in staging.rglob("*.incomplete")):
         shutil.rmtree(staging, ignore_errors=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
