@@ -331,10 +331,10 @@ def _download(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NA
     except Exception as exc:
         from .errors import DownloadError
 
-        raise DownloadError(f"{repo_id!r} is no local file or folder, and it could not be fetched as a Hugging Face "
-                            f"hub repository ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                            f"offline? pass a local folder (see `partclipseg models` and `partclipseg download`)"
-                            ) from None
+        raise DownloadError(f"no such file or folder: {repo_id}, and it could not be fetched as a Hugging Face hub "
+                            f"repository either ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline? pass a local folder (see "
+                            f"`partclipseg models` and `partclipseg download NAME --to DIR`)") from None
 
 
 __all__ = ["save_pretrained", "load_pretrained", "load_official_checkpoint", "init_from_clipseg",

@@ -111,6 +111,8 @@ def _convert_official(entry: ModelEntry, folder: Path, pth: Path, download: dict
     write_manifest(folder, [CONFIG_NAME, WEIGHTS_NAME], name=entry.name, source=entry.source_text,
                    download=download)
     pth.unlink()  # converted: later loads read the safetensors only
+    print(f"converted {pth.name} into {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}; sha256 recorded in {MANIFEST})",
+          file=sys.stderr)
 
 
 def _drop_empty_partials(folder: Path, filename: str) -> list[str]:

@@ -8,7 +8,7 @@ recorded and re-checked on every later load).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 GDRIVE_URL = "https://drive.google.com/uc?id={id}"
@@ -41,7 +41,6 @@ class ModelEntry:
     bytes: int | None = None
     sha256: str | None = None
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
