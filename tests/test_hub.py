@@ -317,7 +317,7 @@ def test_hub_offline_message_names_the_repo_and_folder(home, monkeypatch):
     with pytest.raises(DownloadError) as info:
         load_pretrained("test_hub_clipseg")
     message = str(info.value)
-    for needle in ("https://huggingface.co/tester/tiny-clipseg", "huggingface-cli download tester/tiny-clipseg",
+    for needle in ("https://huggingface.co/tester/tiny-clipseg", "hf download tester/tiny-clipseg",
                    str(folder), "partclipseg download test_hub_clipseg --to DIR"):
         assert needle in message, needle
     assert not folder.exists()

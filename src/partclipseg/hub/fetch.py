@@ -206,7 +206,7 @@ def _bin_to_safetensors(bin_path: Path) -> None:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = next((line.strip() for line in text if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:300].rstrip('.')}" if first else type(exc).__name__
 
 
 def _manual(entry: ModelEntry, folder: Path, url: str, reason: str, kept: list[str] | None = None) -> str:
@@ -219,7 +219,7 @@ def _manual(entry: ModelEntry, folder: Path, url: str, reason: str, kept: list[s
                   f"`gdown {entry.gdrive_id} -O {entry.filename}`), put the file as {folder / entry.filename} and "
                   f"run the command again; it is checked and converted on first use.")
     else:
-        manual = (f" To get it by hand: `huggingface-cli download {entry.hub_repo} config.json "
+        manual = (f" To get it by hand: `hf download {entry.hub_repo} config.json "
                   f"preprocessor_config.json model.safetensors --local-dir {folder}` (or save those files from "
                   f"{entry.url}/tree/{entry.hub_revision} into {folder}) and run the command again.")
     other = (f" Or run `partclipseg download {entry.name} --to DIR` on a machine with network, copy DIR here and "
