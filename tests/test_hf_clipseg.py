@@ -133,3 +133,31 @@ def test_options_that_cannot_be_honoured_are_refused_by_name(change, name):
     data = dict({"model_type": "clipseg"}, **change)
     with pytest.raises(ConfigError, match=name):
         hf_clipseg_config(data)
+
+
+def test_a_transformers_folder_runs_in_the_evaluator_with_a_benchmark_vocabulary(tmp_path, capsys):
+    """Any vocabulary, through the CLI evaluator: the plain CLIPSeg model answers all 116 prompts."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from partclipseg.cli import main
+    from partclipseg.data import synthetic
+
+    torch.manual_seed(0)
+    config = transformers.CLIPSegConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16, extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2,
+        decoder_intermediate_size=24)
+    folder = tmp_path / "hf"
+    transformers.CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 64}}))
+    assert load_pretrained(folder).config.image_size == 64
+    root = synthetic.make_pascal_part(tmp_path / "pascal")
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--dataset", "pascal_part_116", "--root", str(root), "--model", str(folder),
+                 "--protocol", "oracle-obj", "--limit", "3", "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads(out.read_text())
+    assert len(results["metrics"]["per_class"]) == 116
