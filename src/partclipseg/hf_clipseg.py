@@ -1,9 +1,12 @@
-"""Plain CLIPSeg models in Hugging Face layout (``CLIPSegForImageSegmentation``) as ``CLIPSegBaseline``s.
+"""Plain CLIPSeg models in Hugging Face layout (``CLIPSegForImageSegmentation``): config and weights.
+
+Sits beside ``checkpoint`` (no model code): ``read_hf_clipseg(folder)`` gives a config for the package's
+``clipseg`` architecture and the converted state dict; ``model.loading`` assembles the model.
 
 A folder written by ``transformers`` (``config.json`` with ``model_type: clipseg`` + ``model.safetensors``
 or ``pytorch_model.bin``, optionally ``preprocessor_config.json``) becomes a model of this package:
 
-* the parameter names go through the one official/HF key mapping, ``weights.convert_official_state_dict``;
+* the parameter names go through the one official/HF key mapping, ``checkpoint.convert_official_state_dict``;
 * every ``CLIPSegConfig`` option that changes the computation is honoured: tower widths, depths, heads,
   MLP sizes, layer-norm eps (the decoder takes the vision tower's, as ``transformers`` does),
   ``extract_layers``, ``reduce_dim``, ``decoder_num_attention_heads``, ``decoder_intermediate_size``,
@@ -30,17 +33,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .checkpoint import convert_official_state_dict, read_safetensors, read_torch_checkpoint
 from .config import PartCLIPSegConfig, from_official_config
 from .errors import CheckpointError, ConfigError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIPSEG_PROCESSING_SIZE = 352
-
-
-def is_hf_clipseg_config(data: Any) -> bool:
-    """A ``transformers`` CLIPSeg config (our own configs carry ``"format": "partclipseg"``)."""
-    return isinstance(data, dict) and data.get("format") != "partclipseg" and (
-        data.get("model_type") == "clipseg" or ("vision_config" in data or "vision_config_dict" in data))
 
 
 def merged_sub_config(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -120,24 +120,18 @@ def _processing(preprocessor: dict[str, Any] | None, native: int, patch: int):
     return size, mean, std
 
 
-def load_hf_clipseg(folder: str | Path):
-    """A ``CLIPSegForImageSegmentation`` folder -> ``CLIPSegBaseline`` (eval mode)."""
-    from .model import build_model
-    from .weights import convert_official_state_dict, load_state_dict_checked, read_safetensors, read_torch_checkpoint
-
+def read_hf_clipseg(folder: str | Path) -> tuple[PartCLIPSegConfig, dict[str, torch.Tensor]]:
+    """Config and converted state dict of a ``CLIPSegForImageSegmentation`` folder (``config.json`` +
+    ``model.safetensors`` or ``pytorch_model.bin``, optional ``preprocessor_config.json``)."""
     folder = Path(folder)
     data = _read_json(folder / "config.json")
-    if not is_hf_clipseg_config(data):
-        raise CheckpointError(f"{folder / 'config.json'} is not a Hugging Face CLIPSeg config")
     preprocessor = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
     config = hf_clipseg_config(data, preprocessor)
     weights = next((folder / n for n in HF_WEIGHT_FILES if (folder / n).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder} has neither {' nor '.join(HF_WEIGHT_FILES)}")
     raw = read_safetensors(weights) if weights.suffix == ".safetensors" else read_torch_checkpoint(weights)
-    model = build_model(config)
-    load_state_dict_checked(model, convert_official_state_dict(raw), str(weights))
-    return model.eval()
+    return config, convert_official_state_dict(raw)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,10 +7,19 @@ fetches one ahead of time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from .registry import MODELS, ModelEntry, format_table, get_entry, list_models
+from .registry import MODELS, ModelEntry, format_table, get_entry
 from .resolve import looks_like_path, resolve_model
-from .store import cache_home, model_dir
+from .store import cache_home, is_cached, model_dir
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per named model: name, architecture, trained_on, vocabulary, size, source, licence,
+    paper, note and ``cached`` (whether it can be used without network now)."""
+    return [{"name": e.name, "architecture": e.architecture, "trained_on": e.trained_on, "vocabulary": e.vocabulary,
+             "size": e.size, "source": e.source_text, "url": e.url, "licence": e.licence, "paper": e.paper,
+             "note": e.note, "cached": True if e.source == "builtin" else is_cached(e)} for e in MODELS.values()]
 
 
 def download(name: str, to: str | Path | None = None, progress: bool = True) -> Path:
@@ -23,9 +32,9 @@ def download(name: str, to: str | Path | None = None, progress: bool = True) -> 
     if entry is None:
         raise PartCLIPSegError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if entry.source == "builtin":
-        from ..weights import DEFAULT_MODEL_DIR
+        from .registry import BUILTIN_MODEL_DIR
 
-        return DEFAULT_MODEL_DIR if to is None else copy_model(DEFAULT_MODEL_DIR, Path(to).expanduser(), name=name)
+        return BUILTIN_MODEL_DIR if to is None else copy_model(BUILTIN_MODEL_DIR, Path(to).expanduser(), name=name)
     folder = ensure_model(entry, progress=progress)
     return folder if to is None else copy_model(folder, Path(to).expanduser())
 

@@ -103,11 +103,11 @@ def _fetch_gdrive(entry: ModelEntry, folder: Path, progress: bool) -> None:
 
 
 def _convert_official(entry: ModelEntry, folder: Path, pth: Path, download: dict) -> None:
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_official, write_saved
     from ..config import get_config
-    from ..weights import CONFIG_NAME, WEIGHTS_NAME, load_official_checkpoint, save_pretrained
 
-    model = load_official_checkpoint(pth, get_config(entry.config_preset, entry.architecture))
-    save_pretrained(model, folder)
+    config, state = read_official(pth, get_config(entry.config_preset, entry.architecture))
+    write_saved(state, config, folder)  # the loader checks every key against the model on each load
     write_manifest(folder, [CONFIG_NAME, WEIGHTS_NAME], name=entry.name, source=entry.source_text,
                    download=download)
     pth.unlink()  # converted: later loads read the safetensors only
@@ -130,13 +130,13 @@ def _drop_empty_partials(folder: Path, filename: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- Hugging Face hub
 def _fetch_hub(entry: ModelEntry, folder: Path, progress: bool) -> None:
-    from ..hf_clipseg import load_hf_clipseg
+    from ..hf_clipseg import read_hf_clipseg
 
     present = [n for n in HF_WEIGHTS if (folder / n).is_file()]
     if not ((folder / "config.json").is_file() and present):  # nothing put there by hand: download
         _hub_download(entry, folder, progress)
     try:
-        load_hf_clipseg(folder)  # the files must load before they are recorded
+        read_hf_clipseg(folder)  # the files must read and convert before they are recorded
     except PartCLIPSegError as exc:
         raise DownloadError(f"the files in {folder} do not form a CLIPSeg model ({exc}); delete the folder and "
                             f"run again") from None
@@ -193,8 +193,8 @@ def _drop_hub_staging(staging: Path, folder: Path) -> None:
 def _bin_to_safetensors(bin_path: Path) -> None:
     from safetensors.torch import save_file
 
+    from ..checkpoint import read_torch_checkpoint
     from ..io import atomic_path
-    from ..weights import read_torch_checkpoint
 
     state = {k: v.contiguous() for k, v in read_torch_checkpoint(bin_path).items()}
     with atomic_path(bin_path.with_name("model.safetensors")) as tmp:

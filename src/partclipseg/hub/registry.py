@@ -9,8 +9,10 @@ recorded and re-checked on every later load).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"  # the "toy" model
 GDRIVE_URL = "https://drive.google.com/uc?id={id}"
 GDRIVE_VIEW_URL = "https://drive.google.com/file/d/{id}/view"
 HUB_URL = "https://huggingface.co/{repo}"
@@ -98,16 +100,6 @@ DEFAULT_MODEL = "toy"
 
 def get_entry(name: str) -> ModelEntry | None:
     return MODELS.get(name)
-
-
-def list_models() -> list[dict[str, Any]]:
-    """One row per named model: name, architecture, trained_on, vocabulary, size, source, licence,
-    paper, note and ``cached`` (whether it can be used without network now)."""
-    from .store import is_cached
-
-    return [{"name": e.name, "architecture": e.architecture, "trained_on": e.trained_on, "vocabulary": e.vocabulary,
-             "size": e.size, "source": e.source_text, "url": e.url, "licence": e.licence, "paper": e.paper,
-             "note": e.note, "cached": True if e.source == "builtin" else is_cached(e)} for e in MODELS.values()]
 
 
 COLUMNS = (("name", "name"), ("architecture", "architecture"), ("trained_on", "trained on"),

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .registry import MODELS, get_entry
+from .registry import BUILTIN_MODEL_DIR, MODELS, get_entry
 
 PATH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".json", ".ckpt")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -46,9 +46,7 @@ def resolve_model(source: str | os.PathLike, progress: bool = True) -> Path | st
     entry = get_entry(text) or hub_repo_entry(text)
     if entry is not None:
         if entry.source == "builtin":
-            from ..weights import DEFAULT_MODEL_DIR
-
-            return DEFAULT_MODEL_DIR
+            return BUILTIN_MODEL_DIR
         from .fetch import ensure_model
 
         return ensure_model(entry, progress=progress)
