@@ -32,10 +32,15 @@ from partclipseg.train.loop import build_initial_model
 from partclipseg.weights import load_pretrained
 
 TESTS = Path(__file__).parent
-DRIVE_ENTRY = dict(name="test_pascal", architecture="partclipseg", trained_on="fixture", vocabulary="any",
-                   size="~16 MB", source="gdrive", licence="test", gdrive_id="TESTID", filename="test_oracle.pth",
-                   config_preset="tiny")
 DRIVE_PATH = "/uc?id=TESTID"
+
+
+@pytest.fixture(scope="module")
+def drive_entry(ref_dir) -> dict:
+    """A Drive model whose file is the golden fixture's official checkpoint (converted with its config)."""
+    return dict(name="test_pascal", architecture="partclipseg", trained_on="fixture", vocabulary="any",
+                size="~16 MB", source="gdrive", licence="test", gdrive_id="TESTID", filename="test_oracle.pth",
+                config_preset=str(ref_dir / "config.json"))
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +55,13 @@ def official_pth(ref_dir) -> bytes:
 
 
 @pytest.fixture()
-def home(tmp_path, monkeypatch):
+def home(tmp_path, monkeypatch, request):
     """An empty cache, the test model registered, and HOME moved (gdown keeps cookies there)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("PARTCLIPSEG_HOME", str(cache))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setitem(MODELS, "test_pascal", ModelEntry(**DRIVE_ENTRY))
+    if "drive_entry" in request.fixturenames:
+        monkeypatch.setitem(MODELS, "test_pascal", ModelEntry(**request.getfixturevalue("drive_entry")))
     return cache
 
 
@@ -73,7 +79,8 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_first_use_downloads_and_converts_then_loads_without_network(home, official_pth, ref_model, monkeypatch):
+def test_first_use_downloads_and_converts_then_loads_without_network(drive_entry, home, official_pth, ref_model,
+                                                                     monkeypatch):
     with FileServer({DRIVE_PATH: official_pth}) as server:
         _point_drive_at(monkeypatch, server.url)
         model = load_pretrained("test_pascal")
@@ -93,11 +100,12 @@ def test_first_use_downloads_and_converts_then_loads_without_network(home, offic
     segments = segment_parts(np.full((30, 40, 3), 128, np.uint8), "dog's head, dog's leg", model="test_pascal")
     assert isinstance(segments, list)
     # train init=NAME: a saved partclipseg model by name starts fine-tuning
-    started = build_initial_model(load_recipe("pascal_part_116", ["init=test_pascal", "image_size=96"]))
+    size = predictor.model.config.image_size
+    started = build_initial_model(load_recipe("pascal_part_116", ["init=test_pascal", f"image_size={size}"]))
     assert torch.equal(started.decoder.film_mul.weight, ref_model.decoder.film_mul.weight)
 
 
-def test_connection_cut_mid_file_is_resumed_with_a_range_request(home, official_pth, monkeypatch):
+def test_connection_cut_mid_file_is_resumed_with_a_range_request(drive_entry, home, official_pth, monkeypatch):
     cut = len(official_pth) // 2
     with FileServer({DRIVE_PATH: official_pth}, cut_after=cut, cuts=1) as server:
         _point_drive_at(monkeypatch, server.url)
@@ -109,7 +117,7 @@ def test_connection_cut_mid_file_is_resumed_with_a_range_request(home, official_
     assert json.loads((folder / "manifest.json").read_text())["download"]["sha256"] == _sha(official_pth)
 
 
-def test_partial_file_is_kept_and_the_next_run_resumes_it(home, official_pth, monkeypatch):
+def test_partial_file_is_kept_and_the_next_run_resumes_it(drive_entry, home, official_pth, monkeypatch):
     monkeypatch.setenv("PARTCLIPSEG_DOWNLOAD_RETRIES", "0")
     cut = len(official_pth) // 3
     folder = home / "models" / "test_pascal"
@@ -127,7 +135,7 @@ def test_partial_file_is_kept_and_the_next_run_resumes_it(home, official_pth, mo
     assert json.loads((folder / "manifest.json").read_text())["download"]["sha256"] == _sha(official_pth)
 
 
-def test_truncated_or_altered_cached_files_are_refused_by_name(home, official_pth, monkeypatch):
+def test_truncated_or_altered_cached_files_are_refused_by_name(drive_entry, home, official_pth, monkeypatch):
     with FileServer({DRIVE_PATH: official_pth}) as server:
         _point_drive_at(monkeypatch, server.url)
         load_pretrained("test_pascal")
@@ -143,13 +151,15 @@ def test_truncated_or_altered_cached_files_are_refused_by_name(home, official_pt
         load_pretrained("test_pascal")
     weights.write_bytes(original)
     config = weights.with_name("config.json")
-    config.write_text(config.read_text().replace('"image_size": 96', '"image_size": 192'))
+    data = json.loads(config.read_text())
+    data["image_size"] *= 2
+    config.write_text(json.dumps(data, indent=2) + "\n")
     with pytest.raises(CheckpointError, match=r"config\.json"):
         load_pretrained("test_pascal")
 
 
-def test_a_wrong_size_from_the_registry_is_refused_and_removed(home, official_pth, monkeypatch):
-    monkeypatch.setitem(MODELS, "test_pascal", ModelEntry(**dict(DRIVE_ENTRY, bytes=len(official_pth) + 1)))
+def test_a_wrong_size_from_the_registry_is_refused_and_removed(drive_entry, home, official_pth, monkeypatch):
+    monkeypatch.setitem(MODELS, "test_pascal", ModelEntry(**dict(drive_entry, bytes=len(official_pth) + 1)))
     with FileServer({DRIVE_PATH: official_pth}) as server:
         _point_drive_at(monkeypatch, server.url)
         with pytest.raises(DownloadError, match="test_oracle.pth has .* bytes, expected"):
@@ -157,9 +167,9 @@ def test_a_wrong_size_from_the_registry_is_refused_and_removed(home, official_pt
     assert not list((home / "models" / "test_pascal").glob("*"))
 
 
-def _cli_env(home: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+def _cli_env(home: Path, tmp_path: Path, entries: list[dict], **extra: str) -> dict[str, str]:
     env = dict(os.environ, PARTCLIPSEG_HOME=str(home), HOME=str(tmp_path / "home"),
-               PARTCLIPSEG_TEST_MODELS=json.dumps([DRIVE_ENTRY, HUB_ENTRY]),
+               PARTCLIPSEG_TEST_MODELS=json.dumps(entries),
                PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
@@ -171,7 +181,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_processes_fetching_at_once_share_one_download(home, official_pth, tmp_path):
+def test_two_processes_fetching_at_once_share_one_download(drive_entry, home, official_pth, tmp_path):
     """Both processes find the model's lock taken (held here until both say they wait), then one
     downloads and the other uses its result: one transfer, two successes, no corrupted file."""
     import time
@@ -180,7 +190,7 @@ def test_two_processes_fetching_at_once_share_one_download(home, official_pth, t
 
     folder = home / "models" / "test_pascal"
     with FileServer({DRIVE_PATH: official_pth}, chunk=1 << 16, delay=0.005) as server:
-        env = _cli_env(home, tmp_path, PARTCLIPSEG_GDRIVE_URL=server.url + "/uc?id={id}")
+        env = _cli_env(home, tmp_path, [drive_entry], PARTCLIPSEG_GDRIVE_URL=server.url + "/uc?id={id}")
         logs = [tmp_path / f"err{i}.txt" for i in range(2)]
         lock = lock_for(folder)
         lock.acquire()
@@ -207,25 +217,27 @@ def test_two_processes_fetching_at_once_share_one_download(home, official_pth, t
     assert load_pretrained(folder) is not None
 
 
-def test_offline_gives_the_url_the_manual_way_and_the_folder(home, tmp_path, monkeypatch, capsys):
+def test_offline_gives_the_url_the_manual_way_and_the_folder(drive_entry, home, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PARTCLIPSEG_DOWNLOAD_RETRIES", "1")
     url = f"http://127.0.0.1:{_closed_port()}"
     _point_drive_at(monkeypatch, url)
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
-    code = main(["segment", str(image), "--model", "test_pascal", "--parts", "dog's head", "--out", str(tmp_path / "o")])
+    code = main(["segment", str(image), "--model", "test_pascal", "--parts", "dog's head",
+                 "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
     folder = home / "models" / "test_pascal"
-    for needle in (f"{url}/uc?id=TESTID", "https://drive.google.com/file/d/TESTID/view", "gdown TESTID -O test_oracle.pth",
+    for needle in (f"{url}/uc?id=TESTID", "https://drive.google.com/file/d/TESTID/view",
+                   "gdown TESTID -O test_oracle.pth",
                    str(folder / "test_oracle.pth"), "partclipseg download test_pascal --to DIR"):
         assert needle in err, needle
     assert not folder.exists() or not any(folder.iterdir())  # nothing half-written left
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_a_file_put_in_the_folder_by_hand_is_converted_without_network(home, official_pth, monkeypatch):
+def test_a_file_put_in_the_folder_by_hand_is_converted_without_network(drive_entry, home, official_pth, monkeypatch):
     _point_drive_at(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
     folder = home / "models" / "test_pascal"
     folder.mkdir(parents=True)
@@ -271,7 +283,7 @@ def test_models_command_lists_every_named_model(capsys, home):
         assert word in out, word
 
 
-def test_download_to_copies_a_verified_folder(home, official_pth, monkeypatch, tmp_path, capsys):
+def test_download_to_copies_a_verified_folder(drive_entry, home, official_pth, monkeypatch, tmp_path, capsys):
     with FileServer({DRIVE_PATH: official_pth}) as server:
         _point_drive_at(monkeypatch, server.url)
         assert main(["download", "test_pascal", "--to", str(tmp_path / "copy")]) == 0
@@ -339,7 +351,7 @@ def test_hub_model_downloads_converts_bin_and_runs_offline_from_a_copied_folder(
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
     parts = "cat's head, cat's leg, dog's tail"
-    env = _cli_env(home, tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    env = _cli_env(home, tmp_path, [HUB_ENTRY], HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
     proc = _cli("segment", str(image), "--model", str(tmp_path / "copy"), "--parts", parts, "--scores", "--out",
                 str(tmp_path / "out"), env=env)
     out, err = proc.communicate(timeout=300)

@@ -83,8 +83,8 @@ def hf_clipseg_config(data: dict[str, Any], preprocessor: dict[str, Any] | None 
     patch = vision["patch_size"]
     complex_head = bool(data.get("use_complex_transposed_convolution", False))
     if patch % 4:
-        raise ConfigError(f"unsupported vision_config.patch_size {patch}: must be a multiple of 4"
-                          + (" (use_complex_transposed_convolution up-samples twice by patch/4)" if complex_head else ""))
+        why = " (use_complex_transposed_convolution up-samples twice by patch/4)" if complex_head else ""
+        raise ConfigError(f"unsupported vision_config.patch_size {patch}: must be a multiple of 4{why}")
     if complex_head and int(data.get("reduce_dim", 64)) % 2:
         raise ConfigError(f"unsupported reduce_dim {data['reduce_dim']}: the complex head halves it")
     flat = dict(data, vision_config=vision, text_config=text)
@@ -125,7 +125,8 @@ def read_hf_clipseg(folder: str | Path) -> tuple[PartCLIPSegConfig, dict[str, to
     ``model.safetensors`` or ``pytorch_model.bin``, optional ``preprocessor_config.json``)."""
     folder = Path(folder)
     data = _read_json(folder / "config.json")
-    preprocessor = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
+    preprocessor_path = folder / "preprocessor_config.json"
+    preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
     config = hf_clipseg_config(data, preprocessor)
     weights = next((folder / n for n in HF_WEIGHT_FILES if (folder / n).is_file()), None)
     if weights is None:

@@ -24,7 +24,8 @@ class ModelEntry:
 
     ``source``: ``"gdrive"`` (an official detectron2 ``.pth`` converted once into the cache), ``"hub"``
     (a Hugging Face repository in ``transformers`` CLIPSeg layout) or ``"builtin"`` (shipped in the
-    package). ``config``: preset + architecture used to convert an official ``.pth``.
+    package). ``config_preset``: the config (a preset name or a config JSON file) an official ``.pth``,
+    which carries none, is converted with; its architecture is the checkpoint's.
     """
 
     name: str
@@ -117,6 +118,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     lines.extend(f"{row['name']}: {row['note']}" for row in rows if row["note"])
-    lines.append("* the paper's numbers (PartCLIPSeg, NeurIPS 2024) as quoted by a public results index; not checked against the PDF nor re-measured here.")
+    lines.append("* the paper's numbers (PartCLIPSeg, NeurIPS 2024) as quoted by a public results index; not checked "
+                 "against the PDF nor re-measured here.")
     lines.append("Use one with --model NAME; fetch ahead of time with `partclipseg download NAME [--to DIR]`.")
     return "\n".join(lines)
