@@ -100,7 +100,7 @@ def test_unreadable_and_unsafe_files_are_refused(tmp_path):
     torch.save({"something": 1}, tmp_path / "nostate.pth")
     with pytest.raises(CheckpointError, match="no state dict"):
         load_pretrained(tmp_path / "nostate.pth")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
         load_pretrained(tmp_path / "does-not-exist.pth")
     (tmp_path / "empty_folder").mkdir()
     with pytest.raises(CheckpointError, match="config.json"):

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PartCLIPSegConfig, get_config
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DownloadError
 from .io import atomic_path, atomic_write_text
 
 CONFIG_NAME = "config.json"
@@ -201,7 +201,8 @@ class CheckpointInfo:
 
 
 def inspect_checkpoint(source: str | os.PathLike, *, download: bool = True,
-                       patterns: tuple[str, ...] = ("config.json", "model.safetensors")) -> CheckpointInfo:
+                       patterns: tuple[str, ...] = ("config.json", "model.safetensors", "preprocessor_config.json")
+                       ) -> CheckpointInfo:
     """What is at ``source`` (folder, file or, with ``download``, a hub id fetched with ``patterns``).
 
     Raises ``CheckpointError`` (or ``ConfigError`` for a malformed ``config.json``) with a one-line
@@ -223,8 +224,8 @@ def inspect_checkpoint(source: str | os.PathLike, *, download: bool = True,
     raw = read_config_json(config_path)
     if raw.get("format") == "partclipseg":
         return CheckpointInfo(SAVED, path)
-    if "vision_config" in raw and "text_config" in raw:
-        return CheckpointInfo(HF_CLIPSEG, path)
+    if raw.get("model_type") == "clipseg" or "vision_config" in raw or "vision_config_dict" in raw:
+        return CheckpointInfo(HF_CLIPSEG, path)  # transformers' CLIPSeg (legacy configs: *_config_dict)
     # let the config loader give its precise message
     PartCLIPSegConfig.load(config_path)
     raise CheckpointError(f"{config_path} is not a partclipseg or CLIPSeg config")  # pragma: no cover
@@ -299,6 +300,7 @@ def download_from_hub(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WE
 
         return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
     except Exception as exc:
-        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline? Pass a local folder "
-                              f"instead.") from None
+        raise DownloadError(f"no such file or folder: {repo_id}, and it could not be fetched as a Hugging Face hub "
+                            f"repository either ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline? pass a local folder (see "
+                            f"`partclipseg models` and `partclipseg download NAME --to DIR`)") from None

@@ -1,4 +1,4 @@
-"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo``.
+"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo | models | download``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -14,6 +14,10 @@ from typing import Sequence
 
 from .errors import PartCLIPSegError
 
+MODEL_HELP = ("a named model (partclipseg models), a saved model folder, a hub id or an official .pth (default: the built-in toy-world model)")
+TOY_NOTE = ("note: no --model given: the built-in model only knows the synthetic toy world; for real photographs "
+            "use a pretrained model, e.g. `partclipseg segment photo.jpg --model pascal_part_116 --parts \"dog's head, "
+            "dog's leg\" --out out/` (list: `partclipseg models`)")
 
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
     try:
@@ -35,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary")
     seg.add_argument("images", nargs="+", help="image files, folders (searched recursively), glob patterns or "
                                                "pyarrow filesystem URIs (s3://, gs://, file://)")
-    seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    seg.add_argument("--model", default=None, help=MODEL_HELP)
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
     vocab.add_argument("--vocab", help=f"a benchmark vocabulary: {', '.join(BENCHMARKS)}")
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
     ev.add_argument("--dataset", required=True, choices=BENCHMARKS)
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
-    ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    ev.add_argument("--model", default=None, help=MODEL_HELP)
     ev.add_argument("--protocol", choices=PROTOCOLS, required=True)
     ev.add_argument("--train-dataset", default=None, help="for cross-dataset runs: the dataset the model was trained on")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
@@ -102,9 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--image-size", type=int, default=None, help="processing size (default 352)")
 
     demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)")
-    demo.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     demo.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+
+    sub.add_parser("models", help="list the named pretrained models (name, training data, size, source, cached)")
+    dl = sub.add_parser("download", help="fetch a named model into the cache (or into --to DIR, for offline machines)")
+    dl.add_argument("name", help="a model name from `partclipseg models`")
+    dl.add_argument("--to", type=Path, default=None,
+                    help="also copy the verified model folder here; use it elsewhere with --model DIR")
     return parser
 
 
@@ -126,7 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"final model: {final}")
             return 0
         if args.command == "demo":
+            _toy_note(args)
             return _demo(args)
+        if args.command == "models":
+            from .hub import format_table, list_models
+
+            print(format_table(list_models()))
+            return 0
+        if args.command == "download":
+            from .hub import download
+            from .hub.fetch import describe
+
+            print(describe(download(args.name, args.to)))
+            return 0
         if args.command == "prepare-partimagenet":
             from .data.partimagenet_preprocess import preprocess_partimagenet
 
@@ -139,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _toy_note(args) -> None:
+    """Say once, on stderr, that the default model is the toy-world one."""
+    if getattr(args, "model", None) is None:
+        print(TOY_NOTE, file=sys.stderr)
 
 
 def _keep_freed_memory() -> None:
@@ -190,6 +218,7 @@ def _evaluate(args) -> int:
     from .eval_runner import evaluate
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    _toy_note(args)
     results = evaluate(args.dataset, args.root, args.model, args.protocol, args.out, train_dataset=args.train_dataset,
                        limit=args.limit, gt_resize_quirk=not args.clean_gt, device=args.device, dtype=dtype,
                        progress=not args.no_progress)
@@ -227,6 +256,8 @@ def _segment(args) -> int:
         protocol=args.protocol, object_name=args.object, object_mask=mask, box=args.box, point=args.point,
         scores=args.scores, attention=tuple(args.attention), rle=args.rle, overlay=not args.no_overlay,
         batch_size=args.batch_size)
+    if dist_info().is_main:
+        _toy_note(args)
     try:
         report = run_segment(args.images, args.out, options, engine=args.engine, resume=args.resume,
                              ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)

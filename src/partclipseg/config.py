@@ -26,6 +26,7 @@ from .errors import ConfigError
 #: the architectures a config may name; each has a model class registered under that name
 #: (``partclipseg.model.registry``; ``tests/test_structure.py`` checks that both lists agree)
 ARCHITECTURES = ("partclipseg", "clipseg")
+BACKGROUNDS = ("learned", "none")
 
 
 @dataclass
@@ -103,6 +104,8 @@ class PartCLIPSegConfig:
     image_size: int = 352
     visual_adapter_reduction: int = 4
     visual_adapter_ratio: float = 0.2
+    visual_adapter: bool = True
+    background: str = "learned"
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     official: OfficialCompat = field(default_factory=OfficialCompat)
@@ -132,6 +135,10 @@ class PartCLIPSegConfig:
                 raise ConfigError(f"decoder.extract_layers has {layer}, outside [-1, {v.num_layers - 1}]")
         if not 0 <= d.conditional_layer < len(d.extract_layers):
             raise ConfigError(f"decoder.conditional_layer {d.conditional_layer} is not a decoder layer index")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"unknown background {self.background!r}; expected one of {BACKGROUNDS}")
+        if self.architecture == "partclipseg" and (self.background != "learned" or not self.visual_adapter):
+            raise ConfigError("a partclipseg model needs background='learned' and visual_adapter=True")
         if self.visual_adapter_reduction <= 0 or v.hidden_size % self.visual_adapter_reduction:
             raise ConfigError(f"visual_adapter_reduction {self.visual_adapter_reduction} does not divide "
                               f"vision.hidden_size {v.hidden_size}")
@@ -232,7 +239,8 @@ def from_official_config(data: dict[str, Any], *, image_size: int | None = None,
             intermediate_size=int(data.get("decoder_intermediate_size", 2048)),
             extract_layers=tuple(int(x) for x in data.get("extract_layers", (3, 6, 9))),
             conditional_layer=int(data.get("conditional_layer", 0)),
-            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)))
+            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)),
+            layer_norm_eps=vision.layer_norm_eps)  # the decoder copies the vision config (transformers)
         for act_key, act in (("hidden_act", vc.get("hidden_act", "quick_gelu")),
                              ("text hidden_act", tc.get("hidden_act", "quick_gelu"))):
             if act != "quick_gelu":

@@ -28,7 +28,7 @@ from torch import nn
 from ..checkpoint import SAVED, inspect_checkpoint, load_state_dict_checked, read_safetensors
 from ..config import get_config
 from ..dist import DistInfo, barrier, default_device, dist_info, init_distributed
-from ..errors import CheckpointError, ConfigError, PartCLIPSegError
+from ..errors import ConfigError, PartCLIPSegError
 from ..io import atomic_write_text
 from ..model import PartSegmentationModel, TextInputs, build_model
 from ..tokenizer import get_tokenizer
@@ -46,19 +46,19 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
         model_config.validate()
         torch.manual_seed(config.seed)
         return build_model(model_config)
-    path = Path(config.init)
+    from ..hub.resolve import resolve_model
+
+    resolved = resolve_model(config.init)  # a named model is fetched; a missing path is refused by name
+    path = Path(resolved)
     if _is_saved_model(path):
         model = load_pretrained(path)
         if model.config.architecture != config.architecture:
-            raise ConfigError(f"init {path} is a {model.config.architecture} model but the recipe trains "
+            raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
                               f"{config.architecture}")
         model.config.image_size = config.image_size
         return model
-    if not path.exists() and "/" not in config.init:
-        raise CheckpointError(f"init weights not found: {config.init} (a CLIPSeg folder, a hub id, a saved "
-                              f"partclipseg folder, or random:<preset>)")
     torch.manual_seed(config.seed)
-    return init_from_clipseg(config.init, config.architecture, config.image_size)
+    return init_from_clipseg(resolved, config.architecture, config.image_size)
 
 
 def _is_saved_model(path: Path) -> bool:

@@ -25,7 +25,8 @@ class TrainConfig:
     """Everything a training run needs. Defaults = the official recipe (SPEC §3.6).
 
     * ``init``: CLIPSeg weights in Hugging Face layout (folder or hub id) for a new model, a saved
-      partclipseg folder to fine-tune, or ``"random:<preset>"`` (a config preset with random weights).
+      partclipseg folder to fine-tune, a named model (``partclipseg models``: fetched on first use), or
+      ``"random:<preset>"`` (a config preset with random weights).
     * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
       both heads) or ``"all"`` (every parameter that reaches the loss).
     * ``batch_size`` is the *global* batch (split over torchrun processes); the loss is per image
