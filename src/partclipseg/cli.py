@@ -222,6 +222,15 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
+def _print_note(result, shown: set[str]) -> None:
+    """A result's note (how its region was chosen, e.g. Oracle-Obj without a mask) on stderr, once per text."""
+    from tqdm import tqdm
+
+    if result.note and result.note not in shown:
+        shown.add(result.note)
+        tqdm.write(f"note: {result.note}", file=sys.stderr)
+
+
 def _segment(args) -> int:
     import torch
 
@@ -265,6 +274,7 @@ def _segment(args) -> int:
         print(f"resume: {skipped} image(s) already done", file=sys.stderr)
     failures = len(problems)
     done = 0
+    notes_shown: set[str] = set()
     predict_kwargs = dict(protocol=args.protocol, object_mask=mask, object_name=args.object, box=args.box,
                           point=args.point, return_scores=args.scores, attention_for=args.attention or None)
     from tqdm import tqdm
@@ -288,6 +298,7 @@ def _segment(args) -> int:
                 result = predictor.predict(vocabulary, image_index=i, **predict_kwargs)
                 write_outputs(result, args.out, stem, overlay=not args.no_overlay, scores=args.scores, rle=args.rle,
                               source=str(path))
+                _print_note(result, notes_shown)
                 done += 1
             except PartCLIPSegError as exc:
                 failures += 1
