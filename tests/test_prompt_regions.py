@@ -189,3 +189,15 @@ def test_cli_says_what_oracle_obj_without_a_mask_does(capsys, model_dir, tmp_pat
     assert code == 0, err
     assert err.count("note: Oracle-Obj without a mask: every pixel gets a part of dog") == 1
     assert json.loads((tmp_path / "o" / "a.json").read_text())["region_rule"] == "whole-image"
+
+
+def test_region_rules_of_a_model_without_an_object_head():
+    torch.manual_seed(0)
+    baseline = Predictor(build_model(get_config("tiny-fast", architecture="clipseg")))
+    baseline.set_image(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    assert baseline.predict(VOCAB).region_rule is None
+    oracle = baseline.predict(VOCAB, protocol="oracle-obj", object_name="cat")
+    assert oracle.region_rule == "whole-image" and "part of cat" in oracle.note
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[5:20, 5:20] = True
+    assert baseline.predict(VOCAB, object_name="cat", object_mask=mask).region_rule == "mask"

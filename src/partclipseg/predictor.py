@@ -149,6 +149,8 @@ class Predictor:
         rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
         if not out.has_object_head:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
+            if mode == "oracle-obj":
+                selected = ", ".join(vocab.objects[o] for o in _given_objects(vocab, object_name))
         elif mode == "pred-all":
             result = pred_all(logits, out.object_part_logits[image_index], encoded.text_to_object, vocab.num_parts,
                               size, return_scores)
@@ -179,9 +181,7 @@ class Predictor:
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
         if mode == "oracle-obj":
-            names = [object_name] if isinstance(object_name, str) else list(object_name)
-            objects = [_object_index(vocab, n) for n in names]
-            return sorted(set(objects)), region, "whole-image" if region is None else "mask"
+            return _given_objects(vocab, object_name), region, "whole-image" if region is None else "mask"
         obj_scores = object_scores(logits, vocab.num_parts, size)  # [O+1, H, W]
         if mode == "mask":
             if not bool(region.any()):
@@ -254,6 +254,12 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     if protocol == "pred-all" and mode != "pred-all":
         raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
     return mode
+
+
+def _given_objects(vocab: Vocabulary, object_name: str | Sequence[str]) -> list[int]:
+    """Sorted object indices of Oracle-Obj's ``object_name`` (one name or several)."""
+    names = [object_name] if isinstance(object_name, str) else list(object_name)
+    return sorted({_object_index(vocab, n) for n in names})
 
 
 def _object_index(vocab: Vocabulary, name: str) -> int:
