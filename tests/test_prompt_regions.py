@@ -78,6 +78,16 @@ def test_point_region_snaps_to_the_nearest_high_area_and_keeps_its_component_onl
     assert bool(region[20:40, 30:60].all()) and not bool(region[45:55, 5:15].any())
 
 
+def test_point_region_keeps_a_small_object_the_model_found():
+    labels = torch.full((200, 200), BG)
+    labels[50:60, 50:60] = 1  # 100 px: under the 0.5 % (200 px) of the image, but a real find
+    score = torch.zeros(200, 200)
+    score[50:60, 50:60] = 0.8
+    score[150:190, 10:40] = 0.9  # a larger high area elsewhere, not connected to the point
+    region, rule = point_region(labels, score, 1, (55, 55))
+    assert rule == "object-head" and torch.equal(region, labels == 1)
+
+
 def test_point_region_falls_back_to_a_window_when_the_score_has_no_region_either():
     labels = torch.full((60, 80), BG)
     score = torch.zeros(60, 80)

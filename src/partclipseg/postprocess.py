@@ -244,18 +244,23 @@ def point_region(object_labels: torch.Tensor, score: torch.Tensor, chosen: int, 
        threshold over the image (high relative to the object's own score distribution; no absolute
        number, so it holds for any model); where the point itself is below the threshold, the area
        around the nearest pixel above it;
-    3. ``"point-window"``: the square of ``tiny_area`` pixels centred on the point (clipped to the image).
+    3. when both are tiny, the larger of the two (first on ties) if it has ``TINY_MIN_PIXELS`` or more
+       (a small object found by the model beats a guess), with that region's rule;
+    4. ``"point-window"``: the square of ``tiny_area`` pixels centred on the point (clipped to the image).
     """
     h, w = score.shape
     tiny = tiny_area(h * w, tiny_share)
-    region = connected_component(object_labels == chosen, seed)
-    if int(region.sum()) >= tiny:
-        return region, "object-head"
+    head = connected_component(object_labels == chosen, seed)
+    if int(head.sum()) >= tiny:
+        return head, "object-head"
     high = score >= otsu_threshold(score)
     start = seed if bool(high[seed]) else nearest_true(high, seed)
-    region = connected_component(high, start)
-    if int(region.sum()) >= tiny:
-        return region, "object-score"
+    grown = connected_component(high, start)
+    if int(grown.sum()) >= tiny:
+        return grown, "object-score"
+    region, rule = max(((head, "object-head"), (grown, "object-score")), key=lambda c: int(c[0].sum()))
+    if int(region.sum()) >= TINY_MIN_PIXELS:
+        return region, rule
     return _window(seed, tiny, (h, w), score.device), "point-window"
 
 

@@ -24,10 +24,11 @@ Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
   the 8-connected area around the point where the object head picks that object.
 
 When the object head's region of a box or point is tiny (under 10% of the box / 0.5% of the image,
-at least 16 pixels), the region falls back to the chosen object's own score map (pixels above its
+at least 16 pixels), the region falls back to the chosen object's own score map (pixels at or above its
 Otsu threshold; for a point, the area around it, or around the nearest high pixel when the point itself
-is low, so the point may then lie outside), then to the box / a small window at the point:
-``postprocess.box_region`` and ``point_region``. The result's ``region_rule`` names the rule used (``PartSegmentation.note`` says it
+is low, so the point may then lie outside), then to the whole box; for a point, to the larger of the
+two regions unless it is a speck, else a small window at the point (``postprocess.box_region`` and
+``point_region``). The result's ``region_rule`` names the rule used (``PartSegmentation.note`` says it
 in words, as it does for Oracle-Obj without a mask, where every pixel gets a part of the object).
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ REGION_RULE_NOTES = {
     "whole-image": "Oracle-Obj without a mask: every pixel gets a part of {object} (the official protocol); "
                    "give an object mask, a box or a point to keep the background.",
     "object-score": "the object head's region for {object} at the prompt was tiny; the region is where "
-                    "{object}'s own score is high (above its Otsu threshold).",
+                    "{object}'s own score is high (at or above its Otsu threshold).",
     "box": "neither the object head nor {object}'s score gave a region in the box; the whole box gets "
            "{object}'s parts.",
     "point-window": "neither the object head nor {object}'s score gave a region at the point; a small window "
