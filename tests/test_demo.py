@@ -81,6 +81,12 @@ def test_good_input_gives_overlay_table_and_files(app, images):
     assert not Path(files[0]).exists()
 
 
+def test_status_says_what_oracle_obj_without_a_mask_does(app, images):
+    status = run(app, None, images["a"], protocol=ORACLE_OBJ, obj="dog")[3].replace("\\", "")
+    assert "Note:" in status and "every pixel gets a part of dog" in status, status
+    assert "Note:" not in run(app, None, images["a"])[3]  # Pred-All: nothing to explain
+
+
 @pytest.mark.parametrize("case, expected", [
     ("no image", "no image"),
     ("empty parts", "part list is empty"),

@@ -267,6 +267,8 @@ def _segment(args) -> int:
         raise
     if not dist_info().is_main:
         return report.exit_code
+    for note in report.notes:  # e.g. what Oracle-Obj without a mask does; once per distinct text
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps(report.summary()))
     return report.exit_code
 

@@ -171,6 +171,7 @@ class DemoApp:
             status = (f"Found **{len(rows)}** part(s) of {len(vocab)} names — mode {result.mode}{_md(chosen)} "
                       f"({'image embedded' if embedded else 'image embedding reused'}, "
                       f"{time.perf_counter() - start:.1f} s).") + ("" if rows else " No part found: try other names.")
+            status += f"\n\n*Note:* {_md(result.note)}" if result.note else ""
             return (sess, self._draw_prompt(result.to_overlay(), kwargs), pd.DataFrame(rows, columns=COLUMNS), status,
                     gr.update(choices=[row[0] for row in rows], value=None), None, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the page

@@ -180,3 +180,118 @@ def connected_component(mask: torch.Tensor, seed: tuple[int, int], max_iteration
             break
         current = grown
     return current[0, 0] > 0
+
+
+# ---------------------------------------------------------------------------- prompt regions
+#: The rules that give a box or point prompt its region, in the order they are tried (see ``prompt_region``).
+REGION_RULES = ("object-head", "object-score", "box", "point-window")
+#: A box's region is tiny below this share of the box's pixels.
+TINY_SHARE_OF_BOX = 0.10
+#: A point's region is tiny below this share of the image's pixels.
+TINY_SHARE_OF_IMAGE = 0.005
+#: ... and any region is tiny below this many pixels.
+TINY_MIN_PIXELS = 16
+
+
+def tiny_area(reference_pixels: int, share: float) -> int:
+    """The area (pixels) below which a region is tiny: ``share`` of ``reference_pixels``, at least
+    ``TINY_MIN_PIXELS`` and at most ``reference_pixels``."""
+    return min(reference_pixels, max(TINY_MIN_PIXELS, int(round(share * reference_pixels))))
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a tensor of scores (any shape): the cut that maximises the between-class
+    variance of a ``bins``-bin histogram over [min, max] (the lower edge of the upper class; the middle
+    one when several cuts tie, e.g. across an empty gap). A constant input returns its value, so
+    ``values >= threshold`` is never empty."""
+    values = values.float().flatten()
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return lo
+    hist = torch.histc(values, bins=bins, min=lo, max=hi).double()  # [bins]
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=hist.device)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = hist.cumsum(0)[:-1]  # below cut k+1, k = 0 .. bins-2
+    weight_high = hist.sum() - weight_low
+    sum_low = (hist * centres).cumsum(0)[:-1]
+    mean_low = sum_low / weight_low.clamp_min(1)
+    mean_high = ((hist * centres).sum() - sum_low) / weight_high.clamp_min(1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    between[(weight_low == 0) | (weight_high == 0)] = -1
+    best = (between >= between.max() * (1 - 1e-9)).nonzero().flatten()  # an empty gap ties: take its middle
+    return float(edges[int(best[len(best) // 2]) + 1])
+
+
+def nearest_true(mask: torch.Tensor, seed: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) of the ``True`` pixel of ``mask`` (bool [H, W], not all False) nearest to ``seed``
+    (Euclidean; ties: first in raster order)."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    distance = (rows - seed[0]) ** 2 + (cols - seed[1]) ** 2
+    k = int(distance.argmin())
+    return int(rows[k]), int(cols[k])
+
+
+def point_region(object_labels: torch.Tensor, score: torch.Tensor, chosen: int, seed: tuple[int, int],
+                 tiny_share: float = TINY_SHARE_OF_IMAGE) -> tuple[torch.Tensor, str]:
+    """The region of a point prompt on the chosen object: (bool [H, W], rule).
+
+    ``object_labels`` [H, W] (the object head's Pred-All argmax, ``O`` = background), ``score`` [H, W]
+    (the chosen object's sigmoid score), ``chosen`` its index, ``seed`` = (row, col). Rules, in order;
+    the first region that is not tiny (``tiny_area(H * W, tiny_share)``) wins:
+
+    1. ``"object-head"``: the 8-connected area around the point where the object head picks ``chosen``;
+    2. ``"object-score"``: the 8-connected area around the point where ``score`` is at least its Otsu
+       threshold over the image (high relative to the object's own score distribution; no absolute
+       number, so it holds for any model); where the point itself is below the threshold, the area
+       around the nearest pixel above it;
+    3. when both are tiny, the larger of the two (first on ties) if it has ``TINY_MIN_PIXELS`` or more
+       (a small object found by the model beats a guess), with that region's rule;
+    4. ``"point-window"``: the square of ``tiny_area`` pixels centred on the point (clipped to the image).
+    """
+    h, w = score.shape
+    tiny = tiny_area(h * w, tiny_share)
+    head = connected_component(object_labels == chosen, seed)
+    if int(head.sum()) >= tiny:
+        return head, "object-head"
+    high = score >= otsu_threshold(score)
+    start = seed if bool(high[seed]) else nearest_true(high, seed)
+    grown = connected_component(high, start)
+    if int(grown.sum()) >= tiny:
+        return grown, "object-score"
+    region, rule = max(((head, "object-head"), (grown, "object-score")), key=lambda c: int(c[0].sum()))
+    if int(region.sum()) >= TINY_MIN_PIXELS:
+        return region, rule
+    return _window(seed, tiny, (h, w), score.device), "point-window"
+
+
+def box_region(object_labels: torch.Tensor, score: torch.Tensor, chosen: int, box: tuple[int, int, int, int],
+               tiny_share: float = TINY_SHARE_OF_BOX) -> tuple[torch.Tensor, str]:
+    """The region of a box prompt on the chosen object: (bool [H, W], rule).
+
+    ``box`` = (x0, y0, x1, y1) in pixels, exclusive ends; other arguments as ``point_region``. Rules, in
+    order; the first region that is not tiny (``tiny_area(box pixels, tiny_share)``) wins:
+
+    1. ``"object-head"``: the box's pixels where the object head picks ``chosen``;
+    2. ``"object-score"``: the box's pixels where ``score`` is at least its Otsu threshold over the box;
+    3. ``"box"``: the whole box.
+    """
+    x0, y0, x1, y1 = box
+    inside = torch.zeros_like(object_labels, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    tiny = tiny_area((x1 - x0) * (y1 - y0), tiny_share)
+    region = inside & (object_labels == chosen)
+    if int(region.sum()) >= tiny:
+        return region, "object-head"
+    region = inside & (score >= otsu_threshold(score[y0:y1, x0:x1]))
+    if int(region.sum()) >= tiny:
+        return region, "object-score"
+    return inside, "box"
+
+
+def _window(seed: tuple[int, int], area: int, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A bool [H, W] square of about ``area`` pixels centred on ``seed`` = (row, col), clipped to the image."""
+    side = max(1, int(round(area ** 0.5)))
+    r0, c0 = max(0, seed[0] - side // 2), max(0, seed[1] - side // 2)
+    window = torch.zeros(size, dtype=torch.bool, device=device)
+    window[r0:r0 + side, c0:c0 + side] = True
+    return window

@@ -22,6 +22,14 @@ Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
   picks that object; the region gets the object's parts, the rest is background.
 * **point** ``(x, y)``: the object with the highest object score at the point is chosen; its region is
   the 8-connected area around the point where the object head picks that object.
+
+When the object head's region of a box or point is tiny (under 10% of the box / 0.5% of the image,
+at least 16 pixels), the region falls back to the chosen object's own score map (pixels at or above its
+Otsu threshold; for a point, the area around it, or around the nearest high pixel when the point itself
+is low, so the point may then lie outside), then to the whole box; for a point, to the larger of the
+two regions unless it is a speck, else a small window at the point (``postprocess.box_region`` and
+``point_region``). The result's ``region_rule`` names the rule used (``PartSegmentation.note`` says it
+in words, as it does for Oracle-Obj without a mask, where every pixel gets a part of the object).
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ import torch
 from .errors import PartCLIPSegError, VocabularyError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
-from .postprocess import (ProtocolOutput, connected_component, object_conditioned, object_scores, pred_all,
+from .postprocess import (ProtocolOutput, box_region, object_conditioned, object_scores, point_region, pred_all,
                           single_head, upsample)
 from .preprocess import load_image, preprocess
 from .result import PartSegmentation
@@ -139,17 +147,21 @@ class Predictor:
         out = self._decode(encoded)
         logits = out.logits[image_index]
         selected = None
+        rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
         if not out.has_object_head:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
+            if mode == "oracle-obj":
+                selected = ", ".join(vocab.objects[o] for o in _given_objects(vocab, object_name))
         elif mode == "pred-all":
             result = pred_all(logits, out.object_part_logits[image_index], encoded.text_to_object, vocab.num_parts,
                               size, return_scores)
         else:
-            objects, region = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name, box, point)
+            objects, region, rule = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name,
+                                                             box, point)
             selected = ", ".join(vocab.objects[o] for o in objects)
             result = object_conditioned(logits, out.object_part_logits[image_index], encoded.text_to_object,
                                         vocab.num_parts, size, objects, region, return_scores)
-        segmentation = _to_result(result, vocab, image, mode, selected)
+        segmentation = _to_result(result, vocab, image, mode, selected, rule)
         for name in attention_for or ():
             segmentation.attention[name] = self._attention_map(encoded, name, segmentation, image_index)
         return segmentation
@@ -165,29 +177,28 @@ class Predictor:
 
     # ------------------------------------------------------------------ helpers
     def _objects_and_region(self, mode, vocab: Vocabulary, logits, size, object_mask, object_name, box, point):
+        """(chosen objects, region bool [H, W] or None, region rule) of a prompt (see the module docstring)."""
         region = None
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
         if mode == "oracle-obj":
-            names = [object_name] if isinstance(object_name, str) else list(object_name)
-            objects = [_object_index(vocab, n) for n in names]
-            return sorted(set(objects)), region
+            return _given_objects(vocab, object_name), region, "whole-image" if region is None else "mask"
         obj_scores = object_scores(logits, vocab.num_parts, size)  # [O+1, H, W]
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
             inside = obj_scores[:-1, region].mean(1)
-            return [int(inside.argmax())], region
+            return [int(inside.argmax())], region, "mask"
         object_labels = obj_scores.argmax(0)
         if mode == "box":
             x0, y0, x1, y1 = _check_box(box, size)
-            inside = torch.zeros(size, dtype=torch.bool, device=self.device)
-            inside[y0:y1, x0:x1] = True
-            best = int(obj_scores[:-1, inside].mean(1).argmax())
-            return [best], inside & (object_labels == best)
+            best = int(obj_scores[:-1, y0:y1, x0:x1].flatten(1).mean(1).argmax())
+            region, rule = box_region(object_labels, obj_scores[best], best, (x0, y0, x1, y1))
+            return [best], region, rule
         x, y = _check_point(point, size)
         best = int(obj_scores[:-1, y, x].argmax())
-        return [best], connected_component(object_labels == best, (y, x))
+        region, rule = point_region(object_labels, obj_scores[best], best, (y, x))
+        return [best], region, rule
 
     def _single_head(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
         """A model without an object head (the CLIPSeg baseline): Pred-All and Oracle-Obj only."""
@@ -246,6 +257,12 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     return mode
 
 
+def _given_objects(vocab: Vocabulary, object_name: str | Sequence[str]) -> list[int]:
+    """Sorted object indices of Oracle-Obj's ``object_name`` (one name or several)."""
+    names = [object_name] if isinstance(object_name, str) else list(object_name)
+    return sorted({_object_index(vocab, n) for n in names})
+
+
 def _object_index(vocab: Vocabulary, name: str) -> int:
     if name not in vocab.objects:
         raise VocabularyError(f"object {name!r} has no part classes in the vocabulary (objects: {list(vocab.objects)})")
@@ -285,14 +302,19 @@ def _check_point(point, size) -> tuple[int, int]:
     return int(x), int(y)
 
 
+#: The region rule of the modes whose region does not depend on the scores.
+_DIRECT_REGION_RULE = {"pred-all": None, "oracle-obj": "whole-image", "mask": "mask", "box": None, "point": None}
+
+
 def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: str,
-               selected: str | None) -> PartSegmentation:
+               selected: str | None, region_rule: str | None = None) -> PartSegmentation:
     def np_(t):
         return None if t is None else t.cpu().numpy()
 
     return PartSegmentation(vocab, image, np_(out.part_labels), np_(out.object_labels),
                             np_(out.generalized_part_labels), np_(out.part_confidence), mode, selected,
-                            np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores))
+                            np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores),
+                            region_rule=region_rule)
 
 
 def as_predictor(model: Any = None, device: str | torch.device | None = None,

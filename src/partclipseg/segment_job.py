@@ -448,9 +448,10 @@ def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict
 
 
 # ============================================================================ process
-def item_status(item: Item, status: str, error: str | None = None) -> dict[str, Any]:
-    """``status``: ok (written now), failed (``error`` says why)."""
-    return {"name": item.name, "source": item.source, "status": status, "error": error}
+def item_status(item: Item, status: str, error: str | None = None, note: str | None = None) -> dict[str, Any]:
+    """``status``: ok (written now), failed (``error`` says why); ``note``: the result's note (how its
+    region was chosen, e.g. Oracle-Obj without a mask), reported once per distinct text."""
+    return {"name": item.name, "source": item.source, "status": status, "error": error, "note": note}
 
 
 class ItemProcessor:
@@ -528,7 +529,7 @@ class ItemProcessor:
                 continue
             for name, payload in files:
                 self.store.write_bytes(name, payload)
-            statuses[i] = item_status(item, "ok")
+            statuses[i] = item_status(item, "ok", note=result.note)
         return [statuses[i] for i in range(len(items))]
 
 
@@ -545,6 +546,7 @@ class Report:
     out: str = ""
     engine: str = "local"
     failures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # distinct result notes, in item order
 
     def summary(self) -> dict[str, Any]:
         return {"processed": self.processed, "skipped": self.skipped, "failed": self.failed, "out": self.out,
@@ -564,8 +566,9 @@ def finish_report(store: OutputStore, plan: Plan, statuses: Sequence[dict[str, A
     ok = sum(1 for s in statuses if s["status"] == "ok")
     lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
     store.write_bytes(FAILURES_FILE, lines.encode("utf-8"))
+    notes = list(dict.fromkeys(s["note"] for s in sorted(statuses, key=lambda s: s["name"]) if s.get("note")))
     return Report(processed=ok, skipped=skipped, failed=len(failures), out=store.root, engine=engine,
-                  failures=failures)
+                  failures=failures, notes=notes)
 
 
 def options_as_dict(options: SegmentOptions) -> dict[str, Any]:  # for logs and benchmarks
