@@ -70,6 +70,7 @@ class PartCATSeg(nn.Module):
         self.dino = DinoV2Backbone(config.dino, config.guidance_sizes)
         self.aggregator = PartCATSegAggregator(config)
         self._text_cache: dict[tuple[str, ...], PartCATSegText] = {}
+        self._name_cache: dict[tuple[str, bool], torch.Tensor] = {}  # (name, fp16) -> [Tpl, E]
         # CLIP is frozen in the official recipe (CLIP_FINETUNE: "")
         for p in (*self.clip_image.parameters(), *self.clip_text.parameters()):
             p.requires_grad_(False)
@@ -80,22 +81,27 @@ class PartCATSeg(nn.Module):
         """names (K) -> per-template features [K+1, Tpl, E] float32, last row = normalised background.
 
         With ``config.official.text_features_fp16`` the CLIP text tower and the per-template
-        normalisation run in float16, as the official ``__init__`` does.
+        normalisation run in float16, as the official ``__init__`` does. Each name's features are
+        cached (a name shared by several vocabularies is encoded once); the prompts of all
+        uncached names are encoded in one batch.
         """
         device = self.background_text_embedding.device
-        dtype = torch.float16 if self.config.official.text_features_fp16 else torch.float32
-        ids, counts = prompt_token_ids(names, self.templates, self.config.clip.context_length)
-        encoded = self.clip_text(ids.to(device), dtype=dtype)
-        features = per_template_features(encoded, counts, len(self.templates)).float()
+        fp16 = self.config.official.text_features_fp16
+        todo = [n for n in dict.fromkeys(names) if (n, fp16) not in self._name_cache]
+        if todo:
+            ids, counts = prompt_token_ids(todo, self.templates, self.config.clip.context_length)
+            encoded = self.clip_text(ids.to(device), dtype=torch.float16 if fp16 else torch.float32)
+            features = per_template_features(encoded, counts, len(self.templates)).float()
+            self._name_cache.update({(n, fp16): f for n, f in zip(todo, features)})
         bg = self.background_text_embedding / self.background_text_embedding.norm(dim=-1, keepdim=True)
         bg = bg.expand(1, len(self.templates), -1).float()
-        return torch.cat([features, bg], dim=0)
+        return torch.cat([torch.stack([self._name_cache[(n, fp16)] for n in names]), bg], dim=0)
 
     def encode_vocabulary(self, vocabulary: Vocabulary | Sequence[str]) -> PartCATSegText:
         """Text features of a vocabulary, cached per class list (cleared by ``clear_text_cache``)."""
         if not isinstance(vocabulary, Vocabulary):
             vocabulary = Vocabulary.from_names(vocabulary)
-        key = vocabulary.object_specific_classes
+        key = (vocabulary.object_specific_classes, self.config.official.text_features_fp16)
         cached = self._text_cache.get(key)
         if cached is not None and cached.specific.device == self.background_text_embedding.device:
             return cached
@@ -111,9 +117,10 @@ class PartCATSeg(nn.Module):
     def clear_text_cache(self) -> None:
         """Forget cached text features (call after changing CLIP text weights or the background embedding)."""
         self._text_cache.clear()
+        self._name_cache.clear()
 
     def _apply(self, fn, *args, **kwargs):  # moving the model invalidates cached tensors
-        self._text_cache.clear()
+        self.clear_text_cache()
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ image

@@ -90,3 +90,27 @@ def convert_official_partcatseg_state_dict(state_dict: Mapping[str, torch.Tensor
             value = torch.as_tensor(value)
         out[ours] = value.float() if value.is_floating_point() else value
     return out
+
+
+def load_official_partcatseg_weights(model, checkpoint, source: str = "checkpoint") -> None:
+    """Load an official state dict / detectron2 checkpoint dict / ``.pth`` / ``.safetensors`` path into
+    ``model`` (strict: missing, unexpected or mis-shaped keys raise ``CheckpointError``)."""
+    from pathlib import Path
+
+    from ...weights import load_state_dict_checked
+
+    if isinstance(checkpoint, (str, Path)):
+        path = Path(checkpoint)
+        source = str(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path))
+        else:
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source} does not hold a state dict")
+    load_state_dict_checked(model, convert_official_partcatseg_state_dict(checkpoint), source)
+    model.clear_text_cache()
