@@ -299,3 +299,25 @@ def test_catseg_batch_rows_equal_single_image_runs(catseg_ref):
     for i in range(2):
         torch.testing.assert_close(pair[0][i], single[i][0][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pair[1][i], single[i][1][0], atol=1e-5, rtol=1e-5)
+
+
+def test_catseg_official_evaluator_figures_match_summary(catseg_ref):
+    """Official ``evaluate()`` on this one image's confusion matrices (incl. its IoU > 0 subset rule)."""
+    import math
+
+    from partclipseg.model.partcatseg.metrics import partcatseg_official_metrics
+
+    infer, config = catseg_ref["infer"], catseg_ref["config"]
+    test_names = config["vocab"]["test"]["ori_text_classes"]
+    seen = [test_names.index(n) for n in config["vocab"]["train"]["ori_text_classes"]]
+    ours = partcatseg_official_metrics(infer["eval.conf_oracle"].numpy(), infer["eval.conf_pred_all"].numpy(),
+                                       test_names, {"base": seen})
+    expected = catseg_ref["summary"]["evaluator"]
+    for protocol in ("oracle_obj", "pred_all"):
+        assert set(ours[protocol]) == set(expected[protocol]), protocol
+        for key, value in expected[protocol].items():
+            mine = ours[protocol][key]
+            if value is None:
+                assert math.isnan(mine), f"{protocol} {key}: {mine} vs official NaN"
+            else:
+                assert abs(mine - value) <= 1e-9 * max(1.0, abs(value)), f"{protocol} {key}: {mine} vs {value}"
