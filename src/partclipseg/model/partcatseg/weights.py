@@ -109,7 +109,10 @@ def load_official_partcatseg_weights(model, checkpoint, source: str = "checkpoin
 
             checkpoint = load_file(str(path))
         else:
-            checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
+            try:  # weights_only: pickled code in a checkpoint is never executed
+                checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source} does not hold a state dict")
     load_state_dict_checked(model, convert_official_partcatseg_state_dict(checkpoint), source)
