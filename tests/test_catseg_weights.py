@@ -102,3 +102,23 @@ def test_catseg_config_round_trip_and_strict_loading(tmp_path):
         PartCATSegConfig.from_dict(data)
     with pytest.raises(ConfigError, match="unknown PartCATSeg config preset"):
         get_partcatseg_config("nope")
+
+
+def test_catseg_detectron2_checkpoint_file_loads_and_bad_files_are_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    path = catseg_reference_dir()
+    official = load_file(str(path / "model.safetensors"))
+    torch.save({"model": {k: v.float() for k, v in official.items()}, "iteration": 19999}, tmp_path / "model_final.pth")
+    config = PartCATSegConfig.load(path / "config.json")
+    templates = json.loads((path / "config.json").read_text())["templates"]["list"]
+    a, b = PartCATSeg(config, templates), PartCATSeg(config, templates)
+    load_official_partcatseg_weights(a, tmp_path / "model_final.pth")
+    load_official_partcatseg_weights(b, path / "model.safetensors")
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    with pytest.raises(CheckpointError, match="not found"):
+        load_official_partcatseg_weights(a, tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_official_partcatseg_weights(a, tmp_path / "junk.pth")
