@@ -15,9 +15,23 @@ and the meta-arch's ``device`` setter is forced to the CPU.
 
 Needs a venv with torch + torchvision (timm needs it), timm, einops, safetensors, numpy, ftfy,
 regex (``pip install torch==2.14.1 torchvision==0.29.1 timm einops safetensors numpy ftfy regex``).
-The output folder has the format of the shared ``tiny`` set (``partcatseg-reference-fixture/1``)
-minus the evaluator tensors (``eval.*``, ``summary.json["evaluator"]``), which need the official
-evaluator's detectron2 dataset plumbing; ``keys_full.txt`` is copied from ``--keys-full`` if given.
+The output folder has the format of the shared ``tiny`` set (``partcatseg-reference-fixture/1``),
+including the official ``PartCATSegEvaluator.process`` / ``evaluate`` results (``eval.*``,
+``summary.json["evaluator"]``; detectron2's ``SemSegEvaluator`` base is stubbed, ``np.float`` /
+``np.int`` are put back). ``keys_full.txt`` (the full-size key list) is copied from ``--keys-full``.
+Generation is deterministic (same numbers on re-run). Spec ``other``: CLIP embed 48 (vision 128 x 3,
+text 64 x 3, 1 head), DINOv2 48 x 3 (3 heads), hidden 64, 3 aggregation layers, 4 heads, pooling 3,
+window 8, a ", " class name, "car" / "cart" objects (the Oracle substring quirk), batch 2 of 96 x 136
+images, a 150 x 110 inference image resized to 300 x 220.
+
+Example (venv and clones outside the project):
+
+    python3 -m venv ../ref-catseg/venv
+    ../ref-catseg/venv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm einops safetensors numpy ftfy regex tqdm
+    ../ref-catseg/venv/bin/python scripts/partcatseg_ref_runner.py --clone ../ref-catseg/part-catseg \
+        --dinov2 ../ref-catseg/dinov2 --out ../ref-catseg/fixtures/other \
+        --base-config ../shared/reference/partcatseg/tiny/config.json --keys-full ../shared/reference/partcatseg/keys_full.txt
+    PARTCLIPSEG_PARTCATSEG_REFERENCE_DIR=../ref-catseg/fixtures/other python -m pytest -k catseg
 """
 from __future__ import annotations
 
@@ -31,6 +45,7 @@ import types
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -136,6 +151,28 @@ class _Registry:
 RECORD: dict = {}
 
 
+class SemSegEvaluatorStub:
+    """The parts of detectron2's ``SemSegEvaluator`` that ``PartCATSegEvaluator`` uses."""
+
+    def __init__(self, dataset_name, distributed=True, output_dir=None, *, num_classes=None, ignore_label=None):
+        import logging
+
+        meta = MetadataCatalog.get(dataset_name)
+        self._dataset_name, self._distributed, self._output_dir = dataset_name, distributed, output_dir
+        self._cpu_device = torch.device("cpu")
+        self._class_names = meta.stuff_classes
+        self._num_classes = len(meta.stuff_classes)
+        self._ignore_label = meta.ignore_label if ignore_label is None else ignore_label
+        self._logger = logging.getLogger("partcatseg_ref_runner")
+
+    def reset(self):
+        self._conf_matrix = np.zeros((self._num_classes + 1, self._num_classes + 1), dtype=np.int64)
+        self._predictions = []
+
+    def encode_json_sem_seg(self, sem_seg, input_file_name):
+        return []
+
+
 def install_stubs(clone: Path) -> None:
     reg = _Registry()
     _module("detectron2")
@@ -149,6 +186,9 @@ def install_stubs(clone: Path) -> None:
     _module("detectron2.layers", Conv2d=torch.nn.Conv2d, ShapeSpec=ShapeSpec, get_norm=None)
     _module("detectron2.utils")
     _module("detectron2.utils.file_io", PathManager=None)
+    _module("detectron2.utils.comm", all_gather=lambda x: [x], is_main_process=lambda: True, synchronize=lambda: None)
+    _module("detectron2.evaluation", SemSegEvaluator=SemSegEvaluatorStub)
+    _module("detectron2.utils.visualizer", ColorMode=types.SimpleNamespace(SEGMENTATION=None))
     _module("fvcore")
     _module("fvcore.nn")
     _module("fvcore.nn.weight_init")
@@ -157,6 +197,9 @@ def install_stubs(clone: Path) -> None:
                 "baselines.modeling.backbone"):
         mod = _module(pkg)
         mod.__path__ = [str(clone / pkg.replace(".", "/"))]
+    _module("baselines.utils").__path__ = [str(clone / "baselines" / "utils")]
+    _module("baselines.utils.visualizer", CustomVisualizer=None)
+    _module("baselines.evaluation").__path__ = [str(clone / "baselines" / "evaluation")]
     sys.path.insert(0, str(clone))
     torch.Tensor.cuda = lambda self, *a, **k: self
 
@@ -298,6 +341,53 @@ def vocab_info(classes, objects, predictor, prefix) -> dict:
             "obj_to_obj_in_part": getattr(p, f"{prefix}_obj_to_obj_in_part_map")[:len(objects)].tolist()}
 
 
+def run_official_evaluator(cfg, spec, result, image, parts, infer, out_dir: Path) -> dict:
+    """``PartCATSegEvaluator.process`` + ``evaluate`` on the one inference image (``np.float`` / ``np.int``
+    put back, its ``device = "cuda"`` read as the CPU). Adds ``eval.*`` to ``infer``: its two confusion
+    matrices and the per-pixel maps it keeps local, re-derived and checked against the matrices."""
+    from PIL import Image
+
+    np.float, np.int = float, int
+    from baselines.evaluation.partcatseg_evaluation import PartCATSegEvaluator
+
+    class CPUEvaluator(PartCATSegEvaluator):
+        device = property(lambda self: "cpu", lambda self, value: None)
+
+    name = cfg.DATASETS.TEST[0]
+    meta = MetadataCatalog.get(name)
+    meta.evaluation_set = {"base": [spec["test_classes"].index(c) for c in spec["train_classes"]]}
+    evaluator = CPUEvaluator(name, distributed=False, output_dir=None, visualize=False)
+    evaluator.reset()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "infer_image.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(png)
+    classes = [int(c) for c in parts.unique() if int(c) != 255]
+    instances = types.SimpleNamespace(gt_classes=torch.tensor(classes),
+                                      gt_masks=torch.stack([parts == c for c in classes]))
+    evaluator.process([{"file_name": str(png), "obj_part_instances": instances, "image": image.float()}], [result])
+    png.unlink()
+    t = len(spec["test_classes"])
+    infer["eval.conf_oracle"] = torch.from_numpy(evaluator._conf_matrix.copy())
+    infer["eval.conf_pred_all"] = torch.from_numpy(evaluator._conf_matrix_pred_all.copy())
+    size = tuple(result["sem_seg"].shape[-2:])
+    gt = F.interpolate(parts[None, None].double(), size=size, mode="nearest")[0, 0].long()
+    ignore = gt == 255
+    pred_oracle, pred_everything = result["sem_seg"].argmax(0), result["sem_seg_all"].argmax(0)
+    pred_oracle[ignore], pred_everything[ignore] = t, t
+    gt[ignore] = t
+    for key, pred in (("eval.conf_oracle", pred_oracle), ("eval.conf_pred_all", pred_everything)):
+        conf = torch.bincount(((t + 1) * pred + gt).reshape(-1), minlength=(t + 1) ** 2).reshape(t + 1, t + 1)
+        assert torch.equal(conf, infer[key]), f"re-derived {key} differs from the official one"
+    infer.update({"eval.gt": gt, "eval.pred_oracle": pred_oracle, "eval.pred_all": pred_everything})
+    results = evaluator.evaluate()
+
+    def clean(value):
+        value = float(value)
+        return None if math.isnan(value) else value
+
+    return {k: {m: clean(v) for m, v in res.items()} for k, res in results.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clone", type=Path, required=True)
@@ -418,7 +508,9 @@ def main() -> None:
 
     def bce_rec(inp, target, weight=None, **k):
         out = bce(inp, target, weight=weight, **k)
-        bce_calls.append({"input_shape": list(inp.shape), "value": float(out), "weight": weight.tolist(), "out": out})
+        # clone: the official code adds the third call into the first one's tensor in place
+        bce_calls.append({"input_shape": list(inp.shape), "value": float(out.detach()), "weight": weight.tolist(),
+                          "out": out.detach().clone()})
         return out
 
     jsd_rec = {}
@@ -449,7 +541,7 @@ def main() -> None:
         raise SystemExit(f"expected 4 BCE calls, got {len(bce_calls)}: pick other GT rectangles")
     for i, (call, name) in enumerate(zip(bce_calls, names)):
         call["name"] = name
-        outputs[f"loss.bce.{i}.{name}"] = call.pop("out").detach()
+        outputs[f"loss.bce.{i}.{name}"] = call.pop("out")
     outputs["loss.specific_part"] = (outputs["loss.bce.0.specific_part.part_pixels"]
                                      + outputs["loss.bce.2.specific_part.non_object_pixels"])
     outputs["loss.part"], outputs["loss.obj"] = outputs["loss.bce.1.part.part_pixels"], outputs["loss.bce.3.obj.all_pixels"]
@@ -519,6 +611,7 @@ def main() -> None:
                    "infer.clip_input": rec["clip_input"], "infer.dino_input": rec["dino_input"]})
     for h_ in handles:
         h_.remove()
+    evaluator_results = run_official_evaluator(cfg, spec, result, image, parts, infer, out_dir=args.out)
 
     # ------------------------------------------------------------------ write
     out = args.out
@@ -532,7 +625,7 @@ def main() -> None:
     state = {k: fp16_if_exact(v.detach()).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     for name, tensors in (("inputs", inputs), ("outputs", outputs), ("infer", infer)):
-        save_file({k: torch.as_tensor(v).detach().contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
+        save_file({k: torch.as_tensor(v).detach().clone().contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
     config = {
         "format": "partcatseg-reference-fixture/1", "spec": args.spec, "cfg": cfg,
         "clip_arch": {**spec["clip_arch"], "vision_heads": spec["clip_arch"]["vision_width"] // 64},
@@ -551,7 +644,7 @@ def main() -> None:
                "infer": {"object_id": oid, "object_name": spec["infer_object"], "masked_classes": masked,
                          "kept_classes": [i for i in range(len(spec["test_classes"])) if i not in masked],
                          "result_keys": sorted(result)},
-               "vocab": config["vocab"]}
+               "vocab": config["vocab"], "evaluator": evaluator_results}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.keys_full:
         shutil.copyfile(args.keys_full, out / "keys_full.txt")
