@@ -120,5 +120,5 @@ def test_catseg_detectron2_checkpoint_file_loads_and_bad_files_are_refused(tmp_p
     with pytest.raises(CheckpointError, match="not found"):
         load_official_partcatseg_weights(a, tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_official_partcatseg_weights(a, tmp_path / "junk.pth")

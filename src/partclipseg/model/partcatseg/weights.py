@@ -94,25 +94,18 @@ def convert_official_partcatseg_state_dict(state_dict: Mapping[str, torch.Tensor
 
 def load_official_partcatseg_weights(model, checkpoint, source: str = "checkpoint") -> None:
     """Load an official state dict / detectron2 checkpoint dict / ``.pth`` / ``.safetensors`` path into
-    ``model`` (strict: missing, unexpected or mis-shaped keys raise ``CheckpointError``)."""
+    ``model`` (strict: missing, unexpected or mis-shaped keys raise ``CheckpointError``; ``.pth`` files are
+    read with ``weights_only=True``)."""
     from pathlib import Path
 
-    from ...weights import load_state_dict_checked
+    from ...checkpoint import load_state_dict_checked, read_safetensors, read_torch_checkpoint
 
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
         source = str(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            checkpoint = load_file(str(path))
-        else:
-            try:  # weights_only: pickled code in a checkpoint is never executed
-                checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        checkpoint = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_checkpoint(path)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source} does not hold a state dict")
     load_state_dict_checked(model, convert_official_partcatseg_state_dict(checkpoint), source)
