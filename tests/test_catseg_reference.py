@@ -128,6 +128,7 @@ def test_catseg_vocabulary_maps_match_official(catseg_ref):
         assert len(_compare_present(catseg_ref["inputs"], maps, f"maps.{split}.")) == 5
 
 
+@pytest.mark.slow  # the fp16 CLIP text tower is slow on CPUs (about 3x float32)
 def test_catseg_text_features_fp16_match_official(catseg_ref):
     """The official text features are computed by the fp16 CLIP (quirk: ``text_features_fp16``)."""
     model = catseg_ref["model"]
