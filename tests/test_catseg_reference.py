@@ -135,7 +135,7 @@ def test_catseg_text_features_fp16_match_official(catseg_ref):
     model.clear_text_cache()
     compared = []
     for split in ("train", "test"):
-        text = model.encode_vocabulary(_vocabulary(catseg_ref["config"], split))
+        text = model.text_features(_vocabulary(catseg_ref["config"], split))
         compared += _compare_present(catseg_ref["outputs"], {"part_obj": text.part_object, "specific": text.specific},
                                      f"text.{split}.")
     assert len(compared) == 4
@@ -147,7 +147,7 @@ def test_catseg_text_features_fp32_switch_matches_official_fp32_run(catseg_ref):
     expected = catseg_ref["outputs"]
     compared = []
     for split in ("train", "test"):
-        text = model.encode_vocabulary(_vocabulary(catseg_ref["config"], split))
+        text = model.text_features(_vocabulary(catseg_ref["config"], split))
         compared += _compare_present(expected, {"part_obj": text.part_object, "specific": text.specific},
                                      f"text_fp32.{split}.")
         # the switch changes the numbers (by about 1e-3 for these weights)
@@ -165,9 +165,9 @@ def test_catseg_training_call_matches_every_official_intermediate(catseg_ref):
         clip_in = catseg_ref["inputs"].get("train.clip_input", pre["clip_input"])
         dino_in = catseg_ref["inputs"].get("train.dino_input", pre["dino_input"])
         trace: dict = {}
-        image = model.encode_image(clip_in, dino_in, trace)
-        text = model.encode_vocabulary(vocab)
-        part_object, specific, costs = model.decode(image, text, trace)
+        image = model.encode_pixels(clip_in, dino_in, trace)
+        text = model.text_features(vocab)
+        part_object, specific, costs = model.aggregate(image, text, trace)
     b = image.features.shape[0]
     trace.update({
         "agg.in.text_part_obj_feats": text.part_object.expand(b, -1, -1, -1),
@@ -194,8 +194,8 @@ def test_catseg_training_loss_matches_official(catseg_ref):
     vocab = _vocabulary(catseg_ref["config"], "train")
     lambdas = catseg_ref["config"]["lambdas"]
     with torch.no_grad():
-        text = model.encode_vocabulary(vocab)
-        part_object, specific, costs = model(images, vocab)
+        text = model.text_features(vocab)
+        part_object, specific, costs = model.run(images, vocab)
         losses = partcatseg_loss(part_object, specific, costs, classes, objects, class_ids_to_parts(vocab.text_to_part),
                                  object_ids_to_model_objects(info["obj_classes"], vocab.objects), text.object_index,
                                  vocab.num_parts, model.config.background_bce_weight, lambdas["part"], lambdas["obj"],
@@ -218,9 +218,9 @@ def test_catseg_loss_gradients_reach_trainable_parts_only(catseg_ref):
     images, classes, objects = _train_batch(catseg_ref)
     info = catseg_ref["config"]["vocab"]["train"]
     vocab = _vocabulary(catseg_ref["config"], "train")
-    text = catseg_ref["model"].encode_vocabulary(vocab)  # frozen CLIP: reuse the shared model's features
+    text = catseg_ref["model"].text_features(vocab)  # frozen CLIP: reuse the shared model's features
     pre = model.preprocess(images)
-    part_object, specific, costs = model.decode(model.encode_image(pre["clip_input"], pre["dino_input"]), text)
+    part_object, specific, costs = model.aggregate(model.encode_pixels(pre["clip_input"], pre["dino_input"]), text)
     loss = partcatseg_loss(part_object, specific, costs, classes, objects, class_ids_to_parts(vocab.text_to_part),
                            object_ids_to_model_objects(info["obj_classes"], vocab.objects), text.object_index,
                            vocab.num_parts)["total"]
@@ -243,9 +243,9 @@ def _inference(catseg_ref, model):
         clip_in = inputs.get("infer.clip_input", pre["clip_input"])
         dino_in = inputs.get("infer.dino_input", pre["dino_input"])
         trace: dict = {}
-        features = model.encode_image(clip_in, dino_in, trace)
-        text = model.encode_vocabulary(vocab)
-        part_object, specific, costs = model.decode(features, text, trace)
+        features = model.encode_pixels(clip_in, dino_in, trace)
+        text = model.text_features(vocab)
+        part_object, specific, costs = model.aggregate(features, text, trace)
     object_name = info["obj_classes"][int(inputs["infer.instances.gt_classes"][0])]
     image_size = tuple(image.shape[-2:])
     out_size = tuple(int(x) for x in inputs["infer.height_width"])
@@ -295,8 +295,8 @@ def test_catseg_batch_rows_equal_single_image_runs(catseg_ref):
     a = inputs["infer.image"]
     b = torch.flip(a, dims=[-1])
     with torch.no_grad():
-        pair = model([a, b], vocab)
-        single = [model([x], vocab) for x in (a, b)]
+        pair = model.run([a, b], vocab)
+        single = [model.run([x], vocab) for x in (a, b)]
     for i in range(2):
         torch.testing.assert_close(pair[0][i], single[i][0][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pair[1][i], single[i][1][0], atol=1e-5, rtol=1e-5)

@@ -173,8 +173,14 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
 
 
+#: a key only official PartCATSeg checkpoints hold (its key table: model/partcatseg/weights.py)
+PARTCATSEG_MARKER = "sem_seg_head.predictor.transformer.layers_specific_part."
+
+
 def guess_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
     keys = list(state_dict)
+    if any(k.startswith(PARTCATSEG_MARKER) for k in keys):
+        return "partcatseg"
     if any(k.startswith(OFFICIAL_PREFIXES["clipseg"]) for k in keys):
         return "clipseg"
     if any("part_obj" in k or "object_part_head" in k for k in keys):

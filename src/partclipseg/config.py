@@ -25,7 +25,9 @@ from .errors import ConfigError
 
 #: the architectures a config may name; each has a model class registered under that name
 #: (``partclipseg.model.registry``; ``tests/test_structure.py`` checks that both lists agree)
-ARCHITECTURES = ("partclipseg", "clipseg")
+#: the architectures a ``PartCLIPSegConfig`` describes (the CLIPSeg family)
+CLIPSEG_FAMILY = ("partclipseg", "clipseg")
+ARCHITECTURES = (*CLIPSEG_FAMILY, "partcatseg")  # PartCATSeg: ``PartCATSegConfig`` (model/partcatseg/config.py)
 BACKGROUNDS = ("learned", "none")
 
 
@@ -115,8 +117,9 @@ class PartCLIPSegConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        if self.architecture not in CLIPSEG_FAMILY:
+            raise ConfigError(f"unknown architecture {self.architecture!r} for a PartCLIPSeg config; expected one of "
+                              f"{CLIPSEG_FAMILY}")
         v, t, d = self.vision, self.text, self.decoder
         for name, hidden, heads in (("vision", v.hidden_size, v.num_heads), ("text", t.hidden_size, t.num_heads),
                                     ("decoder", d.reduce_dim, d.num_heads)):

@@ -110,6 +110,20 @@ def pred_all(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_obj
                           scores, obj_scores if keep_scores else None, gen_scores)
 
 
+def pred_all_classes(object_part_logits: torch.Tensor, text_to_part: torch.Tensor, text_to_object: torch.Tensor,
+                     num_parts: int, num_objects: int, size: tuple[int, int],
+                     keep_scores: bool = False) -> ProtocolOutput:
+    """Pred-All as PartCATSeg's ``sem_seg_all``: argmax over all T+1 object-specific sigmoid scores
+    (background last, nothing gated). ``object_part_logits`` [T+1, s, s]; the object and generalized-part
+    maps follow from the winning class (background -> ``O`` / ``P``)."""
+    scores = upsample(object_part_logits, size).sigmoid_()
+    confidence, part_labels = _running_argmax(None, scores, 0)
+    owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])
+    part_of = torch.cat([text_to_part, text_to_part.new_tensor([num_parts])])
+    return ProtocolOutput(part_labels, owner[part_labels], part_of[part_labels], confidence,
+                          scores if keep_scores else None)
+
+
 def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
                        num_parts: int, size: tuple[int, int], objects: list[int],
                        region: torch.Tensor | None = None, keep_scores: bool = False) -> ProtocolOutput:

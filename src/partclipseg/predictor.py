@@ -43,8 +43,8 @@ from .errors import PartCLIPSegError, VocabularyError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
 from .postprocess import (ProtocolOutput, box_region, object_conditioned, object_scores, point_region, pred_all,
-                          single_head, upsample)
-from .preprocess import load_image, preprocess
+                          pred_all_classes, single_head, upsample)
+from .preprocess import load_image
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
 from .vocabulary import Vocabulary
@@ -93,7 +93,7 @@ class Predictor:
         arrays = [load_image(image) for image in images]
         if not arrays:
             raise PartCLIPSegError("no images given")
-        pixels = preprocess(arrays, self.config.image_size, mean=self.config.image_mean, std=self.config.image_std)
+        pixels = self.model.preprocess(arrays)
         self._features = self.model.encode_image(pixels.to(self.device))
         self._images = arrays
         self._decoded = None
@@ -145,21 +145,23 @@ class Predictor:
         size = image.shape[:2]
         mode = _check_prompts(protocol, object_mask, object_name, box, point)
         out = self._decode(encoded)
-        logits = out.logits[image_index]
+        logits, object_part_logits = _image_logits(out, image_index, size)
         selected = None
         rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
         if not out.has_object_head:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
             if mode == "oracle-obj":
                 selected = ", ".join(vocab.objects[o] for o in _given_objects(vocab, object_name))
+        elif mode == "pred-all" and out.pred_all_rule == "class-argmax":
+            result = pred_all_classes(object_part_logits, encoded.text_to_part, encoded.text_to_object,
+                                      vocab.num_parts, vocab.num_objects, size, return_scores)
         elif mode == "pred-all":
-            result = pred_all(logits, out.object_part_logits[image_index], encoded.text_to_object, vocab.num_parts,
-                              size, return_scores)
+            result = pred_all(logits, object_part_logits, encoded.text_to_object, vocab.num_parts, size, return_scores)
         else:
             objects, region, rule = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name,
                                                              box, point)
             selected = ", ".join(vocab.objects[o] for o in objects)
-            result = object_conditioned(logits, out.object_part_logits[image_index], encoded.text_to_object,
+            result = object_conditioned(logits, object_part_logits, encoded.text_to_object,
                                         vocab.num_parts, size, objects, region, return_scores)
         segmentation = _to_result(result, vocab, image, mode, selected, rule)
         for name in attention_for or ():
@@ -233,6 +235,19 @@ class Predictor:
         heat = attn[queries].mean(0) if bool(queries.any()) else attn.mean(0)
         heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-9)
         return upsample(heat.view(1, g, g), seg.size)[0].clamp(0, 1).cpu().numpy()
+
+
+def _image_logits(out: SegmentationOutput, index: int, size: tuple[int, int]):
+    """Image ``index``'s (logits, object_part_logits) as the protocols read them: cropped to its
+    ``valid_sizes`` frame; with ``resize_scores`` the sigmoid scores are resized to ``size`` here and
+    handed on as logits (``torch.logit``), so that the protocols' resize is the identity."""
+    maps = [out.logits[index], None if out.object_part_logits is None else out.object_part_logits[index]]
+    if out.valid_sizes is not None:
+        h, w = out.valid_sizes[index]
+        maps = [None if m is None else m[:, :h, :w] for m in maps]
+    if out.resize_scores:
+        maps = [None if m is None else torch.logit(upsample(m.float().sigmoid(), size).clamp_(0.0, 1.0)) for m in maps]
+    return maps[0], maps[1]
 
 
 # ---------------------------------------------------------------------------- validation helpers

@@ -27,11 +27,12 @@ from .hub.registry import BUILTIN_MODEL_DIR
 from .hf_clipseg import merged_sub_config
 from .model import PartSegmentationModel, build_model
 from .model.loading import load_pretrained, save_pretrained
+from .official_checkpoint import read_official_any
 
 
 def load_official_checkpoint(path: str | os.PathLike, config=None) -> PartSegmentationModel:
     """An official detectron2 checkpoint (``model_final.pth``) -> model (SPEC §1.12)."""
-    model_config, state = read_official(Path(path), config)
+    model_config, state = read_official_any(Path(path), config)
     model = build_model(model_config)
     load_state_dict_checked(model, state, str(path))
     return model

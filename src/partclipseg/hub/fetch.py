@@ -103,9 +103,10 @@ def _fetch_gdrive(entry: ModelEntry, folder: Path, progress: bool) -> None:
 
 
 def _convert_official(entry: ModelEntry, folder: Path, pth: Path, download: dict) -> None:
-    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_official, write_saved
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_saved
+    from ..official_checkpoint import read_official_any
 
-    config, state = read_official(pth, entry.config_preset)  # a preset name or a config JSON file
+    config, state = read_official_any(pth, entry.config_preset)  # a preset name or a config JSON file
     write_saved(state, config, folder)  # the loader checks every key against the model on each load
     write_manifest(folder, [CONFIG_NAME, WEIGHTS_NAME], name=entry.name, source=entry.source_text,
                    download=download)

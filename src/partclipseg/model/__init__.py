@@ -1,13 +1,14 @@
 """``nn.Module``s only: the architecture interface, the registry, CLIP towers, the CLIPSeg decoder and
-mask heads, PartCLIPSeg and the CLIPSeg baseline.
+mask heads, PartCLIPSeg and the CLIPSeg baseline; PartCATSeg (``partcatseg/``).
 
 Every architecture implements ``PartSegmentationModel`` (``base.py``) and registers itself under
 ``config.architecture`` (``registry.py``); ``build_model(config)`` builds any of them.
 """
 from .base import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput, TextInputs
+from .partcatseg import PartCATSeg
 from .partclipseg import Adapter, CLIPSegBaseline, CLIPSegCore, PartCLIPSeg
 from .registry import architecture_class, architectures, build_model, register_architecture
 
-__all__ = ["Adapter", "CLIPSegBaseline", "CLIPSegCore", "EncodedVocabulary", "ImageFeatures", "PartCLIPSeg",
+__all__ = ["Adapter", "CLIPSegBaseline", "CLIPSegCore", "EncodedVocabulary", "ImageFeatures", "PartCATSeg", "PartCLIPSeg",
            "PartSegmentationModel", "SegmentationOutput", "TextInputs", "architecture_class", "architectures",
            "build_model", "register_architecture"]

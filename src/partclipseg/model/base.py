@@ -120,6 +120,14 @@ class SegmentationOutput:
       (``output_attentions`` may name the layers, the others are ``None``).
     * ``decoder_hidden_states``: per decoder layer [B, N, L, D].
     * ``vision_hidden_states``: ``num_layers + 1`` tensors [B, L, C].
+
+    How the protocols read the logits (defaults: PartCLIPSeg's official inference):
+
+    * ``valid_sizes``: per image, the (rows, cols) of the logit maps that show the image (the rest is
+      padding; cropped before resizing to the image); ``None``: the whole map.
+    * ``resize_scores``: resize sigmoid scores instead of logits to the image size (PartCATSeg).
+    * ``pred_all_rule``: ``"object-head"`` (the object head's argmax gates the parts, SPEC §4.2) or
+      ``"class-argmax"`` (argmax over the T+1 object-specific scores, PartCATSeg's ``sem_seg_all``).
     """
 
     logits: torch.Tensor
@@ -128,6 +136,9 @@ class SegmentationOutput:
     decoder_attentions: tuple[torch.Tensor, ...] | None = None
     decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     vision_hidden_states: list[torch.Tensor] | None = None
+    valid_sizes: list[tuple[int, int]] | None = None
+    resize_scores: bool = False
+    pred_all_rule: str = "object-head"
 
     @property
     def has_object_head(self) -> bool:
@@ -194,6 +205,13 @@ class PartSegmentationModel(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ image side and decoding
+    def preprocess(self, images: Sequence[Any]) -> Any:
+        """HWC uint8 RGB arrays (``partclipseg.preprocess.load_image``) -> what ``encode_image`` takes
+        (anything with ``.to(device)``). Default: ``partclipseg.preprocess`` at ``config.image_size``."""
+        from ..preprocess import preprocess
+
+        return preprocess(images, self.config.image_size, mean=self.config.image_mean, std=self.config.image_std)
+
     def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ImageFeatures:
         """pixel_values [B, 3, S, S] (``partclipseg.preprocess``) -> ``ImageFeatures``."""
         raise NotImplementedError

@@ -11,11 +11,26 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (HF_CLIPSEG, OFFICIAL, inspect_checkpoint, load_state_dict_checked, read_official,
-                          read_saved, write_saved)
+from ..checkpoint import (CONFIG_NAME, HF_CLIPSEG, OFFICIAL, WEIGHTS_NAME, inspect_checkpoint, load_state_dict_checked,
+                          read_config_json, read_safetensors, write_saved)
 from ..config import PartCLIPSegConfig
+from ..errors import CheckpointError, ConfigError
 from ..hf_clipseg import read_hf_clipseg
-from .registry import build_model
+from ..official_checkpoint import read_official_any
+from .registry import architecture_class, build_model
+
+
+def read_saved_any(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Config and state dict of a saved folder of any registered architecture: the config class is the
+    one registered for the config's ``architecture`` (CLIPSeg family) or ``model_type`` (PartCATSeg)."""
+    raw = read_config_json(path / CONFIG_NAME)
+    name = raw.get("architecture", raw.get("model_type", "partclipseg"))
+    if not isinstance(name, str):
+        raise ConfigError(f"{path / CONFIG_NAME}: architecture must be a string, got {name!r}")
+    config = architecture_class(name).config_class.from_dict(raw)
+    if not (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
+    return config, read_safetensors(path / WEIGHTS_NAME)
 
 
 def load_pretrained(source: str | os.PathLike, *, config: PartCLIPSegConfig | str | os.PathLike | None = None,
@@ -38,10 +53,10 @@ def load_pretrained(source: str | os.PathLike, *, config: PartCLIPSegConfig | st
         model_config, state = read_hf_clipseg(info.path)
         where = str(info.path)
     elif info.kind == OFFICIAL:
-        model_config, state = read_official(info.path, config)
+        model_config, state = read_official_any(info.path, config)
         where = str(info.path)
     else:
-        model_config, state = read_saved(info.path)
+        model_config, state = read_saved_any(info.path)
         where = str(Path(info.path) / "model.safetensors")
     model = build_model(model_config)
     load_state_dict_checked(model, state, where)

@@ -25,6 +25,8 @@ from typing import Any
 
 from ...errors import ConfigError
 
+from .templates import IMAGENET_TEMPLATES
+
 MODEL_TYPE = "partcatseg"
 
 
@@ -105,10 +107,14 @@ class PartCATSegOfficialCompat:
     * ``oracle_substring_match`` — Oracle-Obj keeps every class whose name contains the object's
       name as a substring (``"car"`` also keeps ``"cart's wheel"``). ``False`` matches the object part
       of the name (before ``'s``) exactly.
+    * ``crop_logits_by_pixels`` — detectron2's ``sem_seg_postprocess`` crops the [4g, 4g] logit maps
+      of the padded batch by the image's *pixel* size, a no-op for images larger than the map, so the
+      padding is stretched into the output. ``False`` crops the image's share of the padded frame.
     """
 
     text_features_fp16: bool = True
     oracle_substring_match: bool = True
+    crop_logits_by_pixels: bool = True
 
 
 @dataclass
@@ -131,6 +137,9 @@ class PartCATSegConfig:
     lambda_obj: float = 1.0
     lambda_jsd: float = 1.0
     official: PartCATSegOfficialCompat = field(default_factory=PartCATSegOfficialCompat)
+    #: the prompt templates (``None``: the 80 ImageNet templates, ``templates.py``); their number must
+    #: equal ``aggregator.num_templates``
+    templates: tuple[str, ...] | None = None
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -168,6 +177,8 @@ class PartCATSegConfig:
             raise ConfigError("decoder guidance projections must be narrower than the decoder inputs")
         if a.class_attention not in ("query", "linear"):
             raise ConfigError(f"aggregator.class_attention must be 'query' or 'linear', got {a.class_attention!r}")
+        if self.templates is not None and len(self.templates) != a.num_templates:
+            raise ConfigError(f"{len(self.templates)} templates for aggregator.num_templates = {a.num_templates}")
         if g % a.pooling_size[0] or g % a.pooling_size[1]:
             raise ConfigError(f"pooling_size {a.pooling_size} does not divide the cost grid {g}")
         window = min(a.window_size, g)
@@ -175,6 +186,11 @@ class PartCATSegConfig:
             raise ConfigError(f"window_size {a.window_size} does not divide the cost grid {g}")
 
     # ------------------------------------------------------------------ derived sizes
+    @property
+    def architecture(self) -> str:
+        """The registry key of the model class (``partclipseg.model.registry``)."""
+        return self.model_type
+
     @property
     def cost_grid(self) -> int:
         """Side of the cost volume (24): CLIP tokens per side at ``clip_resolution``."""
@@ -192,13 +208,16 @@ class PartCATSegConfig:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["format"] = "partclipseg"  # a saved folder of this package (``checkpoint.inspect_checkpoint``)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PartCATSegConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"a PartCATSeg config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
+        data.pop("format", None)
         sub = {"clip": CLIPTowersConfig, "dino": DinoV2Config, "aggregator": AggregatorConfig,
                "official": PartCATSegOfficialCompat}
         known = {f.name for f in dataclasses.fields(cls)}
@@ -307,6 +326,8 @@ def from_reference_fixture(data: dict[str, Any]) -> PartCATSegConfig:
         kwargs["dino_pixel_std"] = tuple(float(x) for x in model["PIXEL_STD"])
         lambdas = data.get("lambdas", {})
         kwargs.update({f"lambda_{k}": float(v) for k, v in lambdas.items()})
+        if "templates" in data and tuple(data["templates"]["list"]) != IMAGENET_TEMPLATES:
+            kwargs["templates"] = tuple(data["templates"]["list"])
         return PartCATSegConfig(clip=clip, dino=dino, aggregator=aggregator, **kwargs)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed PartCATSeg fixture config: {exc!r}") from None

@@ -3,31 +3,44 @@ disentangled object / generalized-part / object-specific-part aggregation.
 
 Stages (B images, T object-specific classes, N+1 = P parts + O objects + background, E = CLIP embed):
 
-* ``encode_vocabulary(vocabulary) -> PartCATSegText``: per-template text features of the
+* ``text_features(vocabulary) -> PartCATSegText``: per-template text features of the
   part-object names [N+1, Tpl, E] and of the specific names [T+1, Tpl, E] (cached per vocabulary).
-* ``encode_image(clip_input [B,3,384,384], dino_input [B,3,448,448]) -> PartCATSegImage``: dense CLIP
+* ``encode_pixels(clip_input [B,3,384,384], dino_input [B,3,448,448]) -> PartCATSegImage``: dense CLIP
   features [B, E, 24, 24] and DINOv2 guidance maps (res4 24², res3 48², res2 96²).
-* ``decode(image, text) -> (part_object_logits [B, N+1, 96, 96], specific_logits [B, T+1, 96, 96], costs)``.
+* ``aggregate(image, text) -> (part_object_logits [B, N+1, 96, 96], specific_logits [B, T+1, 96, 96], costs)``.
+* ``run(images, vocabulary)``: the three stages on uint8 images (the official forward's outputs).
+
+The ``PartSegmentationModel`` interface (``base.py``) wraps them: ``preprocess`` (uint8 images ->
+``PartCATSegPixels``), ``encode_vocabulary`` -> ``EncodedVocabulary`` (``extras["text"]`` holds the
+``PartCATSegText``), ``encode_image`` -> ``PartCATSegImage``, ``decode`` -> ``SegmentationOutput`` with
+``logits`` = the part-object logits [B, P+O+1, h, w] and ``object_part_logits`` = the specific logits
+[B, T+1, h, w] (official layouts: parts, objects, background last), ``valid_sizes`` the image frames.
 
 Parameter roots: ``clip_image`` / ``clip_text`` (OpenAI layout below), ``background_text_embedding``
 (the official ``non_object_embedding``), ``dino.dinov2`` (DINOv2 layout below), ``aggregator``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ...errors import PartCLIPSegError
 from ...vocabulary import Vocabulary
+from ..base import EncodedVocabulary, PartSegmentationModel, SegmentationOutput, TextInputs
+from ..registry import register_architecture
 from .aggregator import PartCATSegAggregator
 from .clip import CLIPImageTower, CLIPTextTower
 from .config import PartCATSegConfig
 from .dinov2 import DinoV2Backbone
 from .preprocess import preprocess_images
 from .templates import IMAGENET_TEMPLATES
-from .text import per_template_features, prompt_token_ids
+from .text import per_template_features, prompt_token_ids, prompts_of
 
 
 @dataclass
@@ -51,18 +64,49 @@ class PartCATSegText:
 
 @dataclass
 class PartCATSegImage:
-    """features [B, E, g, g] (dense CLIP, CLS dropped); guidance = (res4, res3, res2) DINOv2 maps."""
+    """features [B, E, g, g] (dense CLIP, CLS dropped); guidance = (res4, res3, res2) DINOv2 maps;
+    image_sizes / padded_size: each image's (H, W) and the batch's padded (Hp, Wp) (``None`` when
+    unknown: the logits then cover the whole frame)."""
 
     features: torch.Tensor
     guidance: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    image_sizes: list[tuple[int, int]] | None = None
+    padded_size: tuple[int, int] | None = None
+
+    def select(self, index) -> "PartCATSegImage":
+        """The features of a subset of images (batch indexing)."""
+        sizes = None
+        if self.image_sizes is not None:
+            sizes = [self.image_sizes[i] for i in range(len(self.image_sizes))[index]] \
+                if isinstance(index, slice) else [self.image_sizes[int(i)] for i in index]
+        return PartCATSegImage(self.features[index], tuple(g[index] for g in self.guidance), sizes, self.padded_size)
 
 
-class PartCATSeg(nn.Module):
-    def __init__(self, config: PartCATSegConfig, templates: Sequence[str] = IMAGENET_TEMPLATES) -> None:
-        super().__init__()
+class PartCATSegPixels(dict):
+    """``preprocess``'s output: ``clip_input`` [B, 3, Rc, Rc], ``dino_input`` [B, 3, Rd, Rd] (and the
+    padded batches ``clip_padded`` / ``dino_padded`` [B, 3, Hp, Wp]) plus ``image_sizes`` (each image's
+    (H, W)) and ``padded_size`` (Hp, Wp)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> None:
+        super().__init__(tensors)
+        self.image_sizes = image_sizes
+        self.padded_size = tuple(int(x) for x in tensors["clip_padded"].shape[-2:])
+
+    def to(self, device: str | torch.device) -> "PartCATSegPixels":
+        return PartCATSegPixels({k: v.to(device) for k, v in self.items()}, self.image_sizes)
+
+
+@register_architecture("partcatseg")
+class PartCATSeg(PartSegmentationModel):
+    """PartCATSeg behind the common interface (see the module docstring)."""
+
+    config_class = PartCATSegConfig
+
+    def __init__(self, config: PartCATSegConfig, templates: Sequence[str] | None = None) -> None:
+        super().__init__(config)
+        templates = templates if templates is not None else (config.templates or IMAGENET_TEMPLATES)
         if len(templates) != config.aggregator.num_templates:
             raise ValueError(f"{len(templates)} templates for a model built for {config.aggregator.num_templates}")
-        self.config = config
         self.templates = tuple(templates)
         self.clip_image = CLIPImageTower(config.clip)
         self.clip_text = CLIPTextTower(config.clip)
@@ -74,6 +118,16 @@ class PartCATSeg(nn.Module):
         # CLIP is frozen in the official recipe (CLIP_FINETUNE: "")
         for p in (*self.clip_image.parameters(), *self.clip_text.parameters()):
             p.requires_grad_(False)
+
+    def init_weights(self) -> None:
+        """A new model: the background embedding ~ N(0, E^-1/2) as the official ``non_object_embedding``
+        (every other module keeps its constructor's random initialisation)."""
+        nn.init.normal_(self.background_text_embedding, std=self.config.clip.embed_dim ** -0.5)
+        self.clear_text_cache()
+
+    def is_trainable(self, name: str, which: str) -> bool:
+        """Official recipe: CLIP frozen, DINOv2, the background embedding and the aggregator trained."""
+        return not name.startswith(("clip_image.", "clip_text."))
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -97,7 +151,7 @@ class PartCATSeg(nn.Module):
         bg = bg.expand(1, len(self.templates), -1).float()
         return torch.cat([torch.stack([self._name_cache[(n, fp16)] for n in names]), bg], dim=0)
 
-    def encode_vocabulary(self, vocabulary: Vocabulary | Sequence[str]) -> PartCATSegText:
+    def text_features(self, vocabulary: Vocabulary | Sequence[str]) -> PartCATSegText:
         """Text features of a vocabulary, cached per class list (cleared by ``clear_text_cache``)."""
         if not isinstance(vocabulary, Vocabulary):
             vocabulary = Vocabulary.from_names(vocabulary)
@@ -123,13 +177,33 @@ class PartCATSeg(nn.Module):
         self.clear_text_cache()
         return super()._apply(fn, *args, **kwargs)
 
-    # ------------------------------------------------------------------ image
-    def preprocess(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """uint8 RGB [3, H, W] images -> ``clip_input`` / ``dino_input`` (see ``preprocess.py``)."""
-        return preprocess_images(images, self.config)
+    # interface: PartCATSeg tokenises its prompts itself (CLIP BPE, ``text.prompt_token_ids``)
+    def prompts(self, vocabulary: Vocabulary) -> list[str]:
+        """Every prompt the text tower reads: part-object names then specific names, each templated."""
+        names = [*vocabulary.parts, *vocabulary.objects, *vocabulary.object_specific_classes]
+        return [p for name in names for p in prompts_of(name, self.templates)]
 
-    def encode_image(self, clip_input: torch.Tensor, dino_input: torch.Tensor,
-                     trace: dict | None = None) -> PartCATSegImage:
+    def encode_vocabulary(self, vocabulary: Vocabulary, tokenizer: Any = None) -> EncodedVocabulary:
+        """``EncodedVocabulary`` of ``vocabulary`` (``tokenizer`` unused): ``class_embeddings`` [P+O+1, E] =
+        the template-mean part-object features, ``extras["text"]`` = the ``PartCATSegText``."""
+        text = self.text_features(vocabulary)
+        return EncodedVocabulary(text.vocabulary, text.part_object.mean(1), text.part_index, text.object_index,
+                                 {"text": text})
+
+    def encode_text_inputs(self, text: TextInputs) -> EncodedVocabulary:
+        """The vocabulary of ``text`` encoded (its token ids are not used: see ``encode_vocabulary``)."""
+        return self.encode_vocabulary(text.vocabulary)
+
+    # ------------------------------------------------------------------ image
+    def preprocess(self, images: Sequence[Any]) -> PartCATSegPixels:
+        """uint8 RGB images ([3, H, W] tensors or [H, W, 3] arrays) -> ``PartCATSegPixels`` (``preprocess.py``)."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) if isinstance(im, np.ndarray) else im
+                   for im in images]
+        out = preprocess_images(tensors, self.config)
+        return PartCATSegPixels(out, [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors])
+
+    def encode_pixels(self, clip_input: torch.Tensor, dino_input: torch.Tensor,
+                      trace: dict | None = None) -> PartCATSegImage:
         """clip_input [B, 3, Rc, Rc], dino_input [B, 3, Rd, Rd] -> dense CLIP features and guidance."""
         dense = self.clip_image.forward_dense(clip_input)              # [B, 1 + g*g, E]
         g = self.config.cost_grid
@@ -144,8 +218,17 @@ class PartCATSeg(nn.Module):
             trace.update({"dino.res2": res2, "dino.res3": res3, "dino.res4": res4})
         return PartCATSegImage(features, (res4, res3, res2))
 
+    def encode_image(self, pixel_values: PartCATSegPixels, output_hidden_states: bool = False) -> PartCATSegImage:
+        """``preprocess``'s output -> ``PartCATSegImage`` (with the image frames for ``decode``)."""
+        if not isinstance(pixel_values, PartCATSegPixels):
+            raise PartCLIPSegError("PartCATSeg.encode_image takes PartCATSeg.preprocess(images) (two normalisations "
+                                   "of uint8 images), not a pixel tensor")
+        image = self.encode_pixels(pixel_values["clip_input"], pixel_values["dino_input"])
+        image.image_sizes, image.padded_size = list(pixel_values.image_sizes), pixel_values.padded_size
+        return image
+
     # ------------------------------------------------------------------ decode
-    def decode(self, image: PartCATSegImage, text: PartCATSegText, trace: dict | None = None):
+    def aggregate(self, image: PartCATSegImage, text: PartCATSegText, trace: dict | None = None):
         """-> (part_object_logits [B, N+1, 4g, 4g], specific_logits [B, T+1, 4g, 4g], costs dict).
 
         ``trace`` (optional) receives the aggregator intermediates as ``agg.*``.
@@ -159,8 +242,58 @@ class PartCATSeg(nn.Module):
             trace.update({f"agg.{k}": v for k, v in agg_trace.items()})
         return out
 
-    def forward(self, images: Sequence[torch.Tensor], vocabulary: Vocabulary | Sequence[str]):
-        """uint8 RGB images + vocabulary -> ``decode``'s outputs (logits at 4g x 4g, padded-image frame)."""
+    def valid_sizes(self, image: PartCATSegImage) -> list[tuple[int, int]] | None:
+        """Each image's region of the [4g, 4g] logit maps (rows, cols from the top-left).
+
+        Official (``official.crop_logits_by_pixels``): detectron2's ``sem_seg_postprocess`` crops the
+        logit maps by the image's *pixel* size, which keeps the padding whenever the image is larger
+        than the logit grid (the padding is then stretched into the output). Otherwise the crop is
+        the image's share of the padded frame, rounded up.
+        """
+        if image.image_sizes is None or image.padded_size is None:
+            return None
+        s = self.config.logit_size
+        if self.config.official.crop_logits_by_pixels:
+            return [(min(h, s), min(w, s)) for h, w in image.image_sizes]
+        hp, wp = image.padded_size
+        return [(min(s, math.ceil(s * h / hp)), min(s, math.ceil(s * w / wp))) for h, w in image.image_sizes]
+
+    def decode(self, image_features: PartCATSegImage, encoded: EncodedVocabulary, *, chunk_size: int | None = None,
+               output_attentions: bool | Sequence[int] = False,
+               output_hidden_states: bool = False) -> SegmentationOutput:
+        """``logits`` [B, P+O+1, 4g, 4g] (parts, objects, background), ``object_part_logits`` [B, T+1, 4g, 4g];
+        ``valid_sizes`` gives each image's frame (``chunk_size`` unused: all classes aggregate together)."""
+        if output_attentions:
+            raise PartCLIPSegError("PartCATSeg has no decoder attention maps")
+        text = encoded.extras.get("text")
+        if not isinstance(text, PartCATSegText):
+            text = self.text_features(encoded.vocabulary)
+        part_object, specific, _ = self.aggregate(image_features, text)
+        return SegmentationOutput(part_object, specific, class_embeddings=encoded.class_embeddings,
+                                  valid_sizes=self.valid_sizes(image_features), resize_scores=True,
+                                  pred_all_rule="class-argmax")
+
+    def attention_map(self, image_features: PartCATSegImage, encoded: EncodedVocabulary,
+                      class_index: int) -> torch.Tensor:
+        raise PartCLIPSegError("PartCATSeg has no token-to-token attention maps (cost aggregation, no decoder "
+                               "attention)")
+
+    # ------------------------------------------------------------------ whole model
+    def run(self, images: Sequence[torch.Tensor], vocabulary: Vocabulary | Sequence[str]):
+        """uint8 RGB images + vocabulary -> ``aggregate``'s outputs (logits at 4g x 4g, padded-image frame)."""
         inputs = self.preprocess(images)
-        return self.decode(self.encode_image(inputs["clip_input"], inputs["dino_input"]),
-                           self.encode_vocabulary(vocabulary))
+        return self.aggregate(self.encode_pixels(inputs["clip_input"], inputs["dino_input"]),
+                              self.text_features(vocabulary))
+
+    def forward(self, pixel_values: PartCATSegPixels, input_ids: Any = None, *args: Any,
+                vocabulary: Vocabulary | None = None, **kwargs: Any) -> SegmentationOutput:
+        """Interface forward: ``preprocess``'s output and a vocabulary (``vocabulary=`` or inferred from
+        nothing else: PartCATSeg's text side is the vocabulary, not token ids) -> ``decode``'s output."""
+        if vocabulary is None:
+            raise PartCLIPSegError("PartCATSeg.forward needs vocabulary= (training integration is not done yet)")
+        return self.decode(self.encode_image(pixel_values), self.encode_vocabulary(vocabulary))
+
+    def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
+             object_to_model: torch.Tensor, loss_config: Any) -> dict[str, torch.Tensor]:
+        raise PartCLIPSegError("training PartCATSeg through the common loop is not supported yet "
+                               "(partcatseg.losses.partcatseg_loss holds the official losses)")

@@ -1,0 +1,168 @@
+"""PartCATSeg behind the common interface: registry, save/load, official .pth, Predictor, CLI.
+
+Everything runs on the tiny fixture model (``PARTCLIPSEG_PARTCATSEG_REFERENCE_DIR``, default the shared
+``tiny`` set): the Predictor's Pred-All / Oracle-Obj scores are checked within 1e-5 against the official
+protocols (``partcatseg.postprocess``, themselves checked against the fixture) applied to the fixture's
+official logits.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_catseg_reference import catseg_reference_dir, load_catseg_reference_model
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = catseg_reference_dir()
+    config = json.loads((path / "config.json").read_text())
+    inputs = load_file(str(path / "inputs.safetensors"))
+    infer = load_file(str(path / "infer.safetensors"))
+    return {"dir": path, "config": config, "inputs": inputs, "infer": infer,
+            "model": load_catseg_reference_model(path)}
+
+
+def _vocab(tiny):
+    from partclipseg.vocabulary import Vocabulary
+
+    return Vocabulary.from_names(tiny["config"]["vocab"]["test"]["ori_text_classes"])
+
+
+def _image(tiny) -> np.ndarray:
+    return tiny["inputs"]["infer.image"].permute(1, 2, 0).contiguous().numpy()  # HWC uint8
+
+
+def test_catseg_is_a_registered_architecture():
+    from partclipseg.config import ARCHITECTURES
+    from partclipseg.model import PartSegmentationModel, architecture_class, build_model
+    from partclipseg.model.partcatseg import PartCATSeg, get_partcatseg_config
+
+    assert "partcatseg" in ARCHITECTURES and architecture_class("partcatseg") is PartCATSeg
+    model = build_model(get_partcatseg_config("partcatseg-tiny"))
+    assert isinstance(model, PartSegmentationModel) and model.config.architecture == "partcatseg"
+    assert model.background_text_embedding.abs().sum() > 0  # init_weights: the official N(0, E^-1/2)
+
+
+def test_catseg_save_and_from_pretrained_round_trip(tiny, tmp_path):
+    from partclipseg.checkpoint import SAVED, inspect_checkpoint
+    from partclipseg.model import PartSegmentationModel
+    from partclipseg.model.partcatseg import PartCATSeg
+
+    model = tiny["model"]
+    model.save_pretrained(tmp_path / "m")
+    assert inspect_checkpoint(tmp_path / "m").kind == SAVED
+    loaded = PartSegmentationModel.from_pretrained(tmp_path / "m")
+    assert isinstance(loaded, PartCATSeg) and loaded.config == model.config and loaded.templates == model.templates
+    theirs = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    image = tiny["inputs"]["infer.image"]
+    with torch.no_grad():
+        a, b = model.run([image], _vocab(tiny)), loaded.run([image], _vocab(tiny))
+    torch.testing.assert_close(a[1], b[1], atol=0, rtol=0)
+
+
+def test_catseg_official_pth_loads_and_converts(tiny, tmp_path, capsys):
+    from partclipseg.checkpoint import guess_architecture, read_torch_checkpoint
+    from partclipseg.cli import main
+    from partclipseg.model.loading import load_pretrained
+
+    official = load_file(str(tiny["dir"] / "model.safetensors"))  # official key names
+    pth = tmp_path / "partcatseg_tiny.pth"
+    torch.save({"model": official, "iteration": 1}, pth)
+    assert guess_architecture(read_torch_checkpoint(pth)) == "partcatseg"
+    model = load_pretrained(pth, config=str(tiny["dir"] / "config.json"))
+    ref = tiny["model"].state_dict()
+    assert set(model.state_dict()) == set(ref)
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    assert main(["convert", str(pth), str(tmp_path / "out"), "--config", str(tiny["dir"] / "config.json")]) == 0
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == "partcatseg" and saved["format"] == "partclipseg"
+    assert "PartCATSeg" in capsys.readouterr().out
+
+
+def _official_protocols(tiny, size):
+    from partclipseg.model.partcatseg.postprocess import oracle_obj, pred_all
+
+    logits = tiny["infer"]["head.specific_logit"][0]
+    vocab = _vocab(tiny)
+    info = tiny["config"]["vocab"]["test"]
+    object_name = info["obj_classes"][int(tiny["inputs"]["infer.instances.gt_classes"][0])]
+    return (pred_all(logits, size, size), oracle_obj(logits, vocab.object_specific_classes, object_name, size, size),
+            object_name)
+
+
+def test_catseg_predictor_protocols_match_the_official_ones(tiny):
+    from partclipseg.predictor import Predictor
+
+    image = _image(tiny)
+    size = image.shape[:2]
+    official_all, official_oracle, object_name = _official_protocols(tiny, size)
+    # the fixture logits are the official model's on this image: ours agree (reference tests), check here
+    predictor = Predictor(tiny["model"])
+    predictor.set_image(image)
+    vocab = _vocab(tiny)
+    result = predictor.predict(vocab, return_scores=True)
+    scores = torch.as_tensor(result.part_scores)
+    assert tuple(scores.shape) == (len(vocab) + 1, *size)
+    assert (scores - official_all).abs().max().item() <= ATOL
+    assert np.array_equal(result.part_labels, official_all.argmax(0).numpy())
+
+    oracle = predictor.predict(vocab, object_name=object_name, return_scores=True)
+    allowed = [t for t, name in enumerate(vocab.object_specific_classes) if object_name in name]
+    ours = torch.as_tensor(oracle.part_scores)
+    assert (ours[allowed] - official_oracle[allowed]).abs().max().item() <= ATOL
+    assert np.array_equal(oracle.part_labels, official_oracle.argmax(0).numpy())
+
+
+def test_catseg_predictor_logits_layout_and_prompts(tiny):
+    from partclipseg.predictor import Predictor
+
+    model, vocab = tiny["model"], _vocab(tiny)
+    image = _image(tiny)
+    predictor = Predictor(model)
+    predictor.set_image(image)
+    out = predictor._decode(predictor.encode_vocabulary(vocab))
+    s = model.config.logit_size
+    assert tuple(out.logits.shape) == (1, vocab.num_parts + vocab.num_objects + 1, s, s)
+    assert tuple(out.object_part_logits.shape) == (1, len(vocab) + 1, s, s)
+    torch.testing.assert_close(out.object_part_logits, tiny["infer"]["head.specific_logit"], atol=ATOL, rtol=0)
+    h, w = image.shape[:2]
+    for kwargs in ({"point": (w // 2, h // 2)}, {"box": (0, 0, w // 2, h // 2)}):
+        seg = predictor.predict(vocab, **kwargs)
+        assert seg.part_labels.shape == (h, w)
+        assert set(np.unique(seg.part_labels)) <= set(range(len(vocab) + 1))
+
+
+def test_catseg_crop_switch_uses_the_image_share_of_the_padded_frame(tiny):
+    from partclipseg.model.partcatseg import PartCATSeg, PartCATSegImage
+
+    config = tiny["model"].config
+    image = PartCATSegImage(torch.zeros(1), (), [(100, 60)], (128, 64))
+    s = config.logit_size
+    assert tiny["model"].valid_sizes(image) == [(min(100, s), min(60, s))]  # official: by pixels
+    config2 = type(config).from_dict(config.to_dict())
+    config2.official.crop_logits_by_pixels = False
+    assert PartCATSeg.valid_sizes(type("M", (), {"config": config2})(), image) == [
+        (int(np.ceil(s * 100 / 128)), int(np.ceil(s * 60 / 64)))]
+
+
+def test_catseg_cli_segment_runs_on_a_saved_tiny_model(tiny, tmp_path):
+    from PIL import Image
+
+    from partclipseg.cli import main
+
+    tiny["model"].save_pretrained(tmp_path / "model")
+    Image.fromarray(_image(tiny)).save(tmp_path / "img.png")
+    names = ",".join(_vocab(tiny).object_specific_classes)
+    rc = main(["segment", str(tmp_path / "img.png"), "--model", str(tmp_path / "model"), "--parts", names,
+               "--out", str(tmp_path / "out")])
+    assert rc == 0
+    assert any((tmp_path / "out").iterdir())
