@@ -171,3 +171,42 @@ def test_catseg_cli_segment_runs_on_a_saved_tiny_model(tiny, tmp_path):
                "--out", str(tmp_path / "out")])
     assert rc == 0
     assert any((tmp_path / "out").iterdir())
+
+
+def test_catseg_registry_entries_name_the_official_checkpoints():
+    from partclipseg.hub.registry import MODELS
+    from partclipseg.model.partcatseg import get_partcatseg_config
+
+    ids = {e.filename: e.gdrive_id for e in MODELS.values() if e.architecture == "partcatseg"}
+    assert ids == {"partcatseg_voc.pth": "1JUJjJQLMKE96H5SLNs4EMm4jiU6fPgRb",
+                   "partcatseg_ade.pth": "1MKQEk71o9Xvs4aBY_GLyGa1lWTaW10fv",
+                   "partcatseg_partimagenet_seg.pth": "1zvV6achGzDS_tAwulaSkFYblMTghMHO6"}
+    for entry in MODELS.values():
+        if entry.architecture == "partcatseg":
+            get_partcatseg_config(entry.config_preset)  # the preset exists
+
+
+def test_catseg_named_model_downloads_from_a_local_drive_and_converts(tiny, tmp_path, monkeypatch):
+    """A registry entry of architecture partcatseg, served by a loopback 'Drive': download, convert, load."""
+    import io
+
+    from loopback_servers import FileServer
+
+    from partclipseg.hub.registry import MODELS, ModelEntry
+    from partclipseg.model.loading import load_pretrained
+
+    buffer = io.BytesIO()
+    torch.save({"model": load_file(str(tiny["dir"] / "model.safetensors"))}, buffer)
+    monkeypatch.setenv("PARTCLIPSEG_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(MODELS, "test_partcatseg", ModelEntry(
+        name="test_partcatseg", architecture="partcatseg", trained_on="fixture", vocabulary="any", size="-",
+        source="gdrive", licence="test", gdrive_id="CATID", filename="test_partcatseg.pth",
+        config_preset=str(tiny["dir"] / "config.json")))
+    with FileServer({"/uc?id=CATID": buffer.getvalue()}) as server:
+        monkeypatch.setenv("PARTCLIPSEG_GDRIVE_URL", server.url + "/uc?id={id}")
+        model = load_pretrained("test_partcatseg")
+    assert sorted(p.name for p in (tmp_path / "cache" / "models" / "test_partcatseg").iterdir()) == [
+        "config.json", "manifest.json", "model.safetensors"]
+    reference = tiny["model"].state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())

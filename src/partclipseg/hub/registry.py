@@ -84,6 +84,25 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in [
         gdrive_id="1WkCu3-KA2Oho5xzBXDR_HUmBvvKKYSQM", filename="clipseg_voc_oracle.pth",
         note="the authors' fine-tuned CLIPSeg baseline; its link is commented out in their README"),
     ModelEntry(
+        name="partcatseg_pascal_part_116", architecture="partcatseg", trained_on="Pascal-Part-116 (seen)",
+        vocabulary="any \"object's part\"; best on Pascal objects", size="not measured", source="gdrive",
+        licence=_OFFICIAL, paper="h-mIoU 45.77 Pred-All / 50.41 Oracle-Obj**",
+        gdrive_id="1JUJjJQLMKE96H5SLNs4EMm4jiU6fPgRb", filename="partcatseg_voc.pth", config_preset="partcatseg-voc",
+        note="PartCATSeg (CVPR 2025); the full-size shape (CLIP ViT-B/16 + DINOv2 ViT-S/14)"),
+    ModelEntry(
+        name="partcatseg_ade20k_part_234", architecture="partcatseg", trained_on="ADE20K-Part-234 (seen)",
+        vocabulary="any \"object's part\"; best on ADE20K objects", size="not measured", source="gdrive",
+        licence=_OFFICIAL, paper="PartCATSeg paper**",
+        gdrive_id="1MKQEk71o9Xvs4aBY_GLyGa1lWTaW10fv", filename="partcatseg_ade.pth", config_preset="partcatseg-voc",
+        note="assumes the Pascal model's shapes (the same official backbone config; not checked against a download)"),
+    ModelEntry(
+        name="partcatseg_partimagenet", architecture="partcatseg", trained_on="PartImageNet (seen)",
+        vocabulary="any \"object's part\"; best on PartImageNet objects", size="not measured", source="gdrive",
+        licence=_OFFICIAL, paper="PartCATSeg paper**",
+        gdrive_id="1zvV6achGzDS_tAwulaSkFYblMTghMHO6", filename="partcatseg_partimagenet_seg.pth",
+        config_preset="partcatseg-voc",
+        note="assumes the Pascal model's shapes (the same official backbone config; not checked against a download)"),
+    ModelEntry(
         name="clipseg-rd64-refined", architecture="clipseg (HF)", trained_on="PhraseCut (no parts)",
         vocabulary="any text; one mask per prompt", size="~603 MB", source="hub",
         licence="Apache-2.0 (HF model card)", paper="-",
@@ -120,5 +139,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.extend(f"{row['name']}: {row['note']}" for row in rows if row["note"])
     lines.append("* the paper's numbers (PartCLIPSeg, NeurIPS 2024) as quoted by a public results index; not checked "
                  "against the PDF nor re-measured here.")
+    lines.append("** PartCATSeg (CVPR 2025), Pascal-Part-116 zero-shot harmonic mIoU as its authors report it; not "
+                 "re-measured here.")
     lines.append("Use one with --model NAME; fetch ahead of time with `partclipseg download NAME [--to DIR]`.")
     return "\n".join(lines)
