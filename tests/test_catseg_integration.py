@@ -210,3 +210,22 @@ def test_catseg_named_model_downloads_from_a_local_drive_and_converts(tiny, tmp_
         "config.json", "manifest.json", "model.safetensors"]
     reference = tiny["model"].state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow  # ~1 min each on 2 cores: 80 templates x the 116-class vocabulary through the text tower
+@pytest.mark.parametrize("protocol", ["pred-all", "oracle-obj"])
+def test_catseg_evaluate_runs_on_a_synthetic_benchmark(tiny, tmp_path, capsys, protocol):
+    from partclipseg.cli import main
+    from partclipseg.data import synthetic
+
+    root = synthetic.make_pascal_part(tmp_path / "pascal", n_train=1, n_val=2)
+    tiny["model"].save_pretrained(tmp_path / "model")
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--dataset", "pascal_part_116", "--root", str(root), "--model", str(tmp_path / "model"),
+                 "--protocol", protocol, "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert "| Protocol | Seen | Unseen | Harmonic |" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert results["evaluated_samples"] > 0
+    assert sum(c["gt_pixels"] for c in results["metrics"]["per_class"]) > 0
+    assert all(c["iou"] is None or 0 <= c["iou"] <= 100 for c in results["metrics"]["per_class"])
