@@ -212,13 +212,13 @@ def test_catseg_named_model_downloads_from_a_local_drive_and_converts(tiny, tmp_
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.slow  # ~1 min each on 2 cores: 80 templates x the 116-class vocabulary through the text tower
-@pytest.mark.parametrize("protocol", ["pred-all", "oracle-obj"])
+@pytest.mark.slow  # ~1 min on 2 cores (both protocols pass; one runs here to keep the suite short)
+@pytest.mark.parametrize("protocol", ["oracle-obj"])
 def test_catseg_evaluate_runs_on_a_synthetic_benchmark(tiny, tmp_path, capsys, protocol):
     from partclipseg.cli import main
     from partclipseg.data import synthetic
 
-    root = synthetic.make_pascal_part(tmp_path / "pascal", n_train=1, n_val=2)
+    root = synthetic.make_pascal_part(tmp_path / "pascal", n_train=1, n_val=1)
     tiny["model"].save_pretrained(tmp_path / "model")
     out = tmp_path / "r.json"
     code = main(["evaluate", "--dataset", "pascal_part_116", "--root", str(root), "--model", str(tmp_path / "model"),
