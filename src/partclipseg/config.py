@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .io import json_text
 
 ARCHITECTURES = ("partclipseg", "clipseg")
 
@@ -167,7 +168,7 @@ class PartCLIPSegConfig:
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "PartCLIPSegConfig":

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import PartCLIPSegError
-from .io import atomic_write_text
+from .io import atomic_write_text, json_text
 from .model import CLIPSegCore
 from .predictor import Predictor
 from .preprocess import load_image
@@ -240,7 +240,7 @@ class DemoApp:
         stem = re.sub(r"[^\w.-]", "_", Path(image_path).stem)[:64] or "image"
         labels, data = sess.files_dir() / f"{stem}.labels.png", sess.files_dir() / f"{stem}.json"
         result.to_label_png(labels)
-        atomic_write_text(data, json.dumps(info, indent=1))
+        atomic_write_text(data, json_text(info, indent=1))
         return [str(labels), str(data)]
 
     @staticmethod

@@ -24,3 +24,7 @@ class CheckpointError(PartCLIPSegError):
 
 class ConfigError(PartCLIPSegError):
     """A configuration is inconsistent or has unknown fields."""
+
+
+class OutputError(PartCLIPSegError):
+    """An output location is unwritable, full, a file where a folder is needed, or already occupied."""

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PartCLIPSegError
-from .io import atomic_write_text
+from .eval_work import check_results_file, model_fingerprint, prepare_work_dir, read_work, work_key
+from .io import atomic_write_text, check_writable_file, json_text
 
 PROTOCOLS = ("pred-all", "oracle-obj")
 
@@ -61,20 +62,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def read_work(work_dir: Path) -> dict[str, dict]:
-    """sample_id -> record from every ``rank*.jsonl`` in ``work_dir`` (torn lines ignored)."""
-    done: dict[str, dict] = {}
-    for path in sorted(work_dir.glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "sample_id" in record:
-                done[record["sample_id"]] = record
-    return done
-
-
 def _drop_torn_tail(path: Path) -> None:
     """Cut a partly written last line (a kill during the write) so that appends start on a fresh line."""
     if not path.is_file():
@@ -86,7 +73,7 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _append(handle, record: dict) -> None:
-    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    handle.write(json_text(record, separators=(",", ":")) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
 
@@ -94,10 +81,11 @@ def _append(handle, record: dict) -> None:
 def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str | Path, *,
              train_dataset: str | None = None, limit: int | None = None, gt_resize_quirk: bool = True,
              device: str | None = None, dtype: Any = None, progress: bool = True,
-             print_table: bool = True) -> dict | None:
+             print_table: bool = True, overwrite: bool = False) -> dict | None:
     """Evaluate ``model`` (folder / hub id / .pth / model / Predictor) on a benchmark; write ``out`` (JSON).
 
-    Returns the results dict on rank 0 (None on other ranks).
+    Work files (``<out>.work/``) and ``out`` belong to one evaluation (``eval_work.work_key``); those of
+    another are refused unless ``overwrite``. Returns the results dict on rank 0 (None on other ranks).
     """
     import torch
 
@@ -110,12 +98,14 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
 
     if protocol not in PROTOCOLS:
         raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise PartCLIPSegError(f"limit must be a positive number of samples, got {limit!r}")
     info = dist_info()
     device = device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    init_distributed(info, device)
     out = Path(out)
     work_dir = out.with_name(out.name + ".work")
-    work_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_file(out, "--out")  # before any work: a run must not fail only when it writes its result
+    init_distributed(info, device)
 
     reader = open_dataset(dataset, root, "val")
     reader.check(full=False)
@@ -133,7 +123,13 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
     else:
         predictor = Predictor.from_pretrained(model, device=device, dtype=dtype)
 
-    done = read_work(work_dir)
+    key = work_key(model_source=model, fingerprint=model_fingerprint(predictor.model), protocol=protocol,
+                   dataset=dataset, root=root, gt_resize_quirk=gt_resize_quirk, limit=limit, dtype=dtype)
+    if info.rank == 0:
+        check_results_file(out, key, overwrite)
+        prepare_work_dir(work_dir, key, overwrite)
+    barrier(info)
+    done = read_work(work_dir, num_classes)
     mine = [r for i, r in enumerate(refs) if i % info.world_size == info.rank and r.sample_id not in done]
     running = ConfusionAccumulator(num_classes)
     for record in done.values():
@@ -180,7 +176,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
     if info.rank != 0:
         return None
 
-    records = read_work(work_dir)
+    records = read_work(work_dir, num_classes)
     wanted = {r.sample_id for r in refs}
     missing = wanted - set(records)
     if missing:
@@ -197,7 +193,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
     results = {
         "dataset": dataset, "protocol": protocol, "model": str(model) if isinstance(model, (str, Path)) else None,
         "num_samples": len(refs), "evaluated_samples": total.count, "skipped_samples_without_part_gt": skipped,
-        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics,
+        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics, "work_key": key,
     }
     if train_dataset and train_dataset != dataset:
         gt_classes = [c for c in metrics["per_class"] if c["gt_pixels"] > 0]
@@ -207,7 +203,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
             "mIoU_all": float(np.mean([c["iou"] for c in gt_classes])) if gt_classes else None,  # x100 already
             "note": "seen/unseen are the test dataset's own splits; mIoU_all averages every class with ground truth",
         }
-    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out, json_text(results, indent=1) + "\n")
     if print_table:
         print(format_table({protocol: metrics}))
     return results

@@ -12,12 +12,11 @@ For an output stem ``S`` in folder ``OUT``:
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, json_text
 from .result import PartSegmentation
 
 
@@ -66,6 +65,6 @@ def write_outputs(result: PartSegmentation, out_dir: str | Path, stem: str, *, o
     info["files"] = {"labels": labels_path.name, "overlay": f"{stem}.overlay.png" if overlay else None,
                      "attention": attention_files, "scores": f"{stem}.scores.npz" if scores else None}
     path = json_path(out_dir, stem)
-    atomic_write_text(path, json.dumps(info, indent=1) + "\n")
+    atomic_write_text(path, json_text(info, indent=1) + "\n")
     written.append(path)
     return written

@@ -274,7 +274,8 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     else:
         mode = "pred-all"
     if protocol == "oracle-obj" and mode != "oracle-obj":
-        raise PartCLIPSegError("the oracle-obj protocol needs object_name (the ground-truth object class)")
+        raise PartCLIPSegError("the oracle-obj protocol needs the object: object_name= (--object on the command "
+                               "line)")
     if protocol == "pred-all" and mode != "pred-all":
         raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
     return mode
@@ -287,13 +288,16 @@ def _object_index(vocab: Vocabulary, name: str) -> int:
 
 
 def _mask_tensor(mask, size, device) -> torch.Tensor:
-    array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[..., 0]
+    """An object mask (any non-zero grey, colour or alpha value = object; see ``masks``) -> bool [H, W]."""
+    from .masks import mask_from_array
+
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    array = mask_from_array(mask)
     if array.shape != tuple(size):
         raise PartCLIPSegError(f"object mask is {array.shape[1]}x{array.shape[0]} (WxH) but the image is "
                                f"{size[1]}x{size[0]}")
-    return torch.as_tensor(array > 0, device=device)
+    return torch.as_tensor(array, device=device)
 
 
 def _check_box(box, size) -> tuple[int, int, int, int]:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import PartCLIPSegConfig, from_official_config, get_config
 from .errors import CheckpointError, ConfigError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, json_text
 from .model import CLIPSegBaseline, CLIPSegCore, PartCLIPSeg, build_model
 
 CONFIG_NAME = "config.json"
@@ -180,14 +180,28 @@ def guess_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------------- our format
+def write_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.save_file``, with its I/O failures (a full disk, ...) raised as ``OSError``."""
+    try:
+        save_file(dict(state), str(path), metadata={"format": "pt", "library": "partclipseg"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for I/O errors
+        match = re.search(r"os error (\d+)", str(exc))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def save_pretrained(model: CLIPSegCore, directory: str | os.PathLike) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (float tensors as stored in the model)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "library": "partclipseg"})
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2) + "\n")
+        write_safetensors(state, tmp)
+    atomic_write_text(directory / CONFIG_NAME, json_text(model.config.to_dict(), indent=2) + "\n")
     return directory
 
 

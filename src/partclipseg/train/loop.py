@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -26,12 +25,14 @@ from torch import nn
 from ..config import get_config
 from ..errors import CheckpointError, ConfigError
 from ..eval_runner import barrier, dist_info, init_distributed
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_text
 from ..losses import build_targets, clipseg_loss, partclipseg_loss
 from ..model import CLIPSegCore, build_model
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset, collate
+from .checkpoint import (check_resume_config, checkpoint_dir, ensure_output_folder, latest_checkpoint,
+                         remove_stale_temporaries, save_checkpoint)
 from .recipe import TrainConfig
 
 OFFICIAL_TRAINABLE = ("visual_adapter.", "text.token_embedding.", "text.position_embedding.", "decoder.",
@@ -110,28 +111,7 @@ def poly_lr(config: TrainConfig, step: int) -> float:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step_{step:07d}"
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if (p / "trainer.pt").is_file())
-    return folders[-1] if folders else None
-
-
-def save_checkpoint(out_dir: Path, model: CLIPSegCore, optimizer, step: int, config: TrainConfig) -> Path:
-    final = _checkpoint_dir(out_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                "torch_rng": torch.random.get_rng_state()}, tmp / "trainer.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
-    for old in folders[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+_checkpoint_dir = checkpoint_dir  # (kept for callers of the old private name)
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
@@ -149,17 +129,29 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train per ``config``; returns the folder of the final model. Works under ``torchrun``."""
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          allow_safe_changes: bool = False) -> Path:
+    """Train per ``config``; returns the folder of the final model. Works under ``torchrun``.
+
+    ``resume`` continues the run in ``out_dir`` from its newest complete checkpoint; its config must
+    equal the run's, except the keys of ``checkpoint.SAFE_RESUME_CHANGES`` with ``allow_safe_changes``.
+    """
     config.validate()
     out_dir = Path(out_dir)
     info = dist_info()
     if config.batch_size % info.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {info.world_size} processes")
     device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    ensure_output_folder(out_dir, resume)
+    ckpt = None
+    if resume:
+        if info.rank == 0:
+            remove_stale_temporaries(out_dir)
+        ckpt = latest_checkpoint(out_dir)
+        changed = check_resume_config(out_dir, config.to_dict(), _checkpoint_step(ckpt), allow_safe_changes)
+        if changed and info.rank == 0:
+            print("resume with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     init_distributed(info, device)
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume and (out_dir / "config.json").is_file():
-        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
 
     model = build_initial_model(config)
     set_trainable(model, config.trainable)
@@ -173,7 +165,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   eps=config.eps)
     start = 0
-    if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
+    if ckpt is not None:
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
         from ..weights import load_state_dict_checked, read_safetensors
 
@@ -185,7 +177,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
             _trim_metrics(out_dir / "metrics.jsonl", start)
     if info.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+        atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
     net: nn.Module = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device != "cpu" else None)
@@ -241,13 +233,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 record = {"step": done, "lr": lr, "seconds": round(time.perf_counter() - tic, 3),
                           **{k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
                 with open(metrics_file, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                    handle.write(json_text(record) + "\n")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         if done % config.checkpoint_period == 0 or done == config.iterations:
             if info.rank == 0:
-                save_checkpoint(out_dir, model, optimizer, done, config)
+                save_checkpoint(out_dir, model, optimizer, done, config, config.keep_checkpoints)
             barrier(info)
         if done % config.eval_period == 0 and done < config.iterations:
             _evaluate(model, config, out_dir, done)
@@ -261,6 +253,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         _evaluate(model, config, out_dir, config.iterations)
     barrier(info)
     return final
+
+
+def _checkpoint_step(ckpt: Path | None) -> int:
+    return 0 if ckpt is None else int(ckpt.name.split("_")[1])
 
 
 def _evaluate(model: CLIPSegCore, config: TrainConfig, out_dir: Path, step: int) -> None:
@@ -283,7 +279,7 @@ def _evaluate(model: CLIPSegCore, config: TrainConfig, out_dir: Path, step: int)
     if results is not None:
         m = results["metrics"]
         with open(out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "eval": config.eval_protocol, "seen": m["mIoU-base"],
+            handle.write(json_text({"step": step, "eval": config.eval_protocol, "seen": m["mIoU-base"],
                                      "unseen": m["mIoU-unbase"], "harmonic": m["h-IoU"]}) + "\n")
     if was_training:
         model.train()
