@@ -52,6 +52,17 @@ def _short(text: str, limit: int = MAX_ECHO) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with ``(default: X)`` for every option with a real default not already stated."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with errors cut short: a huge bad argument is not echoed back whole."""
 
@@ -73,10 +84,10 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    helpful = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    helpful = {"formatter_class": _HelpFormatter}
 
     seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary", **helpful)
     seg.add_argument("images", nargs="+", help="image files, folders or glob patterns")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import logging
 import os
 import re
@@ -330,7 +329,7 @@ def build_demo(model: Any = None, *, device: str | None = None) -> gr.Blocks:
         clear.click(app.clear_prompt, [state], [state, status, prompt])
         prompt.input(lambda s: app.clear_prompt(s)[:2], [state], [state, status])
         for box, kind in ((parts, CUSTOM), (benchmark, BENCHMARK)):  # editing one selects it, in the browser
-            box.change(None, None, [source], js=f"() => {json.dumps(kind)}").then(
+            box.change(None, None, [source], js=f"() => {json_text(kind)}").then(
                 app.objects_for, [source, benchmark, parts, obj], [obj])
         source.input(app.objects_for, [source, benchmark, parts, obj], [obj])
         attn_name.input(app.attention, [state, attn_name], [attn, status])

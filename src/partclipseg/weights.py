@@ -132,10 +132,24 @@ def load_state_dict_checked(model: CLIPSegCore, state_dict: Mapping[str, torch.T
         problems.append(f"{len(mis_shaped)} key(s) with the wrong shape (checkpoint vs model): {_names(mis_shaped)}")
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit the model config: " + "; ".join(problems))
+    check_finite(state_dict, source)
     with torch.no_grad():
         for key, value in state_dict.items():
             expected[key].copy_(value.to(expected[key].dtype))
     return tolerated
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights with NaN or infinite values (``CheckpointError`` naming the tensors)."""
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise CheckpointError(f"checkpoint {source} has NaN or infinite values in {len(bad)} tensor(s): {_names(bad)}")
 
 
 def _names(keys: list[str], limit: int = 8) -> str:

@@ -97,8 +97,9 @@ def preprocess_partimagenet(source: str | Path, out: str | Path, link: bool = Tr
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise DatasetError(f"{source}: source folder not found")
-    if source == out or _is_inside(source, out):
-        raise DatasetError(f"{out}: the output folder must not be the source folder or contain it ({source})")
+    if source == out or _is_inside(source, out) or _is_inside(out, source):
+        raise DatasetError(f"{out}: the output folder must not be the source folder, inside it or contain it "
+                           f"({source}): the source stays untouched")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out}: output folder exists and is not empty (choose a new folder)")
     jsons = {split: find_source_json(source, split) for split in SPLITS}
