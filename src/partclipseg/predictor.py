@@ -34,7 +34,8 @@ import torch
 
 from .errors import PartCLIPSegError, VocabularyError
 from .model import CLIPSegBaseline, CLIPSegCore, ImageFeatures, PartCLIPSeg
-from .postprocess import ProtocolOutput, connected_component, object_conditioned, pred_all, upsample
+from .postprocess import (ProtocolOutput, chunked_argmax, connected_component, mean_scores_inside, object_conditioned,
+                          object_labels_of, pred_all, scores_at, upsample)
 from .preprocess import load_image, preprocess
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
@@ -197,44 +198,53 @@ class Predictor:
             names = [object_name] if isinstance(object_name, str) else list(object_name)
             objects = [_object_index(vocab, n) for n in names]
             return sorted(set(objects)), region
-        obj_scores = torch.sigmoid(upsample(logits[vocab.num_parts:], size))  # [O+1, H, W]
+        object_logits = logits[vocab.num_parts:-1]  # [O, s, s] (no background)
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
-            inside = obj_scores[:-1, region].mean(1)
-            return [int(inside.argmax())], region
-        object_labels = obj_scores.argmax(0)
+            return [int(mean_scores_inside(object_logits, size, region).argmax())], region
+        object_labels = object_labels_of(logits, vocab.num_parts, size)
         if mode == "box":
             x0, y0, x1, y1 = _check_box(box, size)
             inside = torch.zeros(size, dtype=torch.bool, device=self.device)
             inside[y0:y1, x0:x1] = True
-            best = int(obj_scores[:-1, inside].mean(1).argmax())
+            best = int(mean_scores_inside(object_logits, size, inside).argmax())
             return [best], inside & (object_labels == best)
         x, y = _check_point(point, size)
-        best = int(obj_scores[:-1, y, x].argmax())
+        best = int(scores_at(object_logits, size, y, x).argmax())
         return [best], connected_component(object_labels == best, (y, x))
 
     def _baseline(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
         """CLIPSeg baseline (SPEC §7): Pred-All = plain argmax over T+1; Oracle-Obj zeroes other objects."""
         vocab = encoded.vocabulary
         t = len(vocab)
-        scores = torch.sigmoid(upsample(logits, size))
         region = None
+        if mode not in ("pred-all", "oracle-obj"):
+            raise PartCLIPSegError(f"the CLIPSeg baseline has no object head: '{mode}' prompts need a PartCLIPSeg model")
+        allowed = None
         if mode == "oracle-obj":
             names = [object_name] if isinstance(object_name, str) else list(object_name)
             objects = [_object_index(vocab, n) for n in names]
-            allowed = torch.isin(encoded.text_to_object, torch.tensor(objects, device=scores.device))
-            scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
+            allowed = torch.isin(encoded.text_to_object, torch.tensor(objects, device=logits.device))
             if object_mask is not None:
                 region = _mask_tensor(object_mask, size, self.device)
-        elif mode != "pred-all":
-            raise PartCLIPSegError(f"the CLIPSeg baseline has no object head: '{mode}' prompts need a PartCLIPSeg model")
-        confidence, labels = scores.max(0)
+        scores = None
+        if keep_scores:
+            scores = torch.sigmoid(upsample(logits, size))
+            if allowed is not None:
+                scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
+            confidence, labels = scores.max(0)
+        elif allowed is None:
+            confidence, labels = chunked_argmax(logits, size)
+        else:  # other objects' classes and the background score 0: the best allowed class, or class 0 where all are 0
+            kept = allowed.nonzero().flatten()
+            confidence, which = chunked_argmax(logits[kept], size)
+            labels = torch.where(confidence > 0, kept[which], 0)
         if region is not None:
             labels = torch.where(region, labels, t)
         owner = torch.cat([encoded.text_to_object, encoded.text_to_object.new_tensor([vocab.num_objects])])
         part_of = torch.cat([encoded.text_to_part, encoded.text_to_part.new_tensor([vocab.num_parts])])
-        return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores if keep_scores else None)
+        return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores)
 
     @torch.inference_mode()
     def _attention_map(self, encoded: EncodedVocabulary, name: str, seg: PartSegmentation, image_index: int):
