@@ -1,9 +1,13 @@
 """Shared test fixtures.
 
-Reference tests read the golden data of the official implementation from the folder named by
-``PARTCLIPSEG_REFERENCE_DIR`` (default: the copy in ``tests/fixtures/reference/tiny``) and the
-tokenizer cases from ``PARTCLIPSEG_TOKENIZER_CASES`` (default: ``tests/fixtures/reference/
-tokenizer_cases.json``). Everything (sizes, vocabulary, which outputs exist) is read from there.
+Reference tests read the golden data of the official implementation from fixture folders: by
+default every folder under ``tests/fixtures/reference/`` that holds a ``config.json`` (``tiny``, the
+shared set, and ``alt``, another architecture, batch size, vocabulary and seeds), or the folders named
+by ``PARTCLIPSEG_REFERENCE_DIR`` (several separated by ``os.pathsep``). Every test that uses ``ref_dir``
+(directly or through ``ref_vocab``, ``ref_model``, ``ref_tensors``) runs once per folder. Tokenizer
+cases come from ``PARTCLIPSEG_TOKENIZER_CASES`` (default: ``tests/fixtures/reference/
+tokenizer_cases.json``). Everything (sizes, batch sizes, vocabulary, which outputs exist) is read from
+the folder.
 """
 from __future__ import annotations
 
@@ -16,17 +20,22 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def reference_dir() -> Path:
-    return Path(os.environ.get("PARTCLIPSEG_REFERENCE_DIR", FIXTURES / "reference" / "tiny"))
+def reference_dirs() -> list[Path]:
+    """The golden fixture folders the reference tests run on (see the module docstring)."""
+    named = os.environ.get("PARTCLIPSEG_REFERENCE_DIR")
+    if named:
+        return [Path(p) for p in named.split(os.pathsep) if p]
+    found = sorted(p.parent for p in (FIXTURES / "reference").glob("*/config.json"))
+    return found or [FIXTURES / "reference" / "tiny"]  # none: the ref_dir fixture reports the missing folder
 
 
 def tokenizer_cases_path() -> Path:
     return Path(os.environ.get("PARTCLIPSEG_TOKENIZER_CASES", FIXTURES / "reference" / "tokenizer_cases.json"))
 
 
-@pytest.fixture(scope="session")
-def ref_dir() -> Path:
-    path = reference_dir()
+@pytest.fixture(scope="session", params=reference_dirs(), ids=lambda p: p.name)
+def ref_dir(request) -> Path:
+    path = request.param
     if not path.is_dir():
         pytest.fail(f"reference fixture folder not found: {path} (set PARTCLIPSEG_REFERENCE_DIR)")
     return path

@@ -30,7 +30,6 @@ def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
-DATASETS = ("pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world")
 MAX_ECHO = 200  # longest user text echoed back in an error message
 
 
@@ -83,6 +82,9 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation import PROTOCOLS
+    from .vocabulary import BENCHMARKS
+
     parser = _Parser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).",
                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -94,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
-    vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet, "
-                                       "toy_world")
+    vocab.add_argument("--vocab", help=f"a benchmark vocabulary: {', '.join(BENCHMARKS)}")
     seg.add_argument("--object-mask", type=Path,
                      help="image of the object's mask: a pixel is object where any of its grey, colour or alpha "
                           "values is non-zero; alone, the model picks the object inside it")
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with --object-mask only the mask's pixels do (the mask is optional)")
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
     seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
-    seg.add_argument("--protocol", choices=["pred-all", "oracle-obj"], default=None,
+    seg.add_argument("--protocol", choices=PROTOCOLS, default=None,
                      help="pred-all: the model finds the objects; oracle-obj: the object is given by --object "
                           "(default: decided by the prompts given)")
     seg.add_argument("--out", type=Path, required=True, help="output folder")
@@ -120,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not write the coloured overlay image (S.overlay.png); label map and JSON only")
 
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)", **helpful)
-    ev.add_argument("--dataset", required=True, choices=DATASETS, help="the benchmark")
+    ev.add_argument("--dataset", required=True, choices=BENCHMARKS, help="the benchmark")
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
     ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
-    ev.add_argument("--protocol", choices=["pred-all", "oracle-obj"], required=True,
+    ev.add_argument("--protocol", choices=PROTOCOLS, required=True,
                     help="pred-all: the model finds the objects; oracle-obj: each sample's true objects are given")
-    ev.add_argument("--train-dataset", default=None, choices=DATASETS,
+    ev.add_argument("--train-dataset", default=None, choices=BENCHMARKS,
                     help="for cross-dataset runs: the dataset the model was trained on")
     ev.add_argument("--limit", type=_positive_int("--limit"), default=None, help="evaluate the first N samples only")
     ev.add_argument("--out", type=Path, required=True,
@@ -140,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     tr = sub.add_parser("train", help="train a model with a recipe (works under torchrun)", **helpful)
-    tr.add_argument("recipe", help="a shipped recipe name (pascal_part_116, ade20k_part_234, partimagenet, toy_world) "
-                                   "or a recipe JSON file")
+    tr.add_argument("recipe", help=f"a shipped recipe name ({', '.join(BENCHMARKS)}) or a recipe JSON file")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/PascalPart116 iterations=100")
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics, final model)")
     tr.add_argument("--resume", action="store_true",
@@ -378,11 +378,12 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 def _segment(args) -> int:
     import torch
 
+    from .dist import default_device  # noqa: F401 (resolve_device chooses the default)
     from .masks import load_object_mask
-    from .predictor import Predictor
+    from .outputs import outputs_complete, write_outputs
+    from .predictor import as_predictor
     from .preprocess import load_image
     from .vocabulary import Vocabulary
-    from .outputs import outputs_complete, write_outputs
 
     paths, problems = expand_inputs(args.images)
     for problem in problems:
@@ -406,7 +407,7 @@ def _segment(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            predictor = Predictor.from_pretrained(args.model, device=device, dtype=dtype)
+            predictor = as_predictor(args.model, device, dtype)
         except RuntimeError as exc:  # e.g. CUDA asked for but not available
             raise PartCLIPSegError(f"cannot put the model on {device!r}: {exc}") from None
     for w in caught:

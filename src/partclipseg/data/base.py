@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import ImageError
 from ..preprocess import load_image
+from ..viz import read_label_png as read_label_image
 from ..vocabulary import load_benchmark_info
 from .common import IGNORE, DatasetError, EvalSample, gt_round_trip
 
@@ -129,33 +130,14 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(str(exc)) from None
 
 
-def read_label_png(path: Path, expected_size: tuple[int, int] | None = None,
-                   max_pixels: int = 100_000_000) -> np.ndarray:
-    """A single-channel label PNG (8-bit, 16-bit or palette indices) as an int64 array, values as stored.
-
-    The size in the file's header is checked *before* the pixels are decoded: against
-    ``expected_size`` ``(height, width)`` (the image's) when given, and against ``max_pixels``, so a
-    small file that claims a huge size is refused without allocating it.
-    """
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+def read_label_png(path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A single-channel label PNG (8-bit, 16-bit or palette indices) as an int64 array, values as stored
+    (``viz.read_label_png``, with its errors as ``DatasetError``). With ``expected_size`` (height, width)
+    the size in the file's header is checked before any pixel is decoded."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if expected_size is not None and (height, width) != tuple(expected_size):
-                raise DatasetError(f"{path}: size {width}x{height} (WxH) does not match its image "
-                                   f"({expected_size[1]}x{expected_size[0]})")
-            if width * height > max_pixels:
-                raise DatasetError(f"{path}: {width}x{height} label image is larger than {max_pixels:,} pixels")
-            img.load()
-            array = np.asarray(img)
-    except DatasetError:
-        raise
-    except Exception as exc:
-        raise DatasetError(f"{path}: not a readable label image ({type(exc).__name__}: {exc})") from None
-    if array.ndim != 2:
-        raise DatasetError(f"{path}: label image must be single-channel, got shape {array.shape} (mode {img.mode})")
-    return array.astype(np.int64)
+        return read_label_image(path, expected_size=expected_size).astype(np.int64)
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def check_labels(labels: np.ndarray, num_classes: int, ignore_value: int, path: Path | str, what: str) -> np.ndarray:
