@@ -85,3 +85,31 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
     build_model(get_config("tiny-fast")).save_pretrained(path)
     return path
+
+
+def make_toy_image_tree(root: Path, seed: int = 0) -> list[str]:
+    """Two input folders of small random images: ``root/in1`` (22 images in nested folders with clashing
+    stems: ``a.jpg``/``a.png``, ``x/img.*`` at several depths, upper-case suffixes; one corrupt file) and
+    ``root/in2`` (``a.jpg`` and ``x/img.jpg`` again: the same relative paths as in ``in1``).
+    Returns the two folders, as strings."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    layout = ["in1/a.jpg", "in1/a.png", "in1/b.png", "in1/x/img.jpg", "in1/x/img.png", "in1/y/x/img.jpg",
+              "in1/z/x/img.jpg", "in1/deep/1/2/c.png", "in1/deep/1/2/c.bmp", "in1/deep/1/c.png", "in1/deep/c.png",
+              "in1/m/Case.PNG", "in1/m/d.JPG", "in1/n/00.png", "in1/n/01.png", "in1/n/02.jpg", "in1/n/03.gif",
+              "in1/n/04.webp", "in1/n/05.tif", "in1/n/06.ppm", "in1/n/07.jpeg", "in1/n/08.png",
+              "in2/a.jpg", "in2/x/img.jpg"]
+    for rel in layout:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in rng.integers(16, 72, 2))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    (root / "in1" / "n" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return [str(root / "in1"), str(root / "in2")]
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """relative path -> bytes of every file under ``root`` (temporary files included, so leftovers show)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -23,3 +23,12 @@ def test_toy_table_smoke(tmp_path):
     assert table.count("\n") == 5 and "| Oracle-Obj Seen |" in table.splitlines()[0]
     for row in summary["rows"]:
         assert Path(row["model"], "model.safetensors").is_file()
+
+
+def test_bench_scale_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--smoke", "--out",
+                           str(tmp_path / "scale.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "scale.json").read_text())
+    (run,) = result["runs"]
+    assert run["engine"] == "local" and run["processed"] == result["images"] == 6 and run["images_per_s"] > 0
