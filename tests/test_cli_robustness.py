@@ -246,7 +246,7 @@ def test_object_mask_from_any_channel(capsys, model_dir, image, tmp_path):
         code, _, err = _cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", out,
                             "--object-mask", tmp_path / name, "--object", "dog")
         assert code == 0, err
-        labels = np.asarray(Image.open(out / "a.labels.png"))
+        labels = np.asarray(Image.open(next(out.rglob("*labels.png"))))
         assert ((labels != 255) == region).all(), name
 
 
