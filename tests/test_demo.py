@@ -188,7 +188,8 @@ def test_cli_registers_demo(monkeypatch):
     args = build_parser().parse_args(["demo", "--model", "m", "--host", "0.0.0.0", "--port", "8123"])
     assert (args.command, args.model, args.host, args.port) == ("demo", "m", "0.0.0.0", 8123)
     seen = {}
-    monkeypatch.setattr(demo_mod, "launch", lambda model, host, port: seen.update(model=model, host=host, port=port))
+    monkeypatch.setattr(demo_mod, "launch",
+                        lambda model, host, port, device=None: seen.update(model=model, host=host, port=port))
     from partclipseg.cli import main
 
     assert main(["demo", "--port", "8124"]) == 0 and seen == {"model": None, "host": "127.0.0.1", "port": 8124}

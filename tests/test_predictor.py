@@ -160,7 +160,7 @@ def test_oracle_obj_restricts_classes_to_the_given_object(predictor, images):
     ({"object_mask": np.ones((10, 10), bool)}, "object mask is 10x10"),
     ({"object_mask": np.zeros((45, 70), bool)}, "empty"),
     ({"object_name": "giraffe"}, "giraffe"),
-    ({"protocol": "oracle-obj"}, "needs object_name"),
+    ({"protocol": "oracle-obj"}, "needs the object: object_name="),
     ({"protocol": "sliding"}, "unknown protocol"),
     ({"box": (0, 0, 5, 5), "point": (1, 1)}, "at most one"),
 ])

@@ -28,7 +28,7 @@ from torch import nn
 
 from .config import PartCLIPSegConfig, get_config
 from .errors import CheckpointError, ConfigError, DownloadError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, json_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -135,10 +135,24 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         problems.append(f"{len(mis_shaped)} key(s) with the wrong shape (checkpoint vs model): {_names(mis_shaped)}")
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit the model config: " + "; ".join(problems))
+    check_finite(state_dict, source)
     with torch.no_grad():
         for key, value in state_dict.items():
             expected[key].copy_(value.to(expected[key].dtype))
     return tolerated
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights with NaN or infinite values (``CheckpointError`` naming the tensors)."""
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise CheckpointError(f"checkpoint {source} has NaN or infinite values in {len(bad)} tensor(s): {_names(bad)}")
 
 
 def _names(keys: list[str], limit: int = 8) -> str:
@@ -274,9 +288,23 @@ def write_saved(state_dict: Mapping[str, torch.Tensor], config: PartCLIPSegConfi
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "library": "partclipseg"})
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+        write_safetensors(state, tmp)
+    atomic_write_text(directory / CONFIG_NAME, json_text(config.to_dict(), indent=2) + "\n")
     return directory
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.save_file``, with its I/O failures (a full disk, ...) raised as ``OSError``."""
+    try:
+        save_file(dict(state), str(path), metadata={"format": "pt", "library": "partclipseg"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for I/O errors
+        match = re.search(r"os error (\d+)", str(exc))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def resolve_config(config: PartCLIPSegConfig | str | os.PathLike | None, architecture: str) -> PartCLIPSegConfig:

@@ -42,8 +42,8 @@ import torch
 from .errors import PartCLIPSegError, VocabularyError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
-from .postprocess import (ProtocolOutput, box_region, object_conditioned, object_scores, point_region, pred_all,
-                          pred_all_classes, single_head, upsample)
+from .postprocess import (ProtocolOutput, box_region, mean_scores_inside, object_conditioned, object_labels_of,
+                          point_region, pred_all, pred_all_classes, scores_at, single_head, upsample)
 from .preprocess import load_image
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
@@ -185,22 +185,29 @@ class Predictor:
             region = _mask_tensor(object_mask, size, self.device)
         if mode == "oracle-obj":
             return _given_objects(vocab, object_name), region, "whole-image" if region is None else "mask"
-        obj_scores = object_scores(logits, vocab.num_parts, size)  # [O+1, H, W]
+        object_logits = logits[vocab.num_parts:-1]  # [O, s, s] (no background); upsampled in bounded chunks
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
-            inside = obj_scores[:-1, region].mean(1)
-            return [int(inside.argmax())], region, "mask"
-        object_labels = obj_scores.argmax(0)
+            return [int(mean_scores_inside(object_logits, size, region).argmax())], region, "mask"
+        object_labels = object_labels_of(logits, vocab.num_parts, size)
         if mode == "box":
             x0, y0, x1, y1 = _check_box(box, size)
-            best = int(obj_scores[:-1, y0:y1, x0:x1].flatten(1).mean(1).argmax())
-            region, rule = box_region(object_labels, obj_scores[best], best, (x0, y0, x1, y1))
+            inside = torch.zeros(size, dtype=torch.bool, device=self.device)
+            inside[y0:y1, x0:x1] = True
+            best = int(mean_scores_inside(object_logits, size, inside).argmax())
+            region, rule = box_region(object_labels, self._object_score(object_logits, best, size), best,
+                                      (x0, y0, x1, y1))
             return [best], region, rule
         x, y = _check_point(point, size)
-        best = int(obj_scores[:-1, y, x].argmax())
-        region, rule = point_region(object_labels, obj_scores[best], best, (y, x))
+        best = int(scores_at(object_logits, size, y, x).argmax())
+        region, rule = point_region(object_labels, self._object_score(object_logits, best, size), best, (y, x))
         return [best], region, rule
+
+    @staticmethod
+    def _object_score(object_logits: torch.Tensor, index: int, size) -> torch.Tensor:
+        """The sigmoid score [H, W] of one object at image size."""
+        return upsample(object_logits[index:index + 1], size).sigmoid_()[0]
 
     def _single_head(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
         """A model without an object head (the CLIPSeg baseline): Pred-All and Oracle-Obj only."""
@@ -266,7 +273,8 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     else:
         mode = "pred-all"
     if protocol == "oracle-obj" and mode != "oracle-obj":
-        raise PartCLIPSegError("the oracle-obj protocol needs object_name (the ground-truth object class)")
+        raise PartCLIPSegError("the oracle-obj protocol needs the object: object_name= (--object on the command "
+                               "line)")
     if protocol == "pred-all" and mode != "pred-all":
         raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
     return mode
@@ -285,13 +293,16 @@ def _object_index(vocab: Vocabulary, name: str) -> int:
 
 
 def _mask_tensor(mask, size, device) -> torch.Tensor:
-    array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[..., 0]
+    """An object mask (any non-zero grey, colour or alpha value = object; see ``masks``) -> bool [H, W]."""
+    from .masks import mask_from_array
+
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    array = mask_from_array(mask)
     if array.shape != tuple(size):
         raise PartCLIPSegError(f"object mask is {array.shape[1]}x{array.shape[0]} (WxH) but the image is "
                                f"{size[1]}x{size[0]}")
-    return torch.as_tensor(array > 0, device=device)
+    return torch.as_tensor(array, device=device)
 
 
 def _check_box(box, size) -> tuple[int, int, int, int]:

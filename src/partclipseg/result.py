@@ -150,15 +150,16 @@ class PartSegmentation:
         h, w = self.size
         total = float(h * w)
         parts = []
-        for seg in self.segments():
-            area = int(seg["mask"].sum())
-            entry = {"label": seg["label"], "id": self.vocabulary.index(seg["label"]),
-                     "object": self.vocabulary.object_of(self.vocabulary.index(seg["label"])),
-                     "part": self.vocabulary.part_of(self.vocabulary.index(seg["label"])),
-                     "area": area, "area_fraction": area / total, "score": seg["score"]}
+        for c in self.present_classes():  # one [H, W] mask at a time: memory stays at image size
+            mask = self.part_labels == c
+            area = int(mask.sum())
+            label = self.vocabulary.object_specific_classes[c]
+            entry = {"label": label, "id": c, "object": self.vocabulary.object_of(c), "part": self.vocabulary.part_of(c),
+                     "area": area, "area_fraction": area / total, "score": float(self.part_confidence[mask].mean())}
             if rle:
-                entry["rle"] = mask_to_rle(seg["mask"])
+                entry["rle"] = mask_to_rle(mask)
             parts.append(entry)
+            del mask
         objects = self._areas(self.object_labels, list(self.vocabulary.objects))
         generalized = self._areas(self.generalized_part_labels, list(self.vocabulary.parts))
         return {"image_size": {"height": h, "width": w}, "mode": self.mode, "selected_object": self.selected_object,

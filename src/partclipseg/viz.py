@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
@@ -339,15 +340,35 @@ def write_png(path: str | os.PathLike, data: PngData) -> None:
         img.save(tmp, format="PNG")
 
 
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
+MAX_LABEL_PIXELS = 100_000_000
+
+
+def read_label_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None,
+                   max_pixels: int = MAX_LABEL_PIXELS) -> np.ndarray:
     """Read a single-channel label PNG: ``[H, W]`` with the values as stored — uint8 (modes L, P:
     indices; mode 1 as 0/1) or uint16 (16-bit). The one label-PNG reader (datasets use it too).
 
-    Raises ``ImageError`` for a missing or unreadable file and for a multi-channel image.
+    The size in the file's header is checked *before* the pixels are decoded: against
+    ``expected_size`` ``(height, width)`` when given, and against ``max_pixels``, so a small file that
+    claims a huge size is refused without allocating it.
+
+    Raises ``ImageError`` for a missing or unreadable file, a wrong or too large size, and for a
+    multi-channel image.
     """
     try:
-        with Image.open(path) as img:
-            mode, arr = img.mode, np.array(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size checks below
+            with Image.open(path) as img:
+                width, height = img.size
+                if expected_size is not None and (height, width) != tuple(expected_size):
+                    raise ImageError(f"{os.fspath(path)}: size {width}x{height} (WxH) does not match its image "
+                                     f"({expected_size[1]}x{expected_size[0]})")
+                if width * height > max_pixels:
+                    raise ImageError(f"{os.fspath(path)}: {width}x{height} label image is larger than "
+                                     f"{max_pixels:,} pixels")
+                mode, arr = img.mode, np.array(img)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{os.fspath(path)}: file not found") from None
     except Exception as exc:  # PIL's errors for broken / non-image files

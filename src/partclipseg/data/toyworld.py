@@ -42,7 +42,6 @@ Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [-
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -57,6 +56,7 @@ from PIL import Image, ImageDraw
 from ..vocabulary import Vocabulary
 from .common import DatasetError
 from .pascal_part import PascalPart116
+from ..io import json_text
 
 __all__ = [
     "FOLDER_NAME",
@@ -188,7 +188,7 @@ def build_vocabulary_json() -> dict:
 
 def vocabulary_json_text() -> str:
     """The exact text of the shipped ``toy_world.json``."""
-    return json.dumps(build_vocabulary_json(), indent=1) + "\n"
+    return json_text(build_vocabulary_json(), indent=1) + "\n"
 
 
 def vocabulary_json_path() -> Path:
@@ -823,8 +823,8 @@ def generate_toy_world(root: str | Path, n_train: int = 1000, n_val: int = 200,
             obj_counts[f"{stem}.png"] = [int(v) for v in np.unique(obj) if v != IGNORE_LABEL]
             part_counts[f"{stem}.png"] = [int(v) for v in np.unique(part) if v != IGNORE_LABEL]
         if split == "val":
-            (out / "annotations_detectron2_part" / "val_obj_label_count.json").write_text(json.dumps(obj_counts))
-            (out / "annotations_detectron2_part" / "val_part_label_count.json").write_text(json.dumps(part_counts))
+            (out / "annotations_detectron2_part" / "val_obj_label_count.json").write_text(json_text(obj_counts))
+            (out / "annotations_detectron2_part" / "val_part_label_count.json").write_text(json_text(part_counts))
     return out
 
 
@@ -907,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     if args.sheet is not None:
         render_contact_sheet(out, args.sheet)
-    print(json.dumps({"dataset": str(out), "train": args.train, "val": args.val, "seed": args.seed,
+    print(json_text({"dataset": str(out), "train": args.train, "val": args.val, "seed": args.seed,
                       "seconds": round(seconds, 2)}, indent=1))
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import CheckpointError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_text
 from .registry import ModelEntry
 
 MANIFEST = "manifest.json"
@@ -59,7 +59,7 @@ def file_record(path: Path) -> dict[str, Any]:
 def write_manifest(folder: Path, files: Iterable[str], **info: Any) -> dict[str, Any]:
     """Hash ``files`` (names inside ``folder``) and write the manifest (atomically, last)."""
     manifest = dict(info, files={name: file_record(folder / name) for name in files})
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(folder / MANIFEST, json_text(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -124,5 +124,5 @@ def copy_model(folder: Path, target: Path, name: str | None = None) -> Path:
     if manifest is None:
         write_manifest(target, names, name=name, source="package")
     else:
-        atomic_write_text(target / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        atomic_write_text(target / MANIFEST, json_text(manifest, indent=1) + "\n")
     return target

@@ -238,9 +238,9 @@ class PartCATSegConfig:
             raise ConfigError(f"malformed PartCATSeg config: {exc}") from None
 
     def save(self, path: str | Path) -> None:
-        from ...io import atomic_write_text
+        from ...io import atomic_write_text, json_text
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "PartCATSegConfig":
