@@ -27,7 +27,12 @@ def read_saved_any(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     name = raw.get("architecture", raw.get("model_type", "partclipseg"))
     if not isinstance(name, str):
         raise ConfigError(f"{path / CONFIG_NAME}: architecture must be a string, got {name!r}")
-    config = architecture_class(name).config_class.from_dict(raw)
+    config_class = architecture_class(name).config_class
+    try:
+        config = config_class.load(path / CONFIG_NAME)
+    except ConfigError as exc:
+        where = str(path / CONFIG_NAME)
+        raise ConfigError(str(exc) if where in str(exc) else f"{where}: {exc}") from None
     if not (path / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
     return config, read_safetensors(path / WEIGHTS_NAME)
