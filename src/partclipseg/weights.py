@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import (CONFIG_NAME, OFFICIAL_PREFIXES, WEIGHTS_NAME, convert_official_state_dict, download_from_hub,
                          guess_architecture, load_state_dict_checked, looks_like_hub_id, map_official_key,
-                         read_config_json, read_official, read_safetensors, read_torch_checkpoint, resolve_config,
+                         read_config_json, read_safetensors, read_torch_checkpoint, resolve_config,
                          strip_prefix)
 from .config import from_official_config, get_config
 from .errors import CheckpointError, ConfigError
