@@ -229,3 +229,11 @@ def test_catseg_evaluate_runs_on_a_synthetic_benchmark(tiny, tmp_path, capsys, p
     assert results["evaluated_samples"] > 0
     assert sum(c["gt_pixels"] for c in results["metrics"]["per_class"]) > 0
     assert all(c["iou"] is None or 0 <= c["iou"] <= 100 for c in results["metrics"]["per_class"])
+
+
+def test_catseg_is_not_configured_by_a_partclipseg_config():
+    from partclipseg.config import PartCLIPSegConfig
+    from partclipseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="PartCATSegConfig"):
+        PartCLIPSegConfig(architecture="partcatseg")

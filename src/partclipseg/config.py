@@ -27,9 +27,9 @@ from .io import json_text
 
 #: the architectures a config may name; each has a model class registered under that name
 #: (``partclipseg.model.registry``; ``tests/test_structure.py`` checks that both lists agree)
-#: the architectures a ``PartCLIPSegConfig`` describes (the CLIPSeg family)
-CLIPSEG_FAMILY = ("partclipseg", "clipseg")
-ARCHITECTURES = (*CLIPSEG_FAMILY, "partcatseg")  # PartCATSeg: ``PartCATSegConfig`` (model/partcatseg/config.py)
+ARCHITECTURES = ("partclipseg", "clipseg", "partcatseg")
+#: architectures described by their own config class, not by ``PartCLIPSegConfig``
+OWN_CONFIG_CLASS = {"partcatseg": "PartCATSegConfig (partclipseg.model.partcatseg.config)"}
 BACKGROUNDS = ("learned", "none")
 
 
@@ -119,9 +119,11 @@ class PartCLIPSegConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        if self.architecture not in CLIPSEG_FAMILY:
-            raise ConfigError(f"unknown architecture {self.architecture!r} for a PartCLIPSeg config; expected one of "
-                              f"{CLIPSEG_FAMILY}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        if self.architecture in OWN_CONFIG_CLASS:
+            raise ConfigError(f"architecture {self.architecture!r} is configured by {OWN_CONFIG_CLASS[self.architecture]},"
+                              f" not by a PartCLIPSeg config")
         check_field_types(self)
         v, t, d = self.vision, self.text, self.decoder
         for where, section in (("vision", v), ("text", t), ("decoder", d), ("", self)):
