@@ -67,14 +67,15 @@ def set_trainable(model: CLIPSegCore, which: str) -> list[str]:
 
     ``"VA+L+F+D"`` = the official rule (names containing visual_adapter, the text input embeddings,
     film or decoder; in our naming the decoder's heads are ``class_head`` and ``object_part_head``).
-    ``"all"`` = every parameter that reaches the loss (ViT blocks after the last extracted layer do not).
+    ``"all"`` = every parameter that reaches the loss (ViT blocks after the last extracted layer do not);
+    ``"all-but-text"`` = the same without the text tower (``text.*``).
     """
     used_layers = max(model.config.decoder.extract_layers) + 1
     names = []
     for name, param in model.named_parameters():
-        if which == "all":
+        if which in ("all", "all-but-text"):
             unused = name.startswith("vision.layers.") and int(name.split(".")[2]) >= used_layers
-            train = not unused
+            train = not unused and not (which == "all-but-text" and name.startswith("text."))
         else:
             train = name.startswith(OFFICIAL_TRAINABLE)
         param.requires_grad_(train)
