@@ -274,8 +274,9 @@ def _toy() -> PartCLIPSegConfig:
 
 def _toy2() -> PartCLIPSegConfig:
     """The built-in default model's shape since the toy world grew up (320-640 px images, language-image
-    pretraining): 16 px patches at a 192 px input (a 12 x 12 token grid, the same decoder cost as
-    ``toy`` but every token sees 4x the pixels), a 64-wide text tower for the pretraining captions."""
+    pretraining): 16 px patches at a 192 px input (a 12 x 12 token grid, the decoder cost of ``toy``
+    while every token sees 4x the pixels), a 64-wide text tower for the pretraining captions, and a
+    2-head decoder (16-wide heads: the CPU attention kernels run ~2.5x faster than with 8-wide heads)."""
     return PartCLIPSegConfig(
         vision=VisionConfig(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=192, image_size=192,
                             patch_size=16),

@@ -1,7 +1,8 @@
 """A procedural "toy world": cartoon animals and vehicles with part labels, in the Pascal-Part-116 layout.
 
-It lets the whole pipeline (training, evaluation, the zero-shot split) run with no download, and is
-small and regular enough for a tiny model to learn at 96-128 px.
+It lets the whole pipeline (language-image pretraining, part training, evaluation, the zero-shot
+split) run with no download. Images are 320-640 px a side by default (``size_range``), with textures
+and outlines scaled to the image so that parts look alike at any size.
 
 Vocabulary (``toy_world``, :func:`build_vocabulary_json`, shipped as ``resources/vocab/toy_world.json``):
 eight objects built from *shared* part types, plus two objects without parts (distractors)::
@@ -27,6 +28,11 @@ Layout written by :func:`generate_toy_world` (the Pascal-Part-116 layout of
       annotations_detectron2_obj/{train,val}/<id>.png   8-bit object labels, 255 = background
       annotations_detectron2_part/val_obj_label_count.json   {"<id>.png": [object ids]}
       annotations_detectron2_part/val_part_label_count.json  {"<id>.png": [part ids]}
+      captions/{train,val}.json                        {"<id>": [{"object", "colour", "texture"}, ...]}
+
+``captions/`` holds object-level caption words per object, back to front (the colour of its largest
+painted shape named by the nearest of ``COLOUR_WORDS``, its texture by ``TEXTURE_WORDS``): what toy
+language-image pretraining (:mod:`partclipseg.train.pretrain`) turns into sentences. No part words.
 
 Each image holds 1-3 objects (later ones may occlude earlier ones) on a flat, gradient, noise or
 sky/ground background, with varied colours, textures, sizes and poses (horizontal flip, small
@@ -37,7 +43,8 @@ Unseen objects appear in training images too (the training mapper turns them int
 Generation is deterministic given the seed, and image ``k`` of a split does not depend on how many
 images are asked for.
 
-Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [--seed S]``.
+Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [--seed S] [--min-size A]
+[--max-size B] [--workers W]``.
 """
 from __future__ import annotations
 
@@ -59,10 +66,12 @@ from .common import DatasetError
 from .pascal_part import PascalPart116
 
 __all__ = [
+    "COLOUR_WORDS",
     "FOLDER_NAME",
     "OBJECTS_WITHOUT_PARTS",
     "OBJECT_PARTS",
     "UNSEEN_OBJECTS",
+    "TEXTURE_WORDS",
     "ToyWorld",
     "build_vocabulary_json",
     "generate_toy_world",

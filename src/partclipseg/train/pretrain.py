@@ -53,8 +53,8 @@ from ..tokenizer import get_tokenizer
 from ..weights import save_pretrained
 from .recipe import _coerce
 
-__all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss",
-           "load_pretrain_recipe", "pretrain", "zero_shot_accuracy"]
+__all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
+           "load_pretrain_recipe", "part_model_from_towers", "pretrain", "zero_shot_accuracy"]
 
 RECIPE_KIND = "pretrain"
 
@@ -303,6 +303,21 @@ def part_model_from_towers(towers: ContrastiveTowers, seed: int = 0):
     model.vision.load_state_dict(towers.vision.state_dict())
     model.text.load_state_dict(towers.text.state_dict())
     return model
+
+
+def export_towers(source: str | Path, out: str | Path, architecture: str = "partclipseg", seed: int = 0) -> Path:
+    """A new model of ``architecture`` (``"partclipseg"`` or the ``"clipseg"`` baseline) with the
+    vision and text towers of the saved model ``source`` (e.g. a pretraining run's ``final/``), the
+    rest freshly initialised (seeded); saved to ``out``. Lets every variant start from the same towers."""
+    from ..weights import load_pretrained
+
+    source_model = load_pretrained(source)
+    config = PartCLIPSegConfig.from_dict({**source_model.config.to_dict(), "architecture": architecture})
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.vision.load_state_dict(source_model.vision.state_dict())
+    model.text.load_state_dict(source_model.text.state_dict())
+    return save_pretrained(model.eval(), out)
 
 
 # ---------------------------------------------------------------------------- evaluation
