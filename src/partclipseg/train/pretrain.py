@@ -80,7 +80,7 @@ class PretrainConfig:
     kind: str = RECIPE_KIND
     dataset: str = "toy_world"
     root: str = ""
-    init: str = "random:toy"
+    init: str = "random:toy2"
     image_size: int = 128
     iterations: int = 1500
     batch_size: int = 64
