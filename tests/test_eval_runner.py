@@ -58,6 +58,7 @@ def test_pascal_skips_objects_without_parts(capsys, model_dir, roots, tmp_path):
     assert gt(clean) != gt(results)  # the round trip moves label pixels
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_identical_results(capsys, model_dir, roots, tmp_path):
     root = roots["ade20k_part_234"]
     full = tmp_path / "full.json"
@@ -78,6 +79,7 @@ def read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_equals_single_process(capsys, model_dir, roots, tmp_path):
     root = roots["pascal_part_116"]
     single = _evaluate(capsys, model_dir, root, "pascal_part_116", "pred-all", tmp_path / "single.json")

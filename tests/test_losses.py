@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from partclipseg.losses import (LossConfig, attention_losses, build_targets, clipseg_loss, merge_attentions,
                                 partclipseg_loss, resize_labels, segmentation_losses)
-from partclipseg.model.partclipseg import SegmentationOutput
+from partclipseg.model import SegmentationOutput
 from partclipseg.vocabulary import Vocabulary
 
 BCE_NAMES = ("object_specific_parts", "generalized_parts", "object_specific_background", "objects")

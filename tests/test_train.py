@@ -59,6 +59,7 @@ def test_official_trainable_set_has_the_official_size():
     assert decay["decoder.film_mul.bias"] == 1e-4 and decay["visual_adapter.down.weight"] == 1e-4
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
     final = train(load_recipe("pascal_part_116", [f"root={voc_root}", "iterations=12", *FAST, "eval_period=12"]),
                   tmp_path / "run", progress=False)
@@ -70,6 +71,7 @@ def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
     assert last["step"] == 12 and last["eval"] == "oracle-obj" and last["seen"] is not None
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatch):
     args = [f"root={voc_root}", "iterations=8", "checkpoint_period=3", *FAST]
     train(load_recipe("pascal_part_116", args), tmp_path / "full", progress=False)
@@ -96,6 +98,7 @@ def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatc
     assert kept == ["step_0000003", "step_0000006", "step_0000008"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_single_process(voc_root, tmp_path):
     args = [f"root={voc_root}", "iterations=3", *FAST]
     train(load_recipe("pascal_part_116", args), tmp_path / "single", progress=False)

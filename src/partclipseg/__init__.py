@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "PartCLIPSeg": "partclipseg.model", "CLIPSegBaseline": "partclipseg.model", "build_model": "partclipseg.model",
+    "PartSegmentationModel": "partclipseg.model", "as_predictor": "partclipseg.predictor",
     "PartCLIPSegConfig": "partclipseg.config", "get_config": "partclipseg.config",
     "Vocabulary": "partclipseg.vocabulary", "get_tokenizer": "partclipseg.tokenizer",
     "CLIPTokenizer": "partclipseg.tokenizer", "preprocess": "partclipseg.preprocess",

@@ -30,6 +30,9 @@ def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation import PROTOCOLS
+    from .vocabulary import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -38,13 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
-    vocab.add_argument("--vocab", help="a benchmark vocabulary: pascal_part_116, ade20k_part_234, partimagenet, "
-                                       "toy_world")
+    vocab.add_argument("--vocab", help=f"a benchmark vocabulary: {', '.join(BENCHMARKS)}")
     seg.add_argument("--object-mask", type=Path, help="PNG mask of the object (non-zero = object)")
     seg.add_argument("--object", help="object class of --object-mask (Oracle-Obj); without it the model picks")
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
     seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
-    seg.add_argument("--protocol", choices=["pred-all", "oracle-obj"], default=None)
+    seg.add_argument("--protocol", choices=PROTOCOLS, default=None)
     seg.add_argument("--out", type=Path, required=True, help="output folder")
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     seg.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -57,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-overlay", action="store_true")
 
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
-    ev.add_argument("--dataset", required=True, choices=["pascal_part_116", "ade20k_part_234", "partimagenet", "toy_world"])
+    ev.add_argument("--dataset", required=True, choices=BENCHMARKS)
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
     ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
-    ev.add_argument("--protocol", choices=["pred-all", "oracle-obj"], required=True)
+    ev.add_argument("--protocol", choices=PROTOCOLS, required=True)
     ev.add_argument("--train-dataset", default=None, help="for cross-dataset runs: the dataset the model was trained on")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     ev.add_argument("--out", type=Path, required=True, help="results JSON (work files go to OUT.work/)")
@@ -71,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
 
     tr = sub.add_parser("train", help="train a model with a recipe (works under torchrun)")
-    tr.add_argument("recipe", help="a shipped recipe name (pascal_part_116, ade20k_part_234, partimagenet, toy_world) "
-                                   "or a recipe JSON file")
+    tr.add_argument("recipe", help=f"a shipped recipe name ({', '.join(BENCHMARKS)}) or a recipe JSON file")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/PascalPart116 iterations=100")
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics, final model)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -240,10 +241,11 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 def _segment(args) -> int:
     import torch
 
-    from .predictor import Predictor
+    from .dist import default_device
+    from .outputs import outputs_complete, write_outputs
+    from .predictor import as_predictor
     from .preprocess import load_image
     from .vocabulary import Vocabulary
-    from .outputs import outputs_complete, write_outputs
 
     paths, problems = expand_inputs(args.images)
     for problem in problems:
@@ -262,12 +264,12 @@ def _segment(args) -> int:
     mask = None
     if args.object_mask is not None:
         mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            predictor = Predictor.from_pretrained(args.model, device=device, dtype=dtype)
+            predictor = as_predictor(args.model, device, dtype)
         except RuntimeError as exc:  # e.g. CUDA asked for but not available
             raise PartCLIPSegError(f"cannot put the model on {device!r}: {exc}") from None
     for w in caught:

@@ -25,6 +25,8 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: the architectures a config may name; each has a model class registered under that name
+#: (``partclipseg.model.registry``; ``tests/test_structure.py`` checks that both lists agree)
 ARCHITECTURES = ("partclipseg", "clipseg")
 
 
@@ -135,6 +137,11 @@ class PartCLIPSegConfig:
         if self.visual_adapter_reduction <= 0 or v.hidden_size % self.visual_adapter_reduction:
             raise ConfigError(f"visual_adapter_reduction {self.visual_adapter_reduction} does not divide "
                               f"vision.hidden_size {v.hidden_size}")
+
+    @property
+    def model_type(self) -> str:
+        """The registry key of the model class (``partclipseg.model.registry``): ``architecture``."""
+        return self.architecture
 
     @property
     def grid_size(self) -> int:

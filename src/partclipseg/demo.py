@@ -23,16 +23,15 @@ from typing import Any, Callable
 import gradio as gr
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
 
+from .dist import default_device
 from .errors import PartCLIPSegError
-from .io import atomic_write_text
-from .model import CLIPSegCore
-from .predictor import Predictor
+from .model import PartSegmentationModel
+from .outputs import write_outputs
+from .predictor import Predictor, as_predictor
 from .preprocess import load_image
 from .vocabulary import BENCHMARKS, Vocabulary
-from .weights import load_default_model, load_pretrained
 
 BENCHMARK, CUSTOM = "Benchmark vocabulary", "Custom parts"
 PRED_ALL, ORACLE_OBJ = "Pred-All", "Oracle-Obj"
@@ -167,7 +166,7 @@ class DemoApp:
             info = result.to_json()
             rows = [[p["label"], p["object"], round(100 * p["area_fraction"], 2), round(p["score"], 3)]
                     for p in info["parts"]]
-            files = self._write_files(sess, result, info, image_path)
+            files = self._write_files(sess, result, image_path)
             chosen = f", object: {result.selected_object}" if result.selected_object else ""
             status = (f"Found **{len(rows)}** part(s) of {len(vocab)} names — mode {result.mode}{_md(chosen)} "
                       f"({'image embedded' if embedded else 'image embedding reused'}, "
@@ -236,12 +235,11 @@ class DemoApp:
         return sess, None, pd.DataFrame(columns=COLUMNS), status, gr.update(choices=[], value=None), None, None
 
     @staticmethod
-    def _write_files(sess: Session, result, info: dict, image_path: str) -> list[str]:
+    def _write_files(sess: Session, result, image_path: str) -> list[str]:
+        """The downloads: the label PNG and the JSON of ``outputs.write_outputs`` (no overlay)."""
         stem = re.sub(r"[^\w.-]", "_", Path(image_path).stem)[:64] or "image"
-        labels, data = sess.files_dir() / f"{stem}.labels.png", sess.files_dir() / f"{stem}.json"
-        result.to_label_png(labels)
-        atomic_write_text(data, json.dumps(info, indent=1))
-        return [str(labels), str(data)]
+        return [str(p) for p in write_outputs(result, sess.files_dir(), stem, overlay=False,
+                                              source=Path(image_path).name)]
 
     @staticmethod
     def _draw_prompt(overlay: Image.Image, kwargs: dict) -> Image.Image:
@@ -273,11 +271,9 @@ def _readable_upload_errors(image: gr.Image) -> gr.Image:
 
 
 def _predictor_factory(model: Any, device: str | None = None) -> Callable[[], Any]:
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_default_model() if model is None else load_pretrained(model)
-    if isinstance(model, CLIPSegCore):
-        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-        return lambda: Predictor(model)
+    if model is None or isinstance(model, (str, os.PathLike, PartSegmentationModel)):
+        shared = as_predictor(model, device or default_device()).model.eval()
+        return lambda: Predictor(shared)
     if callable(model):
         return model
     raise TypeError(f"model: None, a folder / hub id, a model or a Predictor factory, not {type(model).__name__}")

@@ -24,41 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from .dist import DistInfo, barrier, default_device, dist_info, init_distributed
 from .errors import PartCLIPSegError
 from .io import atomic_write_text
-
-PROTOCOLS = ("pred-all", "oracle-obj")
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def dist_info() -> DistInfo:
-    """Rank information from the torchrun environment variables."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def init_distributed(info: DistInfo, device: str) -> None:
-    import torch.distributed as dist
-
-    if info.distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-
-
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
+from .evaluation import PROTOCOLS
 
 
 def read_work(work_dir: Path) -> dict[str, dict]:
@@ -91,122 +60,166 @@ def _append(handle, record: dict) -> None:
     os.fsync(handle.fileno())
 
 
+@dataclass
+class EvalJob:
+    """Everything one evaluation run needs, set up once (``prepare``)."""
+
+    dataset: str
+    protocol: str
+    reader: Any  # a partclipseg.data DatasetReader
+    refs: list  # the samples to evaluate, in the reader's sorted order
+    vocab: Any  # the test dataset's full Vocabulary
+    base_classes: list  # the seen classes (evaluation_set.base)
+    predictor: Any
+    work_dir: Path
+    info: DistInfo
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab)
+
+
+def prepare(dataset: str, root: str | Path, model: Any, protocol: str, out: Path, *, limit: int | None,
+            gt_resize_quirk: bool, device: str | None, dtype: Any) -> EvalJob:
+    """Check the protocol, join the process group, open the dataset and the model."""
+    from .data import open_dataset
+    from .predictor import as_predictor
+    from .vocabulary import Vocabulary, load_benchmark_info
+
+    if protocol not in PROTOCOLS:
+        raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    info = dist_info()
+    device = device or default_device(info.local_rank)
+    init_distributed(info, device)
+    work_dir = out.with_name(out.name + ".work")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    reader = open_dataset(dataset, root, "val")
+    reader.check(full=False)
+    refs = reader.eval_samples(gt_resize_quirk=gt_resize_quirk)
+    if limit is not None:
+        refs = refs[:limit]
+    return EvalJob(dataset, protocol, reader, refs, Vocabulary.from_benchmark(dataset, "test"),
+                   load_benchmark_info(dataset)["evaluation_set"]["base"], as_predictor(model, device, dtype),
+                   work_dir, info)
+
+
+def sample_prompt(job: EvalJob, sample) -> dict:
+    """``predict`` keywords of a sample: Oracle-Obj names the sample's ground-truth objects."""
+    if job.protocol != "oracle-obj":
+        return {}
+    names = [n for n in sample.object_names if n in job.vocab.objects]
+    if not names:
+        raise PartCLIPSegError(f"sample {sample.sample_id}: none of its objects {sample.object_names} has part classes")
+    return {"protocol": "oracle-obj", "object_name": names}
+
+
+def run_shard(job: EvalJob, progress: bool) -> None:
+    """Evaluate this rank's samples not yet done; one work-file line per finished sample."""
+    from .evaluation import ConfusionAccumulator, compute_metrics, from_sparse, sample_confusion, to_sparse
+    from .preprocess import load_image
+
+    info, k = job.info, job.num_classes
+    done = read_work(job.work_dir)
+    mine = [r for i, r in enumerate(job.refs) if i % info.world_size == info.rank and r.sample_id not in done]
+    running = ConfusionAccumulator(k)
+    for record in done.values():
+        if "p" in record:
+            running.add(from_sparse(record, k))
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(job.refs), initial=len(done), unit="sample", desc=f"{job.dataset} {job.protocol}")
+    current_image = None
+    work_file = job.work_dir / f"rank{info.rank}.jsonl"
+    _drop_torn_tail(work_file)
+    with open(work_file, "a") as handle:
+        for i, ref in enumerate(mine):
+            sample = job.reader.load_eval_sample(ref)
+            if sample is None:
+                _append(handle, {"sample_id": ref.sample_id, "skipped": "no labelled part pixel"})
+            else:
+                if sample.image_path != current_image:
+                    # raw pixel frame (no EXIF rotation), like the labels and the official inference
+                    job.predictor.set_image(load_image(sample.image_path, exif_transpose=False))
+                    current_image = sample.image_path
+                result = job.predictor.predict(job.vocab, **sample_prompt(job, sample))
+                matrix = sample_confusion(result.part_labels, sample.part_labels, k)
+                running.add(matrix)
+                _append(handle, {"sample_id": ref.sample_id, **to_sparse(matrix)})
+            if bar is not None:
+                bar.update(info.world_size if info.distributed else 1)
+                if i % 20 == 0 and running.count:
+                    m = compute_metrics(running.matrix, job.base_classes, job.vocab.object_specific_classes,
+                                        job.protocol)
+                    bar.set_postfix(h_iou=_fmt(m.get("h-IoU")), seen=_fmt(m.get("mIoU-base")))
+    if bar is not None:
+        bar.close()
+
+
+def collect(job: EvalJob) -> tuple[dict, int, int]:
+    """Sum every rank's matrices (rank 0, after the barrier): (metrics, evaluated, skipped)."""
+    from .evaluation import ConfusionAccumulator, compute_metrics, from_sparse
+
+    records = read_work(job.work_dir)
+    wanted = {r.sample_id for r in job.refs}
+    missing = wanted - set(records)
+    if missing:
+        raise PartCLIPSegError(f"{len(missing)} sample(s) have no result in {job.work_dir} "
+                               f"(e.g. {sorted(missing)[:3]})")
+    total = ConfusionAccumulator(job.num_classes)
+    skipped = 0
+    for sample_id in sorted(wanted):
+        record = records[sample_id]
+        if "p" in record:
+            total.add(from_sparse(record, job.num_classes))
+        else:
+            skipped += 1
+    metrics = compute_metrics(total.matrix, job.base_classes, job.vocab.object_specific_classes, job.protocol)
+    return metrics, total.count, skipped
+
+
+def report(job: EvalJob, metrics: dict, evaluated: int, skipped: int, *, model: Any, limit: int | None,
+           gt_resize_quirk: bool, train_dataset: str | None) -> dict:
+    """The results dict (with the cross-dataset summary when ``train_dataset`` differs)."""
+    results = {
+        "dataset": job.dataset, "protocol": job.protocol,
+        "model": str(model) if isinstance(model, (str, Path)) else None,
+        "num_samples": len(job.refs), "evaluated_samples": evaluated, "skipped_samples_without_part_gt": skipped,
+        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics,
+    }
+    if train_dataset and train_dataset != job.dataset:
+        gt_classes = [c for c in metrics["per_class"] if c["gt_pixels"] > 0]
+        results["cross_dataset"] = {
+            "train_dataset": train_dataset, "test_dataset": job.dataset,
+            "vocabulary": f"full {job.dataset} test vocabulary ({job.num_classes} classes)",
+            "mIoU_all": float(np.mean([c["iou"] for c in gt_classes])) if gt_classes else None,  # x100 already
+            "note": "seen/unseen are the test dataset's own splits; mIoU_all averages every class with ground truth",
+        }
+    return results
+
+
 def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str | Path, *,
              train_dataset: str | None = None, limit: int | None = None, gt_resize_quirk: bool = True,
              device: str | None = None, dtype: Any = None, progress: bool = True,
              print_table: bool = True) -> dict | None:
     """Evaluate ``model`` (folder / hub id / .pth / model / Predictor) on a benchmark; write ``out`` (JSON).
 
-    Returns the results dict on rank 0 (None on other ranks).
+    Set-up (``prepare``), this rank's samples (``run_shard``), then on rank 0 the sum over ranks
+    (``collect``) and the results (``report``). Returns the results dict on rank 0 (None on other ranks).
     """
-    import torch
+    from .evaluation import format_table
 
-    from .data import open_dataset
-    from .evaluation import ConfusionAccumulator, compute_metrics, format_table, from_sparse, sample_confusion, to_sparse
-    from .model import CLIPSegCore
-    from .predictor import Predictor
-    from .preprocess import load_image
-    from .vocabulary import Vocabulary, load_benchmark_info
-
-    if protocol not in PROTOCOLS:
-        raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    info = dist_info()
-    device = device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    init_distributed(info, device)
     out = Path(out)
-    work_dir = out.with_name(out.name + ".work")
-    work_dir.mkdir(parents=True, exist_ok=True)
-
-    reader = open_dataset(dataset, root, "val")
-    reader.check(full=False)
-    refs = reader.eval_samples(gt_resize_quirk=gt_resize_quirk)
-    if limit is not None:
-        refs = refs[:limit]
-    vocab = Vocabulary.from_benchmark(dataset, "test")
-    meta = load_benchmark_info(dataset)
-    num_classes = len(vocab)
-
-    if isinstance(model, Predictor):
-        predictor = model
-    elif isinstance(model, CLIPSegCore):
-        predictor = Predictor(model, device=device, dtype=dtype)
-    else:
-        predictor = Predictor.from_pretrained(model, device=device, dtype=dtype)
-
-    done = read_work(work_dir)
-    mine = [r for i, r in enumerate(refs) if i % info.world_size == info.rank and r.sample_id not in done]
-    running = ConfusionAccumulator(num_classes)
-    for record in done.values():
-        if "p" in record:
-            running.add(from_sparse(record, num_classes))
-    bar = None
-    if progress and info.rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(refs), initial=len(done), unit="sample", desc=f"{dataset} {protocol}")
-    current_image = None
-    work_file = work_dir / f"rank{info.rank}.jsonl"
-    _drop_torn_tail(work_file)
-    with open(work_file, "a") as handle:
-        for k, ref in enumerate(mine):
-            sample = reader.load_eval_sample(ref)
-            if sample is None:
-                _append(handle, {"sample_id": ref.sample_id, "skipped": "no labelled part pixel"})
-            else:
-                if sample.image_path != current_image:
-                    # raw pixel frame (no EXIF rotation), like the labels and the official inference
-                    predictor.set_image(load_image(sample.image_path, exif_transpose=False))
-                    current_image = sample.image_path
-                kwargs = {}
-                if protocol == "oracle-obj":
-                    names = [n for n in sample.object_names if n in vocab.objects]
-                    if not names:
-                        raise PartCLIPSegError(f"sample {sample.sample_id}: none of its objects {sample.object_names} "
-                                               f"has part classes")
-                    kwargs = {"protocol": "oracle-obj", "object_name": names}
-                result = predictor.predict(vocab, **kwargs)
-                matrix = sample_confusion(result.part_labels, sample.part_labels, num_classes)
-                running.add(matrix)
-                _append(handle, {"sample_id": ref.sample_id, **to_sparse(matrix)})
-            if bar is not None:
-                bar.update(info.world_size if info.distributed else 1)
-                if k % 20 == 0 and running.count:
-                    m = compute_metrics(running.matrix, meta["evaluation_set"]["base"], vocab.object_specific_classes,
-                                        protocol)
-                    bar.set_postfix(h_iou=_fmt(m.get("h-IoU")), seen=_fmt(m.get("mIoU-base")))
-    if bar is not None:
-        bar.close()
-    barrier(info)
-    if info.rank != 0:
+    job = prepare(dataset, root, model, protocol, out, limit=limit, gt_resize_quirk=gt_resize_quirk,
+                  device=device, dtype=dtype)
+    run_shard(job, progress)
+    barrier(job.info)
+    if not job.info.is_main:
         return None
-
-    records = read_work(work_dir)
-    wanted = {r.sample_id for r in refs}
-    missing = wanted - set(records)
-    if missing:
-        raise PartCLIPSegError(f"{len(missing)} sample(s) have no result in {work_dir} (e.g. {sorted(missing)[:3]})")
-    total = ConfusionAccumulator(num_classes)
-    skipped = 0
-    for sample_id in sorted(wanted):
-        record = records[sample_id]
-        if "p" in record:
-            total.add(from_sparse(record, num_classes))
-        else:
-            skipped += 1
-    metrics = compute_metrics(total.matrix, meta["evaluation_set"]["base"], vocab.object_specific_classes, protocol)
-    results = {
-        "dataset": dataset, "protocol": protocol, "model": str(model) if isinstance(model, (str, Path)) else None,
-        "num_samples": len(refs), "evaluated_samples": total.count, "skipped_samples_without_part_gt": skipped,
-        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics,
-    }
-    if train_dataset and train_dataset != dataset:
-        gt_classes = [c for c in metrics["per_class"] if c["gt_pixels"] > 0]
-        results["cross_dataset"] = {
-            "train_dataset": train_dataset, "test_dataset": dataset,
-            "vocabulary": f"full {dataset} test vocabulary ({num_classes} classes)",
-            "mIoU_all": float(np.mean([c["iou"] for c in gt_classes])) if gt_classes else None,  # x100 already
-            "note": "seen/unseen are the test dataset's own splits; mIoU_all averages every class with ground truth",
-        }
+    metrics, evaluated, skipped = collect(job)
+    results = report(job, metrics, evaluated, skipped, model=model, limit=limit, gt_resize_quirk=gt_resize_quirk,
+                     train_dataset=train_dataset)
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     if print_table:
         print(format_table({protocol: metrics}))

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+#: the evaluation protocols (SPEC §4): the one list for the Predictor, the evaluator and the CLI
 PROTOCOLS = ("pred-all", "oracle-obj")
 _DISPLAY = {"pred-all": "Pred-All", "oracle-obj": "Oracle-Obj"}
 

@@ -1,5 +1,9 @@
 """Inference protocols at image size (SPEC §4), as pure tensor functions.
 
+Models with an object head (``SegmentationOutput.has_object_head``) use ``pred_all`` and
+``object_conditioned``; models without one (the CLIPSeg baseline) use ``single_head``. The protocol
+names (``PROTOCOLS``) live in ``partclipseg.evaluation``.
+
 All logits are upsampled bilinearly (``align_corners=False``) from the processing size to the image
 size *before* the sigmoid, exactly as the official inference; decisions are argmaxes over sigmoid
 scores (ties go to the first index), with no thresholds.
@@ -136,6 +140,29 @@ def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, t
         scores[allowed] = allowed_scores
     return ProtocolOutput(part_labels, object_labels, gen_labels, confidence,
                           scores, obj_scores if keep_scores else None, gen_scores)
+
+
+def single_head(logits: torch.Tensor, text_to_part: torch.Tensor, text_to_object: torch.Tensor, num_parts: int,
+                num_objects: int, size: tuple[int, int], objects: list[int] | None = None,
+                region: torch.Tensor | None = None, keep_scores: bool = False) -> ProtocolOutput:
+    """Protocols of a model without an object head (the CLIPSeg baseline, SPEC §7).
+
+    ``logits`` [T+1, s, s] (object-specific classes, background last). Pred-All (``objects`` None): a
+    plain argmax over the T+1 sigmoid scores. Oracle-Obj (``objects`` given): the classes of other
+    objects and the background score 0; pixels outside ``region`` (bool [H, W]) are then background.
+    The object and generalized-part maps are read off the winning class.
+    """
+    t = logits.shape[0] - 1
+    scores = torch.sigmoid(upsample(logits, size))
+    if objects is not None:
+        allowed = torch.isin(text_to_object, torch.tensor(objects, device=scores.device))
+        scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
+    confidence, labels = scores.max(0)
+    if region is not None:
+        labels = torch.where(region, labels, t)
+    owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])
+    part_of = torch.cat([text_to_part, text_to_part.new_tensor([num_parts])])
+    return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores if keep_scores else None)
 
 
 def connected_component(mask: torch.Tensor, seed: tuple[int, int], max_iterations: int = 100_000) -> torch.Tensor:

@@ -26,38 +26,30 @@ Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .errors import PartCLIPSegError, VocabularyError
-from .model import CLIPSegBaseline, CLIPSegCore, ImageFeatures, PartCLIPSeg
-from .postprocess import ProtocolOutput, connected_component, object_conditioned, pred_all, upsample
+from .evaluation import PROTOCOLS
+from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
+from .postprocess import (ProtocolOutput, connected_component, object_conditioned, object_scores, pred_all,
+                          single_head, upsample)
 from .preprocess import load_image, preprocess
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
 from .vocabulary import Vocabulary
 
-PROTOCOLS = ("pred-all", "oracle-obj")
-
-
-@dataclass
-class EncodedVocabulary:
-    """Text-side tensors of a vocabulary (image independent, cached)."""
-
-    vocabulary: Vocabulary
-    class_embeddings: torch.Tensor  # [N, E]
-    text_to_part: torch.Tensor  # [T]
-    text_to_object: torch.Tensor  # [T]
-    conditions: tuple[torch.Tensor, torch.Tensor] | None  # object-specific FiLM [T+1, D] x 2
+__all__ = ["EncodedVocabulary", "PROTOCOLS", "Predictor", "as_predictor", "segment_parts"]
 
 
 class Predictor:
-    """Wraps a model; see the module docstring. ``chunk_size`` bounds classes decoded at once."""
+    """Wraps any ``PartSegmentationModel``; see the module docstring. ``chunk_size`` bounds classes
+    decoded at once. The Predictor only uses the model interface (``model/base.py``): it never asks
+    which architecture it holds."""
 
-    def __init__(self, model: CLIPSegCore, *, device: str | torch.device | None = None,
+    def __init__(self, model: PartSegmentationModel, *, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, chunk_size: int | None = 64, max_cached_vocabularies: int = 8):
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
@@ -68,7 +60,7 @@ class Predictor:
         self._text_cache: OrderedDict[tuple[str, ...], EncodedVocabulary] = OrderedDict()
         self._images: list[np.ndarray] = []
         self._features: ImageFeatures | None = None
-        self._decoded: tuple[tuple[str, ...], Any] | None = None
+        self._decoded: tuple[tuple[str, ...], SegmentationOutput] | None = None
 
     @classmethod
     def from_pretrained(cls, source=None, *, device=None, dtype=None, **kwargs) -> "Predictor":
@@ -81,10 +73,6 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    @property
-    def is_baseline(self) -> bool:
-        return isinstance(self.model, CLIPSegBaseline)
 
     # ------------------------------------------------------------------ images
     def set_image(self, image: Any) -> None:
@@ -112,16 +100,7 @@ class Predictor:
         if cached is not None:
             self._text_cache.move_to_end(key)
             return cached
-        prompts = vocab.baseline_prompts if self.is_baseline else vocab.prompts
-        ids, mask = get_tokenizer()(list(prompts), padding="longest")
-        embeddings = self.model.class_embeddings(self.model.encode_text(ids.to(self.device), mask.to(self.device)))
-        to_part = torch.tensor(vocab.text_to_part, device=self.device)
-        to_object = torch.tensor(vocab.text_to_object, device=self.device)
-        conditions = None
-        if isinstance(self.model, PartCLIPSeg):
-            conditions = self.model.object_part_head.class_conditions(
-                embeddings, to_part, to_object, vocab.num_parts, self.config.official.object_text_index_offset_bug)
-        encoded = EncodedVocabulary(vocab, embeddings, to_part, to_object, conditions)
+        encoded = self.model.encode_vocabulary(vocab, get_tokenizer())
         self._text_cache[key] = encoded
         while len(self._text_cache) > self.max_cached_vocabularies:
             self._text_cache.popitem(last=False)
@@ -129,18 +108,14 @@ class Predictor:
 
     # ------------------------------------------------------------------ decoding
     @torch.inference_mode()
-    def _decode(self, encoded: EncodedVocabulary):
+    def _decode(self, encoded: EncodedVocabulary) -> SegmentationOutput:
         """Decoder output for all embedded images and this vocabulary (the last pair is kept)."""
         key = encoded.vocabulary.object_specific_classes
         if self._decoded is not None and self._decoded[0] == key:
             return self._decoded[1]
         if self._features is None:
             raise PartCLIPSegError("no image set: call set_image() first")
-        if isinstance(self.model, PartCLIPSeg):
-            out = self.model.decode(self._features, encoded.class_embeddings, encoded.text_to_part,
-                                    encoded.text_to_object, conditions=encoded.conditions, chunk_size=self.chunk_size)
-        else:
-            out = self.model.decode(self._features, encoded.class_embeddings, chunk_size=self.chunk_size)
+        out = self.model.decode(self._features, encoded, chunk_size=self.chunk_size)
         self._decoded = (key, out)
         return out
 
@@ -163,17 +138,17 @@ class Predictor:
         mode = _check_prompts(protocol, object_mask, object_name, box, point)
         out = self._decode(encoded)
         logits = out.logits[image_index]
-        part_logits = out.object_part_logits[image_index] if out.object_part_logits is not None else None
         selected = None
-        if self.is_baseline:
-            result = self._baseline(logits, encoded, size, mode, object_mask, object_name, return_scores)
+        if not out.has_object_head:
+            result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
         elif mode == "pred-all":
-            result = pred_all(logits, part_logits, encoded.text_to_object, vocab.num_parts, size, return_scores)
+            result = pred_all(logits, out.object_part_logits[image_index], encoded.text_to_object, vocab.num_parts,
+                              size, return_scores)
         else:
             objects, region = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name, box, point)
             selected = ", ".join(vocab.objects[o] for o in objects)
-            result = object_conditioned(logits, part_logits, encoded.text_to_object, vocab.num_parts, size,
-                                        objects, region, return_scores)
+            result = object_conditioned(logits, out.object_part_logits[image_index], encoded.text_to_object,
+                                        vocab.num_parts, size, objects, region, return_scores)
         segmentation = _to_result(result, vocab, image, mode, selected)
         for name in attention_for or ():
             segmentation.attention[name] = self._attention_map(encoded, name, segmentation, image_index)
@@ -197,7 +172,7 @@ class Predictor:
             names = [object_name] if isinstance(object_name, str) else list(object_name)
             objects = [_object_index(vocab, n) for n in names]
             return sorted(set(objects)), region
-        obj_scores = torch.sigmoid(upsample(logits[vocab.num_parts:], size))  # [O+1, H, W]
+        obj_scores = object_scores(logits, vocab.num_parts, size)  # [O+1, H, W]
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
@@ -214,42 +189,33 @@ class Predictor:
         best = int(obj_scores[:-1, y, x].argmax())
         return [best], connected_component(object_labels == best, (y, x))
 
-    def _baseline(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
-        """CLIPSeg baseline (SPEC §7): Pred-All = plain argmax over T+1; Oracle-Obj zeroes other objects."""
+    def _single_head(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
+        """A model without an object head (the CLIPSeg baseline): Pred-All and Oracle-Obj only."""
         vocab = encoded.vocabulary
-        t = len(vocab)
-        scores = torch.sigmoid(upsample(logits, size))
-        region = None
+        if mode not in PROTOCOLS:
+            raise PartCLIPSegError(f"this model ({type(self.model).__name__}) has no object head: '{mode}' prompts "
+                                   f"need a model with one (e.g. PartCLIPSeg)")
+        objects = region = None
         if mode == "oracle-obj":
             names = [object_name] if isinstance(object_name, str) else list(object_name)
             objects = [_object_index(vocab, n) for n in names]
-            allowed = torch.isin(encoded.text_to_object, torch.tensor(objects, device=scores.device))
-            scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
             if object_mask is not None:
                 region = _mask_tensor(object_mask, size, self.device)
-        elif mode != "pred-all":
-            raise PartCLIPSegError(f"the CLIPSeg baseline has no object head: '{mode}' prompts need a PartCLIPSeg model")
-        confidence, labels = scores.max(0)
-        if region is not None:
-            labels = torch.where(region, labels, t)
-        owner = torch.cat([encoded.text_to_object, encoded.text_to_object.new_tensor([vocab.num_objects])])
-        part_of = torch.cat([encoded.text_to_part, encoded.text_to_part.new_tensor([vocab.num_parts])])
-        return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores if keep_scores else None)
+        return single_head(logits, encoded.text_to_part, encoded.text_to_object, vocab.num_parts, vocab.num_objects,
+                           size, objects, region, keep_scores)
 
     @torch.inference_mode()
     def _attention_map(self, encoded: EncodedVocabulary, name: str, seg: PartSegmentation, image_index: int):
         """Head-averaged last-layer decoder attention for a class (the paper's Fig. A2), [H, W] in [0, 1].
 
-        PartCLIPSeg: mean of the part's and the object's attention; the query tokens are those inside
+        The model gives the token-to-token attention of the class (``attention_map``; PartCLIPSeg: mean
+        of the part's and the object's conditions); the query tokens are those inside
         the class's predicted region (all tokens if it is empty); the key map is min-max normalised and
         upsampled bilinearly to the image.
         """
-        vocab = encoded.vocabulary
-        t = vocab.index(name)
-        rows = [t] if self.is_baseline else [vocab.text_to_part[t], vocab.num_parts + vocab.text_to_object[t]]
+        t = encoded.vocabulary.index(name)
         features = self._features.select(slice(image_index, image_index + 1))
-        _, attentions, _ = self.model.decoder(features.activations, encoded.class_embeddings[rows], need_weights=True)
-        attn = attentions[-1][0].float().mean(1).mean(0)[1:, 1:]  # [g*g queries, g*g keys]
+        attn = self.model.attention_map(features, encoded, t)[0]  # [g*g queries, g*g keys]
         g = int(round(attn.shape[0] ** 0.5))
         region = torch.as_tensor(seg.part_labels == t)[None, None].float()
         queries = torch.nn.functional.interpolate(region, size=(g, g), mode="nearest")[0, 0].flatten() > 0
@@ -329,17 +295,23 @@ def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: 
                             np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores))
 
 
+def as_predictor(model: Any = None, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> Predictor:
+    """A Predictor for ``model``: a Predictor (returned as is), a model (wrapped, moved to ``device`` /
+    ``dtype`` when given), a folder / hub id / ``.pth``, or None for the built-in default model."""
+    if isinstance(model, Predictor):
+        return model
+    if isinstance(model, PartSegmentationModel):
+        return Predictor(model, device=device, dtype=dtype)
+    return Predictor.from_pretrained(model, device=device, dtype=dtype)
+
+
 def segment_parts(image: Any, parts: Vocabulary | str | Sequence[str], model: Any = None, **kwargs) -> list[dict]:
     """One call: ``[{"label", "mask", "score"}]`` for the parts found in ``image`` (HF pipeline shape).
 
     ``model``: a Predictor, a model, a folder / hub id / ``.pth``, or None for the built-in default.
     Keyword arguments go to ``Predictor.predict`` (prompts, protocol).
     """
-    if isinstance(model, Predictor):
-        predictor = model
-    elif isinstance(model, CLIPSegCore):
-        predictor = Predictor(model)
-    else:
-        predictor = Predictor.from_pretrained(model)
+    predictor = as_predictor(model)
     predictor.set_image(image)
     return predictor.predict(parts, **kwargs).segments()

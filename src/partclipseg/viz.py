@@ -318,10 +318,19 @@ def write_png(path: str | os.PathLike, data: PngData) -> None:
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel label PNG: ``[H, W]`` uint8 (modes L, P: indices) or uint16."""
-    with Image.open(path) as img:
-        mode, arr = img.mode, np.array(img)
-    if mode in ("L", "P"):
+    """Read a single-channel label PNG: ``[H, W]`` with the values as stored — uint8 (modes L, P:
+    indices; mode 1 as 0/1) or uint16 (16-bit). The one label-PNG reader (datasets use it too).
+
+    Raises ``ImageError`` for a missing or unreadable file and for a multi-channel image.
+    """
+    try:
+        with Image.open(path) as img:
+            mode, arr = img.mode, np.array(img)
+    except FileNotFoundError:
+        raise ImageError(f"{os.fspath(path)}: file not found") from None
+    except Exception as exc:  # PIL's errors for broken / non-image files
+        raise ImageError(f"{os.fspath(path)}: not a readable label image ({type(exc).__name__}: {exc})") from None
+    if mode in ("L", "P", "1"):
         return arr.astype(np.uint8, copy=False)
     if mode.startswith("I;16") or (mode == "I" and arr.min(initial=0) >= 0
                                     and arr.max(initial=0) <= 65535):

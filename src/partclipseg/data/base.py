@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import ImageError
 from ..preprocess import load_image
+from ..viz import read_label_png as read_label_image
 from ..vocabulary import load_benchmark_info
 from .common import IGNORE, DatasetError, EvalSample, gt_round_trip
 
@@ -130,18 +131,12 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """A single-channel label PNG (8-bit, 16-bit or palette indices) as an int64 array, values as stored."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+    """A single-channel label PNG (8-bit, 16-bit or palette indices) as an int64 array, values as stored
+    (``viz.read_label_png``, with its errors as ``DatasetError``)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            array = np.asarray(img)
-    except Exception as exc:
-        raise DatasetError(f"{path}: not a readable label image ({type(exc).__name__}: {exc})") from None
-    if array.ndim != 2:
-        raise DatasetError(f"{path}: label image must be single-channel, got shape {array.shape} (mode {img.mode})")
-    return array.astype(np.int64)
+        return read_label_image(path).astype(np.int64)
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def check_labels(labels: np.ndarray, num_classes: int, ignore_value: int, path: Path | str, what: str) -> np.ndarray:

@@ -1,11 +1,9 @@
 """CLIP towers: the ViT vision tower (with position-table interpolation) and the text transformer.
 
 Both are pre-norm transformers with ``quick_gelu`` MLPs, as OpenAI CLIP. Parameter names are ours;
-``partclipseg.weights.map_official_key`` translates the official / Hugging Face names.
+``partclipseg.checkpoint.map_official_key`` translates the official / Hugging Face names.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -182,11 +180,3 @@ class CLIPTextTower(nn.Module):
         eos = input_ids.argmax(dim=-1)
         pooled = x[torch.arange(p, device=x.device), eos]
         return self.projection(pooled)
-
-
-def grid_side(tokens: int) -> int:
-    """Token grid side from a token count that includes CLS (square grids only)."""
-    side = int(math.sqrt(tokens - 1))
-    if side * side != tokens - 1:
-        raise ValueError(f"{tokens - 1} patch tokens do not form a square grid")
-    return side

@@ -4,19 +4,25 @@ Shapes: ``B`` images, ``S`` processing size, ``g = S / patch``, ``L = 1 + g*g`` 
 parts, ``O`` objects, ``N = P + O + 1`` decoder classes (the last is the learned non-object
 embedding), ``T`` object-specific classes, ``E`` projection dim, ``D`` reduce dim.
 
-The model never reads files, picks devices or knows protocols; see ``partclipseg.predictor``.
+Both implement ``PartSegmentationModel`` (``model/base.py``). The model never reads files, picks
+devices or knows protocols; see ``partclipseg.predictor`` and ``partclipseg.postprocess``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ..checkpoint import load_state_dict_checked
 from ..config import PartCLIPSegConfig
+from ..losses import LossConfig, build_targets, clipseg_loss, partclipseg_loss
+from ..vocabulary import Vocabulary
+from .base import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput, TextInputs
 from .clip import CLIPTextTower, CLIPVisionTower
 from .decoder import CLIPSegDecoder, MaskHead, ObjectPartHead, tokens_to_maps
+from .init import init_weights
+from .registry import register_architecture
 
 
 class Adapter(nn.Module):
@@ -31,52 +37,18 @@ class Adapter(nn.Module):
         return torch.relu(self.up(torch.relu(self.down(x))))
 
 
-@dataclass
-class ImageFeatures:
-    """Per-image vision activations after the visual adapter, each [B, L, C], shallow to deep.
+class CLIPSegCore(PartSegmentationModel):
+    """The CLIPSeg family's shared parts: CLIP towers, visual adapter, non-object embedding, decoder, class head."""
 
-    ``hidden_states`` (all ``num_layers + 1`` states [B, L, C], before the adapter) only when asked.
-    """
-
-    activations: list[torch.Tensor]
-    hidden_states: list[torch.Tensor] | None = None
-
-    def select(self, index: torch.Tensor | slice | Sequence[int]) -> "ImageFeatures":
-        """The features of a subset of images (batch indexing)."""
-        return ImageFeatures([a[index] for a in self.activations],
-                             None if self.hidden_states is None else [h[index] for h in self.hidden_states])
-
-
-@dataclass
-class SegmentationOutput:
-    """What a forward pass returns (all logits at the processing size, before any sigmoid).
-
-    * ``logits`` [B, N, S, S]: PartCLIPSeg: generalized parts (P), objects (O), background (last).
-      CLIPSeg baseline: object-specific classes (T) then background.
-    * ``object_part_logits`` [B, T+1, S, S]: object-specific parts in vocabulary order, background
-      last (PartCLIPSeg only).
-    * ``class_embeddings`` [N, E]: the decoder conditions (text features + non-object embedding).
-    * ``decoder_attentions``: per decoder layer [B, N, heads, L, L] softmax weights (when asked;
-      ``output_attentions`` may name the layers, the others are ``None``).
-    * ``decoder_hidden_states``: per decoder layer [B, N, L, D] (when asked).
-    * ``vision_hidden_states``: ``num_layers + 1`` tensors [B, L, C] (when asked).
-    """
-
-    logits: torch.Tensor
-    object_part_logits: torch.Tensor | None
-    class_embeddings: torch.Tensor
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    vision_hidden_states: list[torch.Tensor] | None = None
-
-
-class CLIPSegCore(nn.Module):
-    """Shared parts: CLIP towers, visual adapter, non-object embedding, decoder, class head."""
+    # the official trainable set "VA+L+F+D": visual adapter, text input embeddings, FiLM and decoder
+    # (in our naming the decoder's heads are class_head and object_part_head)
+    official_trainable = ("visual_adapter.", "text.token_embedding.", "text.position_embedding.", "decoder.",
+                          "class_head.", "object_part_head.")
+    # modules a CLIPSeg checkpoint does not hold (init_from_clipseg keeps their fresh values)
+    new_vs_clipseg = ("visual_adapter.", "non_object_embedding", "object_part_head.")
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = config
+        super().__init__(config)
         v, e = config.vision, config.projection_dim
         self.vision = CLIPVisionTower(v)
         self.text = CLIPTextTower(config.text, e)
@@ -86,23 +58,24 @@ class CLIPSegCore(nn.Module):
         self.class_head = MaskHead(config.decoder.reduce_dim, v.patch_size,
                                    config.decoder.complex_transposed_convolution)
 
-    # ------------------------------------------------------------------ weights I/O
-    @classmethod
-    def from_pretrained(cls, source, **kwargs) -> "CLIPSegCore":
-        """Load a saved folder, a hub id or an official ``.pth`` (see ``partclipseg.weights.load_pretrained``)."""
-        from ..errors import CheckpointError
-        from ..weights import load_pretrained
+    def init_weights(self) -> None:
+        init_weights(self)
 
-        model = load_pretrained(source, **kwargs)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{source} holds a {type(model).__name__} model, not a {cls.__name__}")
-        return model
+    def is_trainable(self, name: str, which: str) -> bool:
+        """``"VA+L+F+D"``: the official rule; ``"all"``: every parameter that reaches the loss (ViT blocks
+        after the last extracted layer do not); ``"all-but-text"``: the same without the text tower
+        (after toy language-image pretraining the unseen objects' names keep their meaning)."""
+        if which in ("all", "all-but-text"):
+            if which == "all-but-text" and name.startswith("text."):
+                return False
+            used_layers = max(self.config.decoder.extract_layers) + 1
+            return not (name.startswith("vision.layers.") and int(name.split(".")[2]) >= used_layers)
+        return name.startswith(self.official_trainable)
 
-    def save_pretrained(self, directory):
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        from ..weights import save_pretrained
-
-        return save_pretrained(self, directory)
+    def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Load converted CLIPSeg weights; the modules CLIPSeg lacks keep their fresh initialisation."""
+        state = {k: v for k, v in state_dict.items() if not k.startswith(self.new_vs_clipseg)}
+        load_state_dict_checked(self, state, source, allow_missing=self.new_vs_clipseg)
 
     # ------------------------------------------------------------------ encoders
     def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ImageFeatures:
@@ -125,6 +98,28 @@ class CLIPSegCore(nn.Module):
     def class_embeddings(self, text_features: torch.Tensor) -> torch.Tensor:
         """Append the non-object embedding: [P, E] -> [P + 1, E]."""
         return torch.cat([text_features, self.non_object_embedding.to(text_features.dtype)], dim=0)
+
+    def encode_text_inputs(self, text: TextInputs) -> EncodedVocabulary:
+        embeddings = self.class_embeddings(self.encode_text(text.input_ids, text.attention_mask))
+        encoded = EncodedVocabulary(text.vocabulary, embeddings, text.text_to_part, text.text_to_object)
+        encoded.extras.update(self._text_extras(encoded))
+        return encoded
+
+    def _text_extras(self, encoded: EncodedVocabulary) -> dict[str, Any]:
+        """Architecture-specific text-side tensors worth caching (none here)."""
+        return {}
+
+    def _attention_rows(self, encoded: EncodedVocabulary, class_index: int) -> list[int]:
+        """The decoder conditions (rows of ``class_embeddings``) that make up an object-specific class."""
+        raise NotImplementedError
+
+    def attention_map(self, image_features: ImageFeatures, encoded: EncodedVocabulary,
+                      class_index: int) -> torch.Tensor:
+        """Last decoder layer's attention for the class's conditions, mean over heads then conditions,
+        CLS token dropped: [B, g*g, g*g]."""
+        rows = self._attention_rows(encoded, class_index)
+        _, attentions, _ = self.decoder(image_features.activations, encoded.class_embeddings[rows], need_weights=True)
+        return attentions[-1].float().mean(2).mean(1)[:, 1:, 1:]
 
     def decode_features(self, features: ImageFeatures, class_embeddings: torch.Tensor,
                         output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
@@ -159,6 +154,7 @@ class CLIPSegCore(nn.Module):
         return logits.view(b, c, *logits.shape[-2:])
 
 
+@register_architecture("partclipseg")
 class PartCLIPSeg(CLIPSegCore):
     """PartCLIPSeg: generalized-part/object head and object-specific part head (SPEC §1)."""
 
@@ -168,11 +164,55 @@ class PartCLIPSeg(CLIPSegCore):
                                                config.vision.patch_size,
                                                config.decoder.complex_transposed_convolution)
 
-    def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
-               text_to_object: torch.Tensor, output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
-               conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
-               chunk_size: int | None = None) -> SegmentationOutput:
-        """Decode image features for a vocabulary.
+    # ------------------------------------------------------------------ interface
+    def prompts(self, vocabulary: Vocabulary) -> list[str]:
+        """Generalized parts then objects (``Vocabulary.prompts``)."""
+        return list(vocabulary.prompts)
+
+    def _text_extras(self, encoded: EncodedVocabulary) -> dict[str, Any]:
+        conditions = self.object_part_head.class_conditions(
+            encoded.class_embeddings, encoded.text_to_part, encoded.text_to_object, encoded.vocabulary.num_parts,
+            self.config.official.object_text_index_offset_bug)
+        return {"conditions": conditions}
+
+    def _attention_rows(self, encoded: EncodedVocabulary, class_index: int) -> list[int]:
+        vocab = encoded.vocabulary  # the part's and the object's conditions
+        return [vocab.text_to_part[class_index], vocab.num_parts + vocab.text_to_object[class_index]]
+
+    def decode(self, image_features: ImageFeatures, encoded: EncodedVocabulary, *, chunk_size: int | None = None,
+               output_attentions: bool | Sequence[int] = False,
+               output_hidden_states: bool = False) -> SegmentationOutput:
+        return self.decode_classes(image_features, encoded.class_embeddings, encoded.text_to_part,
+                                   encoded.text_to_object, output_attentions, output_hidden_states,
+                                   conditions=encoded.extras.get("conditions"), chunk_size=chunk_size)
+
+    def loss_forward_options(self, loss_config: LossConfig) -> dict[str, Any]:
+        """The attention losses read the decoder attentions of ``attn_levels``."""
+        return {"output_attentions": list(loss_config.attn_levels)} if loss_config.use_attention else {}
+
+    def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
+             object_to_model: torch.Tensor, loss_config: LossConfig) -> dict[str, torch.Tensor]:
+        targets = build_targets(part_labels, object_labels, text.text_to_part, text.text_to_object, object_to_model,
+                                output.logits.shape[-1])
+        return partclipseg_loss(output, targets, loss_config)
+
+    def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """As the official code: the object-specific head's FiLM and mask head start as copies of the
+        decoder's FiLM and the class head (SPEC §1.10)."""
+        super().init_from_clipseg_state(state_dict, source)
+        with torch.no_grad():
+            head = self.object_part_head
+            head.film_mul.load_state_dict(self.decoder.film_mul.state_dict())
+            head.film_add.load_state_dict(self.decoder.film_add.state_dict())
+            head.mask_head.load_state_dict(self.class_head.state_dict())
+
+    # ------------------------------------------------------------------ tensors in, tensors out
+    def decode_classes(self, features: ImageFeatures, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
+                       text_to_object: torch.Tensor, output_attentions: bool | Sequence[int] = False,
+                       output_hidden_states: bool = False,
+                       conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       chunk_size: int | None = None) -> SegmentationOutput:
+        """Decode image features for explicit class embeddings.
 
         ``class_embeddings`` [N, E] (P parts, O objects, non-object); ``text_to_part`` / ``text_to_object``
         [T] index the object-specific classes into parts (0..P-1) and objects (0..O-1). ``conditions``
@@ -196,37 +236,51 @@ class PartCLIPSeg(CLIPSegCore):
         """pixel_values [B,3,S,S]; input_ids [P+O, L] (prompts = parts then objects); index maps [T]."""
         features = self.encode_image(pixel_values, output_hidden_states)
         class_embeddings = self.class_embeddings(self.encode_text(input_ids, attention_mask))
-        return self.decode(features, class_embeddings, text_to_part, text_to_object,
-                           output_attentions, output_hidden_states)
+        return self.decode_classes(features, class_embeddings, text_to_part, text_to_object,
+                                   output_attentions, output_hidden_states)
 
 
+@register_architecture("clipseg")
 class CLIPSegBaseline(CLIPSegCore):
-    """The CLIPSeg baseline (SPEC §7): one prompt per object-specific class, background last."""
+    """The CLIPSeg baseline (SPEC §7): one prompt per object-specific class, background last; no object head
+    (``object_part_logits`` is ``None``), so the predictor uses ``postprocess.single_head``."""
 
-    def decode(self, features: ImageFeatures, class_embeddings: torch.Tensor, output_attentions: bool | Sequence[int] = False,
-               output_hidden_states: bool = False, chunk_size: int | None = None) -> SegmentationOutput:
-        """Decode image features for class embeddings [T+1, E] (T prompts + non-object)."""
+    def prompts(self, vocabulary: Vocabulary) -> list[str]:
+        """One prompt per object-specific class (``Vocabulary.baseline_prompts``)."""
+        return list(vocabulary.baseline_prompts)
+
+    def _attention_rows(self, encoded: EncodedVocabulary, class_index: int) -> list[int]:
+        return [class_index]
+
+    def decode(self, image_features: ImageFeatures, encoded: EncodedVocabulary, *, chunk_size: int | None = None,
+               output_attentions: bool | Sequence[int] = False,
+               output_hidden_states: bool = False) -> SegmentationOutput:
+        return self.decode_classes(image_features, encoded.class_embeddings, output_attentions, output_hidden_states,
+                                   chunk_size)
+
+    def decode_classes(self, features: ImageFeatures, class_embeddings: torch.Tensor,
+                       output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
+                       chunk_size: int | None = None) -> SegmentationOutput:
+        """Logits [B, T+1, S, S] for class embeddings [T+1, E] (T prompts + non-object)."""
         _, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
                                                              output_hidden_states, chunk_size)
         return SegmentationOutput(logits, None, class_embeddings, attentions, hidden, features.hidden_states)
 
+    def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
+             object_to_model: torch.Tensor, loss_config: LossConfig) -> dict[str, torch.Tensor]:
+        return clipseg_loss(output.logits, part_labels, -1, loss_config)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False) -> SegmentationOutput:
-        """pixel_values [B,3,S,S]; input_ids [T, L] -> logits [B, T+1, S, S]."""
+                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False, *,
+                text_to_part: torch.Tensor | None = None,
+                text_to_object: torch.Tensor | None = None) -> SegmentationOutput:
+        """pixel_values [B,3,S,S]; input_ids [T, L] -> logits [B, T+1, S, S]. The index maps are accepted
+        for the common call shape and not needed (one prompt per class)."""
         features = self.encode_image(pixel_values, output_hidden_states)
         class_embeddings = self.class_embeddings(self.encode_text(input_ids, attention_mask))
-        return self.decode(features, class_embeddings, output_attentions, output_hidden_states)
+        return self.decode_classes(features, class_embeddings, output_attentions, output_hidden_states)
 
 
 def _index(values, like: torch.Tensor) -> torch.Tensor:
     """Index map (sequence or tensor of any shape, e.g. the official (1,1,1,T)) -> flat long [T]."""
     return torch.as_tensor(values, dtype=torch.long, device=like.device).reshape(-1)
-
-
-def build_model(config: PartCLIPSegConfig) -> CLIPSegCore:
-    """A randomly initialised model of ``config.architecture``."""
-    from .init import init_weights
-
-    model = PartCLIPSeg(config) if config.architecture == "partclipseg" else CLIPSegBaseline(config)
-    init_weights(model)
-    return model

@@ -18,28 +18,27 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoint import SAVED, inspect_checkpoint, load_state_dict_checked, read_safetensors
 from ..config import get_config
-from ..errors import CheckpointError, ConfigError
-from ..eval_runner import barrier, dist_info, init_distributed
+from ..dist import DistInfo, barrier, default_device, dist_info, init_distributed
+from ..errors import CheckpointError, ConfigError, PartCLIPSegError
 from ..io import atomic_write_text
-from ..losses import build_targets, clipseg_loss, partclipseg_loss
-from ..model import CLIPSegCore, build_model
+from ..model import PartSegmentationModel, TextInputs, build_model
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset, collate
 from .recipe import TrainConfig
 
-OFFICIAL_TRAINABLE = ("visual_adapter.", "text.token_embedding.", "text.position_embedding.", "decoder.",
-                      "class_head.", "object_part_head.")
-
 
 # ---------------------------------------------------------------------------- model set-up
-def build_initial_model(config: TrainConfig) -> CLIPSegCore:
+def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
     """``random:<preset>``, a saved partclipseg folder (fine-tuning) or CLIPSeg weights (HF layout)."""
     if config.init.startswith("random:"):
         model_config = get_config(config.init.split(":", 1)[1], config.architecture)
@@ -48,7 +47,7 @@ def build_initial_model(config: TrainConfig) -> CLIPSegCore:
         torch.manual_seed(config.seed)
         return build_model(model_config)
     path = Path(config.init)
-    if path.is_dir() and (path / "config.json").is_file() and '"format": "partclipseg"' in (path / "config.json").read_text():
+    if _is_saved_model(path):
         model = load_pretrained(path)
         if model.config.architecture != config.architecture:
             raise ConfigError(f"init {path} is a {model.config.architecture} model but the recipe trains "
@@ -62,22 +61,26 @@ def build_initial_model(config: TrainConfig) -> CLIPSegCore:
     return init_from_clipseg(config.init, config.architecture, config.image_size)
 
 
-def set_trainable(model: CLIPSegCore, which: str) -> list[str]:
+def _is_saved_model(path: Path) -> bool:
+    """A saved partclipseg folder (``checkpoint.inspect_checkpoint``), as opposed to CLIPSeg weights."""
+    if not path.is_dir():
+        return False
+    try:
+        return inspect_checkpoint(path, download=False).kind == SAVED
+    except PartCLIPSegError:  # not ours: init_from_clipseg gives the precise message
+        return False
+
+
+def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
     """Freeze everything except the recipe's trainable set; returns the trainable parameter names.
 
-    ``"VA+L+F+D"`` = the official rule (names containing visual_adapter, the text input embeddings,
-    film or decoder; in our naming the decoder's heads are ``class_head`` and ``object_part_head``).
-    ``"all"`` = every parameter that reaches the loss (ViT blocks after the last extracted layer do not);
-    ``"all-but-text"`` = the same without the text tower (``text.*``).
+    The model decides (``is_trainable``): ``"VA+L+F+D"`` = the official rule (visual adapter, text input
+    embeddings, FiLM and decoder); ``"all"`` = every parameter that reaches the loss; ``"all-but-text"``
+    = the same without the text tower.
     """
-    used_layers = max(model.config.decoder.extract_layers) + 1
     names = []
     for name, param in model.named_parameters():
-        if which in ("all", "all-but-text"):
-            unused = name.startswith("vision.layers.") and int(name.split(".")[2]) >= used_layers
-            train = not unused and not (which == "all-but-text" and name.startswith("text."))
-        else:
-            train = name.startswith(OFFICIAL_TRAINABLE)
+        train = model.is_trainable(name, which)
         param.requires_grad_(train)
         if train:
             names.append(name)
@@ -120,7 +123,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
-def save_checkpoint(out_dir: Path, model: CLIPSegCore, optimizer, step: int, config: TrainConfig) -> Path:
+def save_checkpoint(out_dir: Path, model: PartSegmentationModel, optimizer, step: int, config: TrainConfig) -> Path:
     final = _checkpoint_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -150,14 +153,35 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train per ``config``; returns the folder of the final model. Works under ``torchrun``."""
-    config.validate()
-    out_dir = Path(out_dir)
+@dataclass
+class TrainRun:
+    """The state of a training run, set up once (``setup``) and advanced by ``train_step``."""
+
+    config: TrainConfig
+    out_dir: Path
+    info: DistInfo
+    device: str
+    model: PartSegmentationModel
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    dataset: TrainDataset
+    text: TextInputs  # the training vocabulary, tokenised for the model
+    optimizer: torch.optim.Optimizer
+    start: int  # the first step to run (> 0 when resumed)
+    loader: Any
+    autocast: Any
+    bar: Any = None
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+
+def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool) -> TrainRun:
+    """Process group, model, data, optimizer; the newest checkpoint's state when resuming."""
     info = dist_info()
     if config.batch_size % info.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {info.world_size} processes")
-    device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = default_device(info.local_rank)
     init_distributed(info, device)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume and (out_dir / "config.json").is_file():
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
@@ -166,25 +190,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     set_trainable(model, config.trainable)
     model.to(device)
     dataset = TrainDataset(config, model.config.image_size, model.config.image_mean, model.config.image_std)
-    vocab = dataset.vocabulary
-    prompts = vocab.baseline_prompts if config.architecture == "clipseg" else vocab.prompts
-    input_ids, attention_mask = (t.to(device) for t in get_tokenizer()(list(prompts), padding="longest"))
-    text_to_part = torch.tensor(vocab.text_to_part, device=device)
-    text_to_object = torch.tensor(vocab.text_to_object, device=device)
+    text = model.tokenize_vocabulary(dataset.vocabulary, get_tokenizer()).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   eps=config.eps)
-    start = 0
-    if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
-        state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
-        from ..weights import load_state_dict_checked, read_safetensors
-
-        load_state_dict_checked(model, read_safetensors(ckpt / "model.safetensors"), str(ckpt))
-        optimizer.load_state_dict(state["optimizer"])
-        torch.random.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        if info.rank == 0:
-            _trim_metrics(out_dir / "metrics.jsonl", start)
-    if info.rank == 0:
+    start = _resume(out_dir, model, optimizer, info) if resume else 0
+    if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
     net: nn.Module = model
@@ -195,76 +205,113 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers,
                                          persistent_workers=config.num_workers > 0)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16")
     bar = None
-    if progress and info.rank == 0:
+    if progress and info.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=config.iterations, initial=start, unit="it", desc=f"train {config.dataset}")
-    use_attention = config.architecture == "partclipseg" and config.loss.use_attention
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
-                              enabled=config.precision == "bf16")
-    model.train()
-    metrics_file = out_dir / "metrics.jsonl"
-    tic = time.perf_counter()
-    step = start
-    for step, batch in zip(range(start, config.iterations), loader):
-        lr = poly_lr(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        pixels = batch["pixel_values"].to(device)
-        with autocast:
-            if config.architecture == "partclipseg":
-                out = net(pixels, input_ids, text_to_part, text_to_object, attention_mask,
-                          output_attentions=list(config.loss.attn_levels) if use_attention else False)
-            else:
-                out = net(pixels, input_ids, attention_mask)
-        out.logits = out.logits.float()
-        if out.object_part_logits is not None:
-            out.object_part_logits = out.object_part_logits.float()
-        if config.architecture == "partclipseg":
-            targets = build_targets([t.to(device) for t in batch["part_labels"]],
-                                    [t.to(device) for t in batch["object_labels"]], text_to_part, text_to_object,
-                                    dataset.object_to_model.to(device), out.logits.shape[-1])
-            losses = partclipseg_loss(out, targets, config.loss)
-        else:
-            losses = clipseg_loss(out.logits, [t.to(device) for t in batch["part_labels"]], -1, config.loss)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-        optimizer.step()
-        done = step + 1
-        loss_value = float(losses["total"].detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {done}")
-        if info.rank == 0:
-            if done % config.log_period == 0 or done == config.iterations:
-                record = {"step": done, "lr": lr, "seconds": round(time.perf_counter() - tic, 3),
-                          **{k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
-                with open(metrics_file, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if done % config.checkpoint_period == 0 or done == config.iterations:
-            if info.rank == 0:
-                save_checkpoint(out_dir, model, optimizer, done, config)
-            barrier(info)
-        if done % config.eval_period == 0 and done < config.iterations:
-            _evaluate(model, config, out_dir, done)
-    if bar is not None:
-        bar.close()
-    final = out_dir / "final"
-    if info.rank == 0:
-        model.eval()
-        save_pretrained(model, final)
-    if config.eval_period <= config.iterations:  # a final evaluation, unless evaluation is switched off
-        _evaluate(model, config, out_dir, config.iterations)
-    barrier(info)
+    return TrainRun(config, out_dir, info, device, model, net, dataset, text, optimizer, start, loader, autocast, bar)
+
+
+def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistInfo) -> int:
+    """Load the newest checkpoint (model, optimizer, RNG); returns its step (0 when there is none)."""
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return 0
+    state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+    load_state_dict_checked(model, read_safetensors(ckpt / "model.safetensors"), str(ckpt))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.random.set_rng_state(state["torch_rng"])
+    start = int(state["step"])
+    if info.is_main:
+        _trim_metrics(out_dir / "metrics.jsonl", start)
+    return start
+
+
+def train_step(run: TrainRun, step: int, batch: dict) -> tuple[float, dict]:
+    """One optimizer step at ``step`` (0-based): returns (learning rate, loss terms)."""
+    config, device = run.config, run.device
+    lr = poly_lr(config, step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    pixels = batch["pixel_values"].to(device)
+    with run.autocast:
+        out = run.net(pixels, **run.text.forward_kwargs(), **run.model.loss_forward_options(config.loss))
+    out.logits = out.logits.float()
+    if out.object_part_logits is not None:
+        out.object_part_logits = out.object_part_logits.float()
+    losses = run.model.loss(out, [t.to(device) for t in batch["part_labels"]],
+                            [t.to(device) for t in batch["object_labels"]], run.text,
+                            run.dataset.object_to_model.to(device), config.loss)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.grad_clip)
+    run.optimizer.step()
+    return lr, losses
+
+
+def log_step(run: TrainRun, done: int, lr: float, losses: dict, seconds: float) -> None:
+    """Check the loss is finite; on rank 0 append the metrics line (every ``log_period``) and tick the bar."""
+    loss_value = float(losses["total"].detach())
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss became {loss_value} at step {done}")
+    if not run.info.is_main:
+        return
+    if done % run.config.log_period == 0 or done == run.config.iterations:
+        record = {"step": done, "lr": lr, "seconds": round(seconds, 3),
+                  **{k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
+        with open(run.metrics_file, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if run.bar is not None:
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+
+
+def after_step(run: TrainRun, done: int) -> None:
+    """Periodic checkpoint (rank 0 writes, all wait) and periodic evaluation."""
+    config = run.config
+    if done % config.checkpoint_period == 0 or done == config.iterations:
+        if run.info.is_main:
+            save_checkpoint(run.out_dir, run.model, run.optimizer, done, config)
+        barrier(run.info)
+    if done % config.eval_period == 0 and done < config.iterations:
+        _evaluate(run.model, config, run.out_dir, done)
+
+
+def finish(run: TrainRun) -> Path:
+    """Save the final model (rank 0), run the final evaluation (unless evaluation is off)."""
+    if run.bar is not None:
+        run.bar.close()
+    final = run.out_dir / "final"
+    if run.info.is_main:
+        run.model.eval()
+        save_pretrained(run.model, final)
+    if run.config.eval_period <= run.config.iterations:  # a final evaluation, unless evaluation is switched off
+        _evaluate(run.model, run.config, run.out_dir, run.config.iterations)
+    barrier(run.info)
     return final
 
 
-def _evaluate(model: CLIPSegCore, config: TrainConfig, out_dir: Path, step: int) -> None:
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train per ``config``; returns the folder of the final model. Works under ``torchrun``.
+
+    ``setup`` -> ``train_step`` / ``log_step`` / ``after_step`` per step -> ``finish``.
+    """
+    config.validate()
+    run = setup(config, Path(out_dir), resume, progress)
+    run.model.train()
+    tic = time.perf_counter()
+    for step, batch in zip(range(run.start, config.iterations), run.loader):
+        lr, losses = train_step(run, step, batch)
+        log_step(run, step + 1, lr, losses, time.perf_counter() - tic)
+        after_step(run, step + 1)
+    return finish(run)
+
+
+def _evaluate(model: PartSegmentationModel, config: TrainConfig, out_dir: Path, step: int) -> None:
     """Periodic evaluation on the dataset's val split (all ranks take part; rank 0 writes)."""
     from ..eval_runner import evaluate
 

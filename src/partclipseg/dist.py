@@ -1,0 +1,55 @@
+"""Process-group helpers for ``torchrun`` (training, evaluation, sharded segmentation) and the
+default device: the one place that decides ``cuda[:local_rank]`` or ``cpu``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class DistInfo:
+    """Rank of this process, number of processes and rank on this machine (torchrun's variables)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank information from the torchrun environment variables (single process when unset)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def default_device(local_rank: int | None = None) -> str:
+    """``"cuda"`` (``"cuda:<local_rank>"`` when given) if CUDA is available, else ``"cpu"``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return "cuda" if local_rank is None else f"cuda:{local_rank}"
+
+
+def init_distributed(info: DistInfo, device: str) -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU) when running under torchrun."""
+    import torch.distributed as dist
+
+    if info.distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()

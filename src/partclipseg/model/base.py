@@ -1,0 +1,242 @@
+"""The interface every architecture implements: ``PartSegmentationModel`` and its data classes.
+
+The Predictor, the training loop, the evaluator and the demo talk to a model only through this
+interface; they never ask which architecture they hold. An architecture is a subclass registered
+with ``@register_architecture("name")`` (``partclipseg.model.registry``) for ``config.architecture``.
+
+Shapes: ``B`` images, ``S`` processing size, ``T`` object-specific classes (the vocabulary), ``P``
+generalized parts, ``O`` objects, ``N`` decoder classes, ``E`` text-embedding width, ``g`` token-grid
+side of the attention maps.
+
+Inference data flow (the Predictor)::
+
+    encoded  = model.encode_vocabulary(vocabulary, tokenizer)     # text only, cached per vocabulary
+    features = model.encode_image(pixel_values)                   # image only, cached per image
+    output   = model.decode(features, encoded, chunk_size=64)     # SegmentationOutput
+    # -> partclipseg.postprocess: protocols on output.logits / output.object_part_logits
+
+Training data flow (one call, so that DistributedDataParallel sees ``forward``)::
+
+    text   = model.tokenize_vocabulary(vocabulary, tokenizer).to(device)
+    output = ddp_model(pixel_values, **text.forward_kwargs(), **model.loss_forward_options(loss_config))
+    losses = model.loss(output, part_labels, object_labels, text, object_to_model, loss_config)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..config import PartCLIPSegConfig
+from ..errors import CheckpointError
+from ..vocabulary import Vocabulary
+from .loading import load_pretrained, save_pretrained
+
+
+@dataclass
+class ImageFeatures:
+    """Image-side activations of a batch (opaque to callers except for ``select``).
+
+    CLIPSeg family: ``activations`` are the vision states at ``extract_layers`` after the visual
+    adapter, each [B, L, C], shallow to deep; ``hidden_states`` (all ``num_layers + 1`` states
+    [B, L, C], before the adapter) only when asked. Another architecture may subclass this.
+    """
+
+    activations: list[torch.Tensor]
+    hidden_states: list[torch.Tensor] | None = None
+
+    def select(self, index: torch.Tensor | slice | Sequence[int]) -> "ImageFeatures":
+        """The features of a subset of images (batch indexing)."""
+        return ImageFeatures([a[index] for a in self.activations],
+                             None if self.hidden_states is None else [h[index] for h in self.hidden_states])
+
+
+@dataclass
+class TextInputs:
+    """A vocabulary tokenised the way one architecture's ``forward`` takes it (``tokenize_vocabulary``).
+
+    * ``input_ids`` / ``attention_mask`` [Q, L]: the prompts (``Q`` depends on the architecture: P+O
+      for PartCLIPSeg, T for the CLIPSeg baseline, a multiple of them for a prompt ensemble).
+    * ``text_to_part`` / ``text_to_object`` [T] long: each object-specific class's generalized part
+      (0..P-1) and object (0..O-1).
+    """
+
+    vocabulary: Vocabulary
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    text_to_part: torch.Tensor
+    text_to_object: torch.Tensor
+
+    def to(self, device: str | torch.device) -> "TextInputs":
+        return TextInputs(self.vocabulary, self.input_ids.to(device), self.attention_mask.to(device),
+                          self.text_to_part.to(device), self.text_to_object.to(device))
+
+    def forward_kwargs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments of ``model.forward`` (every architecture accepts all four)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "text_to_part": self.text_to_part, "text_to_object": self.text_to_object}
+
+
+@dataclass
+class EncodedVocabulary:
+    """Text-side tensors of a vocabulary (image independent; the Predictor caches them).
+
+    * ``class_embeddings`` [N, E]: the decoder conditions (for the CLIPSeg family: text features +
+      the non-object embedding, last).
+    * ``text_to_part`` / ``text_to_object`` [T]: as in ``TextInputs``.
+    * ``extras``: architecture-specific cached tensors (PartCLIPSeg: ``"conditions"``, the
+      object-specific FiLM scale and shift, each [T+1, D]). Only the model reads them.
+    """
+
+    vocabulary: Vocabulary
+    class_embeddings: torch.Tensor
+    text_to_part: torch.Tensor
+    text_to_object: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentationOutput:
+    """What ``decode`` / ``forward`` return (all logits at the processing size, before any sigmoid).
+
+    The two logit fields are all that the inference protocols (``partclipseg.postprocess``) read:
+
+    * ``logits`` [B, N, S, S]: the class head.
+      - Models with an object head (``object_part_logits`` is not ``None``; PartCLIPSeg, and any
+        object / generalized-part model such as PartCATSeg): ``N = P + O + 1`` channels —
+        generalized parts (P), objects (O), background (last).
+      - Models without one (the CLIPSeg baseline): ``N = T + 1`` — object-specific classes, background.
+    * ``object_part_logits`` [B, T+1, S, S]: object-specific parts in vocabulary order, background
+      last; ``None`` for a model without an object head.
+
+    Optional outputs, filled when asked for:
+
+    * ``class_embeddings`` [N, E]: the decoder conditions.
+    * ``decoder_attentions``: per decoder layer [B, N, heads, L, L] softmax weights
+      (``output_attentions`` may name the layers, the others are ``None``).
+    * ``decoder_hidden_states``: per decoder layer [B, N, L, D].
+    * ``vision_hidden_states``: ``num_layers + 1`` tensors [B, L, C].
+    """
+
+    logits: torch.Tensor
+    object_part_logits: torch.Tensor | None
+    class_embeddings: torch.Tensor | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    vision_hidden_states: list[torch.Tensor] | None = None
+
+    @property
+    def has_object_head(self) -> bool:
+        """True when ``logits`` holds parts/objects/background and ``object_part_logits`` is given."""
+        return self.object_part_logits is not None
+
+
+class PartSegmentationModel(nn.Module):
+    """Base class of every architecture (an ``nn.Module`` built from a config).
+
+    Subclasses implement the methods that raise ``NotImplementedError`` here and are registered with
+    ``@register_architecture(name)``; ``from_pretrained`` / ``save_pretrained`` / ``encode_vocabulary``
+    / ``tokenize_vocabulary`` come from this class.
+    """
+
+    model_type: ClassVar[str] = ""  # set by @register_architecture; equals config.architecture
+    config_class: ClassVar[type] = PartCLIPSegConfig
+
+    def __init__(self, config: PartCLIPSegConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+
+    # ------------------------------------------------------------------ weights I/O
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, **kwargs: Any) -> "PartSegmentationModel":
+        """Load a saved folder, a hub id or an official ``.pth`` (keywords: ``config``, ``device``,
+        ``dtype``; see ``partclipseg.model.loading.load_pretrained``). On a subclass, the checkpoint
+        must hold that architecture."""
+        model = load_pretrained(source, **kwargs)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{source} holds a {type(model).__name__} model, not a {cls.__name__}")
+        return model
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
+        return save_pretrained(self, directory)
+
+    def init_weights(self) -> None:
+        """Random initialisation of a new model (``build_model`` calls it)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ text side
+    def prompts(self, vocabulary: Vocabulary) -> list[str]:
+        """The texts the text encoder reads for ``vocabulary`` (order defines ``TextInputs.input_ids``)."""
+        raise NotImplementedError
+
+    def tokenize_vocabulary(self, vocabulary: Vocabulary, tokenizer: Any) -> TextInputs:
+        """``prompts(vocabulary)`` tokenised (padded to the longest) with the vocabulary's index maps."""
+        ids, mask = tokenizer(list(self.prompts(vocabulary)), padding="longest")
+        return TextInputs(vocabulary, ids, mask, torch.tensor(vocabulary.text_to_part, dtype=torch.long),
+                          torch.tensor(vocabulary.text_to_object, dtype=torch.long))
+
+    def encode_vocabulary(self, vocabulary: Vocabulary, tokenizer: Any) -> EncodedVocabulary:
+        """Tokenise and encode a vocabulary on the model's device (image independent)."""
+        return self.encode_text_inputs(self.tokenize_vocabulary(vocabulary, tokenizer).to(self.device))
+
+    def encode_text_inputs(self, text: TextInputs) -> EncodedVocabulary:
+        """``TextInputs`` -> ``EncodedVocabulary`` (differentiable)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ image side and decoding
+    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ImageFeatures:
+        """pixel_values [B, 3, S, S] (``partclipseg.preprocess``) -> ``ImageFeatures``."""
+        raise NotImplementedError
+
+    def decode(self, image_features: ImageFeatures, encoded: EncodedVocabulary, *, chunk_size: int | None = None,
+               output_attentions: bool | Sequence[int] = False,
+               output_hidden_states: bool = False) -> SegmentationOutput:
+        """Logits of every image in ``image_features`` for ``encoded``'s vocabulary.
+
+        ``chunk_size`` bounds the classes decoded at once (memory only; results do not depend on it).
+        """
+        raise NotImplementedError
+
+    def attention_map(self, image_features: ImageFeatures, encoded: EncodedVocabulary,
+                      class_index: int) -> torch.Tensor:
+        """Attention of object-specific class ``class_index`` between image tokens: [B, g*g, g*g]
+        (queries x keys, row-major token grids, averaged over heads and over the conditions that
+        make up the class). The Predictor turns it into the heatmap of the paper's Fig. A2."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, *args: Any,
+                **kwargs: Any) -> SegmentationOutput:
+        """Encode text and image and decode (training path). Every architecture accepts
+        ``forward(pixel_values, **text_inputs.forward_kwargs(), output_attentions=..., output_hidden_states=...)``."""
+        raise NotImplementedError
+
+    def loss_forward_options(self, loss_config: Any) -> dict[str, Any]:
+        """Extra ``forward`` keywords the loss needs (e.g. the decoder attentions of some layers)."""
+        return {}
+
+    def loss(self, output: SegmentationOutput, part_labels: Sequence[torch.Tensor],
+             object_labels: Sequence[torch.Tensor], text: TextInputs, object_to_model: torch.Tensor,
+             loss_config: Any) -> dict[str, torch.Tensor]:
+        """Training losses of ``output`` against label maps (``part_labels`` / ``object_labels``
+        [H, W] each, ``-1`` ignore; ``object_to_model`` maps dataset object ids to vocabulary objects).
+        Must contain ``"total"`` (the scalar to minimise)."""
+        raise NotImplementedError
+
+    def is_trainable(self, name: str, which: str) -> bool:
+        """Whether parameter ``name`` is trained under the recipe's ``trainable`` setting ``which``."""
+        raise NotImplementedError
+
+    def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Start from converted CLIPSeg weights (``weights.init_from_clipseg``); only the CLIPSeg family can."""
+        raise CheckpointError(f"a {type(self).__name__} cannot start from CLIPSeg weights ({source})")
