@@ -51,3 +51,12 @@ def test_summarise_gives_mean_and_sample_spread():
     row = {"variant": "v", **{f"{p}_{k}": toy_table.summarise([1.0, 3.0]) for p in toy_table.PROTOCOLS
                               for k in toy_table.KEYS}}
     assert "| v | 2.0 ± 1.4 |" in toy_table.markdown([row])
+
+
+def test_bench_scale_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--smoke", "--out",
+                           str(tmp_path / "scale.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "scale.json").read_text())
+    (run,) = result["runs"]
+    assert run["engine"] == "local" and run["processed"] == result["images"] == 6 and run["images_per_s"] > 0

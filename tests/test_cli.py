@@ -45,12 +45,12 @@ def test_folder_with_bad_images_processes_the_rest(capsys, model_dir, images, tm
     assert summary["processed"] == 4 and summary["failed"] == 2
     assert "corrupt.jpg" in err and "truncated.png" in err
     for stem, (h, w) in {"a": (40, 60), "rgba": (50, 30), "deep16": (30, 30), "gray": (25, 35)}.items():
-        labels = read_label_png(out / f"{stem}.labels.png")
+        labels = read_label_png(out / f"{stem}.png.labels.png")
         assert labels.shape == (h, w) and labels.dtype == np.uint8
         assert set(np.unique(labels)) <= {0, 1, 2, 255}
-        info = json.loads((out / f"{stem}.json").read_text())
+        info = json.loads((out / f"{stem}.png.json").read_text())
         assert info["image_size"] == {"height": h, "width": w}
-        assert (out / f"{stem}.overlay.png").is_file()
+        assert (out / f"{stem}.png.overlay.png").is_file()
     assert not list(out.glob(".*tmp"))
 
 
@@ -58,12 +58,12 @@ def test_resume_skips_finished_images(capsys, model_dir, images, tmp_path):
     out = tmp_path / "out"
     _run(capsys, "segment", images / "a.png", images / "gray.png", "--model", model_dir, "--parts", PARTS,
          "--out", out)
-    (out / "gray.json").unlink()  # as if killed before gray's outputs were complete
-    before = (out / "a.json").stat().st_mtime_ns
+    (out / "gray.png.json").unlink()  # as if killed before gray's outputs were complete
+    before = (out / "a.png.json").stat().st_mtime_ns
     code, summary, err = _run(capsys, "segment", str(images / "*.png"), "--model", model_dir, "--parts", PARTS,
                               "--out", out, "--resume")
     assert summary["skipped"] == 1 and summary["processed"] == 3  # gray, rgba, deep16 (truncated fails)
-    assert (out / "a.json").stat().st_mtime_ns == before and (out / "gray.json").is_file()
+    assert (out / "a.png.json").stat().st_mtime_ns == before and (out / "gray.png.json").is_file()
 
 
 def test_prompts_from_the_command_line(capsys, model_dir, images, tmp_path):
@@ -76,7 +76,7 @@ def test_prompts_from_the_command_line(capsys, model_dir, images, tmp_path):
         code, summary, err = _run(capsys, "segment", images / "a.png", "--model", model_dir, "--parts", PARTS,
                                   "--out", out, *extra)
         assert code == 0, err
-        assert json.loads((out / "a.json").read_text())["mode"] == mode
+        assert json.loads((out / "a.png.json").read_text())["mode"] == mode
     code, summary, err = _run(capsys, "segment", images / "a.png", "--model", model_dir, "--parts", PARTS,
                               "--out", tmp_path / "x", "--point", "500,10")
     assert code == 1 and "outside the 60x40 image" in err

@@ -68,8 +68,8 @@ def test_batch_of_one_equals_batch_row(ref_model, ref_tensors):
         single = dict(inputs, pixel_values=inputs["pixel_values"][i:i + 1])
         out = _run(ref_model, single)
         assert out.logits.shape[0] == 1 and out.object_part_logits.shape[0] == 1
-        torch.testing.assert_close(out.logits[0], full.logits[i], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.object_part_logits[0], full.object_part_logits[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.logits[0], full.logits[i], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.object_part_logits[0], full.object_part_logits[i], atol=ATOL, rtol=0)
 
 
 def test_trimmed_prompts_give_identical_outputs(ref_model, ref_tensors, ref_vocab):
@@ -85,7 +85,7 @@ def test_trimmed_prompts_give_identical_outputs(ref_model, ref_tensors, ref_voca
     with torch.no_grad():
         full = ref_model.encode_text(ids77, mask77)
         trimmed = ref_model.encode_text(ids, mask)
-    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(trimmed, full, atol=ATOL, rtol=0)
 
 
 def test_object_text_index_switch_changes_only_the_object_specific_head(ref_dir, ref_tensors):

@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import PIL
 from PIL import Image
 from safetensors.torch import load_file
 
 from partclipseg.errors import ConfigError, ImageError
 from partclipseg.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
+from partclipseg.resample import bilinear_coefficients, resize_bilinear
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 
 
 def _random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -31,8 +36,8 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def _reference_processor(img: np.ndarray, size: int) -> np.ndarray:
-    """Independent float64 re-statement of the processor, for tolerance checks."""
-    r = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+    """Independent float64 re-statement of the processor's arithmetic, for tolerance checks."""
+    r = resize_bilinear(img, size, size).astype(np.float64)
     return ((r / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
 
 
@@ -46,7 +51,9 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_processor_matches_model_inputs_fixture(ref_dir: Path):
     data = load_file(ref_dir / "inputs.safetensors")
     ref = data["pixel_values"]
-    images = [data["raw_image0_hwc_uint8"].numpy(), data["raw_image1_hwc_uint8"].numpy()]
+    count = len([k for k in data if k.startswith("raw_image") and k.endswith("_hwc_uint8")])
+    assert count == ref.shape[0] > 0
+    images = [data[f"raw_image{i}_hwc_uint8"].numpy() for i in range(count)]
     out = preprocess(images, ref.shape[-1])
     assert _max_abs(out, ref) < 1e-6
     assert torch.equal(out, ref)  # bit-exact with the HF float op order
@@ -56,8 +63,8 @@ def test_processor_matches_model_inputs_fixture(ref_dir: Path):
 def test_processor_matches_train_fixture_chw_tensors(ref_dir: Path):
     data = load_file(ref_dir / "train.safetensors")
     ref = data["model_input.pixel_values"]
-    keys = sorted(k for k in data if k.startswith("image") and k.endswith("_chw_uint8"))
-    images = [data[k] for k in keys]  # CHW uint8 tensors, fed as-is (treated as RGB)
+    count = len([k for k in data if k.startswith("image") and k.endswith("_chw_uint8")])
+    images = [data[f"image{i}_chw_uint8"] for i in range(count)]  # CHW uint8 tensors, fed as-is (treated as RGB)
     assert len(images) == ref.shape[0]
     out = preprocess(images, ref.shape[-1])
     assert _max_abs(out, ref) < 1e-6
@@ -73,6 +80,83 @@ def test_processor_matches_infer_fixture_png(ref_dir: Path):
     assert torch.equal(out, ref)
     # a path goes through load_image inside preprocess
     assert torch.equal(preprocess(str(ref_dir / "infer_image.png"), ref.shape[-1]), ref)
+
+
+# ----------------------------------------------------------------- Pillow 9.5 bilinear resize
+def test_resize_matches_pillow95_golden_cases():
+    """Bit-exact against outputs of Pillow 9.5 itself (tall, wide, up, down, one axis, 157 taps, copy)."""
+    data = np.load(FIXTURES / "pillow95" / "bilinear.npz")
+    sizes = data["sizes"]
+    assert len(sizes) >= 10
+    for i, (h, w, oh, ow) in enumerate(sizes.tolist()):
+        image, expected = data[f"case{i}.input"], data[f"case{i}.output"]
+        assert image.shape == (h, w, 3) and expected.shape == (oh, ow, 3)
+        got = resize_bilinear(image, oh, ow)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        assert np.array_equal(got, expected), f"case {i}: {h}x{w} -> {oh}x{ow}, max diff " \
+            f"{np.abs(got.astype(int) - expected).max()}"
+
+
+def _installed_pillow_resize(image: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((ow, oh), Image.Resampling.BILINEAR))
+
+
+def _installed_pillow_is_9_5_here(h: int, w: int, oh: int) -> bool:
+    """Where the installed Pillow computes Pillow 9.5's bytes: every Pillow < 13, except that
+    Pillow >= 12.2 resizes an image taller than 100x its width vertically first when the height
+    shrinks (one grey level apart at some pixels); Pillow 13 changed the pass order more widely."""
+    return PILLOW_MAJOR < 13 and not (h > 100 * w and oh < h)
+
+
+def test_resize_against_installed_pillow():
+    """Random sizes and aspect ratios, up and down: exact where the installed Pillow is 9.5's
+    arithmetic, never more than one grey level apart anywhere."""
+    rng = np.random.default_rng(7)
+    sizes = [1, 2, 3, 5, 8, 16, 31, 32, 33, 64, 97, 160, 352, 353, 500, 707]
+    exact_cases = 0
+    for trial in range(120):
+        h, w, oh, ow = (int(v) for v in rng.choice(sizes, 4))
+        if trial % 10 == 0:
+            h, w = int(rng.integers(300, 900)), int(rng.integers(1, 6))  # extreme aspect ratios
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if trial % 2:
+            image[..., 0] = (np.add.outer(np.arange(h) * 5, np.arange(w) * 3) % 256).astype(np.uint8)
+        got = resize_bilinear(image, oh, ow).astype(int)
+        expected = _installed_pillow_resize(image, oh, ow).astype(int)
+        diff = int(np.abs(got - expected).max())
+        if _installed_pillow_is_9_5_here(h, w, oh):
+            exact_cases += 1
+            assert diff == 0, f"{h}x{w} -> {oh}x{ow}: {diff} grey levels from Pillow {PIL.__version__}"
+        else:
+            assert diff <= 1, f"{h}x{w} -> {oh}x{ow}: {diff} grey levels from Pillow {PIL.__version__}"
+    assert exact_cases > 0 or PILLOW_MAJOR >= 13
+
+
+def test_resize_of_official_sizes_against_installed_pillow():
+    """The official case: typical photos squashed to 352 x 352."""
+    rng = np.random.default_rng(8)
+    for h, w in ((375, 500), (500, 333), (352, 352), (480, 640), (1200, 900), (97, 61)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        diff = int(np.abs(resize_bilinear(image, 352, 352).astype(int)
+                          - _installed_pillow_resize(image, 352, 352).astype(int)).max())
+        assert diff <= (0 if _installed_pillow_is_9_5_here(h, w, 352) else 1), (h, w, diff)
+
+
+def test_resize_shapes_gray_and_errors():
+    image = np.random.default_rng(0).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    assert resize_bilinear(image, 13, 21) is not image
+    assert np.array_equal(resize_bilinear(image, 13, 21), image)  # same size: a copy
+    gray = image[..., 0].copy()
+    assert np.array_equal(resize_bilinear(gray, 7, 40), resize_bilinear(image, 7, 40)[..., 0])
+    assert resize_bilinear(image, 7, 40).flags.c_contiguous
+    index, weights = bilinear_coefficients(352, 100)  # weights sum to 1.0 in 22-bit fixed point
+    assert np.abs(weights.sum(axis=1).astype(np.int64) - (1 << 22)).max() <= weights.shape[1]
+    assert index.min() >= 0 and index.max() < 352
+    for bad in (image.astype(np.float32), image[None], image[..., 0][..., None][..., 0][0]):
+        with pytest.raises(ValueError, match="uint8 image"):
+            resize_bilinear(bad, 4, 4)
+    with pytest.raises(ValueError, match="positive"):
+        resize_bilinear(image, 0, 4)
 
 
 # ----------------------------------------------------------------- preprocess

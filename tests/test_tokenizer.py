@@ -1,7 +1,9 @@
 """Tests of the offline CLIP BPE tokenizer (``partclipseg.tokenizer``).
 
 The reference tests compare against token ids produced by the official tokenizer, read from the
-cases file named by ``PARTCLIPSEG_TOKENIZER_CASES`` and from the tiny reference fixture.
+cases file named by ``PARTCLIPSEG_TOKENIZER_CASES`` and from the reference fixtures; a generated
+corpus of awkward text is compared with the official fast tokenizer built by ``transformers``
+(a test-only dependency) from the same vocabulary and merges.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 
 from conftest import tokenizer_cases_path
 from partclipseg.errors import VocabularyError
-from partclipseg.tokenizer import CLIPTokenizer, get_tokenizer
+from partclipseg.tokenizer import CLIPTokenizer, _default_merges_path, _read_merges, get_tokenizer
 
 
 def _load_cases() -> dict | None:
@@ -83,11 +85,100 @@ def test_get_tokenizer_is_a_singleton() -> None:
     assert get_tokenizer() is get_tokenizer()
 
 
-def test_text_cleaning(tok: CLIPTokenizer) -> None:
+def test_text_normalisation(tok: CLIPTokenizer) -> None:
     assert tok.encode("  Cat \n\t EAR ") == tok.encode("cat ear")
-    assert tok.encode("cat &amp; dog") == tok.encode("cat & dog")
     assert tok.encode("a photo of a cat") == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert tok.encode("cat's") == tok.encode("cat")[:-1] + tok.encode("'s")[1:]
+    # the official fast tokenizer: NFC (a decomposed accent is the composed letter), no HTML unescaping
+    assert tok.encode("cafe\u0301") == tok.encode("café")
+    assert tok.encode("cat &amp; dog") == tok.encode("cat & amp ; dog") != tok.encode("cat & dog")
+    assert tok.normalize("A\u030angstro\u0308m\u3000&amp;\t\tX") == "ångström &amp; x"
+
+
+# --------------------------------------------------------------------------- official fast tokenizer
+_PIECES = [
+    # composed and decomposed accents
+    "café", "cafe\u0301", "Ångström", "A\u030angstro\u0308m", "naïve", "nai\u0308ve", "Ñandú", "N\u0303andu\u0301",
+    "Ḍ\u0307", "e\u0301\u0301", "\u0301alone",
+    # HTML entities
+    "&amp;", "&lt;tail&gt;", "&#39;s", "&quot;head&quot;", "&nbsp;", "&eacute;", "&amp;amp;",
+    # curly quotes and apostrophes
+    "dog’s head", "‘ear’", "“leg”", "cat′s", "DOG'S", "it'll", "we've", "I'M", "they'd", "can't", "’ll",
+    # fullwidth forms
+    "ｃａｔ", "ＨＥＡＤ", "１２３", "！？", "ｃａｔ’ｓ",
+    # ligatures and special letters
+    "ﬁsh", "ﬂower", "æsthetic", "Œuvre", "straße", "ẞ", "Ǆ", "ﬀ", "İstanbul", "ΟΔΟΣ", "ΣΑΣ", "ǅemal",
+    # emoji (with joiners, modifiers and variation selectors)
+    "🐱", "🐶‍🦺", "👍🏽", "❤️", "🇫🇷", "cat🐱head",
+    # CJK and other scripts
+    "猫の頭", "고양이 머리", "狗头", "ｶﾀｶﾅ", "кошка", "قطة", "बिल्ली", "ไก่",
+    # whitespace of every kind
+    " ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", "\u200b", "\u2028", "\u0085", "\x1c", "\x0b", "   ",
+    # digits and numbers
+    "123", "2024", "٣٤", "²", "Ⅻ", "½", "3.14", "1st", "x2",
+    # punctuation and symbols
+    "...", "!?", "--", "(left)", "#1", "@", "_", "\\", "/", "'", "''", "'s's", "—", "·", "©", "€5",
+    # special tokens written in the text
+    "<|endoftext|>", "<|startoftext|>", "<|ENDOFTEXT|>", "<|endoftext", "<|startoftext|>cat",
+    # ordinary prompts
+    "dog's head", "license plate", "chest of drawers", "American alligator", "head", "Cat", "LEG",
+]
+_SEPARATORS = ["", " ", "  ", "\t", "\n", "\u00a0", "-"]
+
+
+def _corpus(size: int, seed: int = 0) -> list[str]:
+    """Every piece alone, then random mixtures of 1-6 pieces with random separators."""
+    import random
+
+    rng = random.Random(seed)
+    texts = list(_PIECES)
+    while len(texts) < size:
+        parts = [rng.choice(_PIECES) for _ in range(rng.randint(1, 6))]
+        text = parts[0]
+        for part in parts[1:]:
+            text += rng.choice(_SEPARATORS) + part
+        texts.append(text)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def official_fast():
+    """The official fast tokenizer (transformers 5 ``CLIPTokenizer``, tokenizers backend) on the same
+    vocabulary and merges. The ``vocab=``/``merges=`` form gives the official pipeline; the
+    ``vocab_file=``/``merges_file=`` form would silently give other ids."""
+    transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (pip install -e '.[dev]')")
+    tok = get_tokenizer()
+    return transformers.CLIPTokenizer(vocab=dict(tok.encoder), merges=_read_merges(_default_merges_path()))
+
+
+def test_official_fast_tokenizer_is_what_we_compare_with(official_fast) -> None:
+    cases = json.loads(tokenizer_cases_path().read_text())
+    for entry in cases.values():
+        for prompt, ids in zip(entry["prompts"], entry["ids"]):
+            assert official_fast(prompt)["input_ids"] == ids, prompt
+
+
+def test_matches_official_fast_tokenizer_on_generated_corpus(tok: CLIPTokenizer, official_fast) -> None:
+    corpus = _corpus(3000)
+    mismatches, empty = [], 0
+    for text in corpus:
+        expected = official_fast(text)["input_ids"]
+        if expected == [tok.bos_token_id, tok.eos_token_id]:  # nothing but whitespace: we refuse it
+            empty += 1
+            with pytest.raises(VocabularyError, match="empty"):
+                tok.encode(text)
+            continue
+        got = tok.encode(text, max_length=None)
+        if got != expected:
+            mismatches.append((text, got, expected))
+    assert not mismatches, f"{len(mismatches)}/{len(corpus)} texts differ: {mismatches[:5]}"
+    assert 0 < empty < len(corpus) // 10
+    # the batched call pads those same ids
+    sample = [t for t in corpus[:400] if official_fast(t)["input_ids"][1:-1]][:64]
+    ids, mask = tok(sample, max_length=512)
+    for row, text in enumerate(sample):
+        expected = official_fast(text)["input_ids"]
+        assert ids[row, : len(expected)].tolist() == expected and int(mask[row].sum()) == len(expected)
 
 
 # --------------------------------------------------------------------------- padding
@@ -120,7 +211,7 @@ def test_max_length_boundary(tok: CLIPTokenizer) -> None:
 
 
 # --------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("text", ["", "   ", "\n\t ", "&nbsp;"])
+@pytest.mark.parametrize("text", ["", "   ", "\n\t ", "\u3000\u00a0"])
 def test_empty_text_is_an_error(tok: CLIPTokenizer, text: str) -> None:
     with pytest.raises(VocabularyError, match="empty"):
         tok.encode(text)

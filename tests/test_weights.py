@@ -111,7 +111,7 @@ def test_mismatched_config_file_is_refused(ref_dir, tmp_path):
     saved = save_pretrained(load_pretrained(_write_detectron2_pth(ref_dir, tmp_path / "m.pth"),
                                             config=ref_dir / "config.json"), tmp_path / "saved")
     config = json.loads((saved / "config.json").read_text())
-    config["decoder"]["reduce_dim"] = 32
+    config["decoder"]["reduce_dim"] *= 2  # still divisible by the heads, another shape
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_pretrained(saved)

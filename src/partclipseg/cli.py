@@ -7,16 +7,12 @@ model or vocabulary.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 from .errors import PartCLIPSegError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -37,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary")
-    seg.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    seg.add_argument("images", nargs="+", help="image files, folders (searched recursively), glob patterns or "
+                                               "pyarrow filesystem URIs (s3://, gs://, file://)")
     seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
@@ -47,16 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
     seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
     seg.add_argument("--protocol", choices=PROTOCOLS, default=None)
-    seg.add_argument("--out", type=Path, required=True, help="output folder")
+    seg.add_argument("--out", required=True, help="output folder or pyarrow filesystem URI")
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     seg.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     seg.add_argument("--batch-size", type=int, default=1)
-    seg.add_argument("--resume", action="store_true", help="skip images whose outputs exist")
+    seg.add_argument("--resume", action="store_true",
+                     help="skip images whose outputs this job (same model, vocabulary, options) completed")
     seg.add_argument("--scores", action="store_true", help="also save per-class score maps (.scores.npz)")
     seg.add_argument("--attention", action="append", default=[], metavar="CLASS",
                      help="also save the decoder attention heatmap of CLASS (repeatable)")
     seg.add_argument("--rle", action="store_true", help="COCO RLE masks in the JSON (needs pycocotools)")
     seg.add_argument("--no-overlay", action="store_true")
+    seg.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: this process (under torchrun: one shard per rank); ray: Ray Data actors on a local "
+                          "or remote Ray cluster (needs the 'ray' extra). Default: local")
+    seg.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray with this "
+                          "machine's CPUs and GPUs")
+    seg.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="Ray actors (model copies); default: one per GPU, or per CPU without GPUs")
+    seg.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                     help="GPUs per Ray actor (fractions share a GPU); default: 1 when the cluster has GPUs, else 0")
 
     ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
     ev.add_argument("--dataset", required=True, choices=BENCHMARKS)
@@ -207,49 +215,13 @@ def _evaluate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- segment
-def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and glob patterns -> (paths, problems)."""
-    paths: list[Path] = []
-    problems: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._"))
-            if not found:
-                problems.append(f"{item}: folder has no images")
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
-            if not matches:
-                problems.append(f"{item}: no such file")
-            paths.extend(matches)
-    unique = list(dict.fromkeys(paths))
-    return unique, problems
-
-
-def output_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file stem, made unique with the parent folder name when stems collide."""
-    stems = [p.stem for p in paths]
-    out = []
-    for p, stem in zip(paths, stems):
-        out.append(stem if stems.count(stem) == 1 else f"{p.parent.name}__{stem}")
-    return out
-
-
 def _segment(args) -> int:
-    import torch
-
-    from .dist import default_device
-    from .outputs import outputs_complete, write_outputs
-    from .predictor import as_predictor
-    from .preprocess import load_image
+    """Parse the segment arguments into a job (``segment_job``) and run it on the chosen engine."""
+    from .dist import dist_info
+    from .engines import run_segment
+    from .segment_job import SegmentOptions
     from .vocabulary import Vocabulary
 
-    paths, problems = expand_inputs(args.images)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
     if args.vocab:
         vocabulary = Vocabulary.from_benchmark(args.vocab)
     elif args.parts:
@@ -263,55 +235,25 @@ def _segment(args) -> int:
         raise PartCLIPSegError("--batch-size must be >= 1")
     mask = None
     if args.object_mask is not None:
-        mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
-    device = args.device or default_device()
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            predictor = as_predictor(args.model, device, dtype)
-        except RuntimeError as exc:  # e.g. CUDA asked for but not available
-            raise PartCLIPSegError(f"cannot put the model on {device!r}: {exc}") from None
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    stems = output_stems(paths)
-    todo = [(p, s) for p, s in zip(paths, stems) if not (args.resume and outputs_complete(args.out, s))]
-    skipped = len(paths) - len(todo)
-    if skipped:
-        print(f"resume: {skipped} image(s) already done", file=sys.stderr)
-    failures = len(problems)
-    done = 0
-    predict_kwargs = dict(protocol=args.protocol, object_mask=mask, object_name=args.object, box=args.box,
-                          point=args.point, return_scores=args.scores, attention_for=args.attention or None)
-    from tqdm import tqdm
+        from .preprocess import load_image
 
-    bar = tqdm(total=len(todo), unit="img", disable=len(todo) < 2, file=sys.stderr)
-    for start in range(0, len(todo), args.batch_size):
-        batch, arrays = [], []
-        for path, stem in todo[start:start + args.batch_size]:
-            try:
-                arrays.append(load_image(path))
-                batch.append((path, stem))
-            except PartCLIPSegError as exc:
-                failures += 1
-                tqdm.write(f"error: {exc}", file=sys.stderr)
-                bar.update(1)
-        if not arrays:
-            continue
-        predictor.set_images(arrays)
-        for i, (path, stem) in enumerate(batch):
-            try:
-                result = predictor.predict(vocabulary, image_index=i, **predict_kwargs)
-                write_outputs(result, args.out, stem, overlay=not args.no_overlay, scores=args.scores, rle=args.rle,
-                              source=str(path))
-                done += 1
-            except PartCLIPSegError as exc:
-                failures += 1
-                tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
-            bar.update(1)
-    bar.close()
-    print(json.dumps({"processed": done, "skipped": skipped, "failed": failures, "out": str(args.out)}))
-    return 1 if failures else 0
+        mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
+    options = SegmentOptions(
+        classes=tuple(vocabulary.object_specific_classes), model=args.model, device=args.device, dtype=args.dtype,
+        protocol=args.protocol, object_name=args.object, object_mask=mask, box=args.box, point=args.point,
+        scores=args.scores, attention=tuple(args.attention), rle=args.rle, overlay=not args.no_overlay,
+        batch_size=args.batch_size)
+    try:
+        report = run_segment(args.images, args.out, options, engine=args.engine, resume=args.resume,
+                             ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    except PartCLIPSegError:
+        if not dist_info().is_main:  # under torchrun rank 0 alone reports the error
+            return 2
+        raise
+    if not dist_info().is_main:
+        return report.exit_code
+    print(json.dumps(report.summary()))
+    return report.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,24 +1,30 @@
-"""Writing a ``PartSegmentation`` to disk: one output set per image, every file atomic.
+"""The files of one segmented image: rendered to bytes, then written atomically to an output store.
 
-For an output stem ``S`` in folder ``OUT``:
+For an output name ``N`` (the image's path relative to its input folder, suffix kept, e.g.
+``x/dog.jpg``) in the output root:
 
-* ``S.labels.png`` — dataset-style label map (class k -> k, background 255, or uint16 with 65535);
-* ``S.overlay.png`` — the image with coloured parts and a legend (unless disabled);
-* ``S.attention.<k>.png`` — decoder attention heatmaps, when asked for;
-* ``S.scores.npz`` — per-class score maps, when asked for;
-* ``S.json`` — classes, areas, scores (+ COCO RLE); written **last**, so its presence marks a
+* ``N.labels.png`` — dataset-style label map (class k -> k, background 255, or uint16 with 65535);
+* ``N.overlay.png`` — the image with coloured parts and a legend (unless disabled);
+* ``N.attention.<k>.png`` — decoder attention heatmaps, when asked for;
+* ``N.scores.npz`` — per-class score maps (float16), when asked for;
+* ``N.json`` — classes, areas, scores (+ COCO RLE); written **last**, so its presence marks a
   complete output set (``--resume`` relies on it).
+
+Every file is a deterministic function of the result (no timestamps), so equal predictions give
+byte-identical outputs whichever engine wrote them.
 """
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_bytes, atomic_write_text
 from .result import PartSegmentation
+
+OUTPUT_KINDS = ("labels.png", "overlay.png", "scores.npz", "json")  # + attention.<k>.png
 
 
 def json_path(out_dir: Path, stem: str) -> Path:
@@ -29,43 +35,61 @@ def outputs_complete(out_dir: Path, stem: str) -> bool:
     return json_path(out_dir, stem).is_file()
 
 
-def write_outputs(result: PartSegmentation, out_dir: str | Path, stem: str, *, overlay: bool = True,
-                  scores: bool = False, rle: bool = False, source: str | None = None) -> list[Path]:
-    """Write the output set of one image; returns the written paths (JSON last)."""
-    from .viz import write_png
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` (readable by ``np.load``) with fixed zip timestamps: equal arrays, equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    labels_path = out_dir / f"{stem}.labels.png"
-    result.to_label_png(labels_path)
-    written.append(labels_path)
+
+def render_outputs(result: PartSegmentation, name: str, *, overlay: bool = True, scores: bool = False,
+                   rle: bool = False, source: str | None = None, job: str | None = None) -> list[tuple[str, bytes]]:
+    """``[(relative file name, bytes), ...]`` of one image's output set, the JSON last. ``job``: the
+    segment job's key hash, kept in the JSON (``--resume`` trusts only outputs of the same job)."""
+    from .viz import encode_png, label_png_array
+
+    base = name.rsplit("/", 1)[-1]
+    files: list[tuple[str, bytes]] = []
+    files.append((f"{name}.labels.png",
+                  encode_png(label_png_array(result.part_labels, result.background, len(result.vocabulary)))))
     if overlay:
-        path = out_dir / f"{stem}.overlay.png"
-        write_png(path, result.to_overlay())
-        written.append(path)
+        files.append((f"{name}.overlay.png", encode_png(result.to_overlay())))
     attention_files = {}
-    for k, name in enumerate(result.attention):
-        path = out_dir / f"{stem}.attention.{k}.png"
-        write_png(path, result.attention_overlay(name))
-        attention_files[name] = path.name
-        written.append(path)
+    for k, class_name in enumerate(result.attention):
+        files.append((f"{name}.attention.{k}.png", encode_png(result.attention_overlay(class_name))))
+        attention_files[class_name] = f"{base}.attention.{k}.png"
     if scores:
         if result.part_scores is None:
             raise ValueError("scores were not computed: predict(..., return_scores=True)")
-        buffer = io.BytesIO()
         arrays = {"part_scores": result.part_scores, "object_scores": result.object_scores}
         if result.generalized_part_scores is not None:
             arrays["generalized_part_scores"] = result.generalized_part_scores
-        np.savez_compressed(buffer, **{k: v.astype(np.float16) for k, v in arrays.items() if v is not None})
-        path = out_dir / f"{stem}.scores.npz"
-        atomic_write_bytes(path, buffer.getvalue())
-        written.append(path)
+        files.append((f"{name}.scores.npz",
+                      npz_bytes({k: v.astype(np.float16) for k, v in arrays.items() if v is not None})))
     info = result.to_json(rle=rle)
     info["source"] = source
-    info["files"] = {"labels": labels_path.name, "overlay": f"{stem}.overlay.png" if overlay else None,
-                     "attention": attention_files, "scores": f"{stem}.scores.npz" if scores else None}
-    path = json_path(out_dir, stem)
-    atomic_write_text(path, json.dumps(info, indent=1) + "\n")
-    written.append(path)
+    if job is not None:
+        info["job"] = job
+    info["files"] = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png" if overlay else None,
+                     "attention": attention_files, "scores": f"{base}.scores.npz" if scores else None}
+    files.append((f"{name}.json", (json.dumps(info, indent=1) + "\n").encode("utf-8")))
+    return files
+
+
+def write_outputs(result: PartSegmentation, out_dir: str | Path, stem: str, *, overlay: bool = True,
+                  scores: bool = False, rle: bool = False, source: str | None = None) -> list[Path]:
+    """Write the output set of one image into a local folder; returns the written paths (JSON last)."""
+    from .storage import LocalStore
+
+    store = LocalStore(out_dir)
+    written = []
+    for name, data in render_outputs(result, stem, overlay=overlay, scores=scores, rle=rle, source=source):
+        store.write_bytes(name, data)
+        written.append(store.local_path(name))
     return written

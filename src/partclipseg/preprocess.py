@@ -5,8 +5,9 @@ Two steps:
 * :func:`load_image` turns a file, PIL image, numpy array or torch tensor into an HWC uint8 RGB
   numpy array, with clear :class:`~partclipseg.errors.ImageError` messages for bad input.
 * :func:`preprocess` reproduces HF ``ViTImageProcessor`` as configured by
-  ``CIDAS/clipseg-rd64-refined``: PIL bilinear resize of the uint8 image to ``size x size``
-  (aspect ratio not kept), ``x * (1/255)`` in float64 cast to float32, then
+  ``CIDAS/clipseg-rd64-refined``: bilinear resize of the uint8 image to ``size x size`` exactly as
+  the authors' Pillow 9.5 computes it (:mod:`partclipseg.resample`, independent of the installed
+  Pillow; aspect ratio not kept; rounded to uint8), ``x * (1/255)`` in float64 cast to float32, then
   ``(x - mean) / std`` in float32 with the ImageNet constants. This order of float operations
   reproduces the official ``pixel_values`` bit-exactly.
 """
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, ImageError
+from .resample import resize_bilinear
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -268,8 +270,9 @@ def preprocess(
     1. if ``channel_order == "BGR"``, reversed along the channel axis first. This reproduces the
        official *training* pipeline, where detectron2 reads BGR and the processor treats it as
        RGB; inference in the official code uses RGB (the default);
-    2. resized to exactly ``size x size`` with PIL bilinear on the uint8 image (aspect ratio not
-       kept; PIL's filter is antialiased when downscaling; the result is rounded to uint8);
+    2. resized to exactly ``size x size`` with Pillow 9.5's bilinear filter on the uint8 image
+       (:func:`partclipseg.resample.resize_bilinear`: aspect ratio not kept, antialiased when
+       downscaling, rounded to uint8; the same bytes whatever Pillow is installed);
     3. rescaled: ``float32(float64(x) * (1/255))``;
     4. normalised in float32: ``(x - mean) / std`` (ImageNet constants by default);
     5. transposed to CHW.
@@ -299,7 +302,7 @@ def preprocess(
         rgb = load_image(item)
         if order == "BGR":
             rgb = np.ascontiguousarray(rgb[:, :, ::-1])
-        resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+        resized = resize_bilinear(rgb, size, size)
         scaled = (resized.astype(np.float64) * (1.0 / 255.0)).astype(np.float32)
         normalised = (scaled - mean_arr) / std_arr
         out[i] = normalised.transpose(2, 0, 1)

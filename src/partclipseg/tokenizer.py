@@ -1,8 +1,18 @@
-"""Offline CLIP byte-pair-encoding tokenizer.
+"""Offline CLIP byte-pair-encoding tokenizer, identical to the official fast tokenizer.
 
-A self-contained implementation of the tokenizer used by OpenAI CLIP (and therefore by CLIPSeg /
-PartCLIPSeg). It reads CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``, bundled with this
-package) and needs no network access and no third-party tokenizer library.
+The official processor tokenizes with ``CLIPTokenizerFast`` (the ``tokenizers`` pipeline of CLIP's
+``tokenizer.json``). This module builds the same pipeline with the ``tokenizers`` library from CLIP's
+merges file (``bpe_simple_vocab_16e6.txt.gz``, bundled with this package; no network access):
+
+* normaliser: Unicode NFC, every run of whitespace replaced by one space, lower-casing;
+* pre-tokeniser: CLIP's split pattern (``<|startoftext|>``, ``<|endoftext|>``, ``'s 't 're 've 'm 'll 'd``,
+  runs of letters, single digits, runs of other non-space characters; whitespace dropped), then the
+  byte-level mapping;
+* model: byte-level BPE with the end-of-word suffix ``</w>``;
+* ``<|startoftext|>`` and ``<|endoftext|>`` written in the text are the special tokens themselves.
+
+Unlike the slow/original CLIP tokenizer there is no ftfy and no ``html.unescape``: ``&amp;`` stays
+``& amp ;``, as the official fast tokenizer leaves it.
 
 Vocabulary layout (49408 tokens): the 256 byte symbols, the same 256 symbols with ``</w>``
 appended, one token per merge (the first 49152 - 256 - 2 merges), then ``<|startoftext|>``
@@ -12,14 +22,13 @@ from __future__ import annotations
 
 import functools
 import gzip
-import html
 import importlib.resources
 import os
 import zlib
 from collections.abc import Sequence
 
-import regex
 import torch
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 from .errors import VocabularyError
 
@@ -27,11 +36,8 @@ __all__ = ["CLIPTokenizer", "get_tokenizer"]
 
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 _N_MERGES = 49152 - 256 - 2
-_PRETOKENIZE = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
-)
-_WHITESPACE = regex.compile(r"\s+")
+#: CLIP's split pattern, as in the official tokenizer.json (the matches are the words).
+SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -82,7 +88,7 @@ def _read_merges(path) -> list[tuple[str, str]]:
 
 
 class CLIPTokenizer:
-    """CLIP's byte-level BPE tokenizer.
+    """CLIP's byte-level BPE tokenizer, as the official ``CLIPTokenizerFast``.
 
     ``encode(text)`` gives ``[BOS, ...ids, EOS]``; calling the tokenizer on a list of texts gives
     padded ``(input_ids, attention_mask)`` tensors like the official/HF tokenizer.
@@ -97,8 +103,7 @@ class CLIPTokenizer:
     def __init__(self, merges_path: str | os.PathLike | None = None):
         path = _default_merges_path() if merges_path is None else merges_path
         merges = _read_merges(path)
-        self.byte_encoder = _bytes_to_unicode()
-        symbols = list(self.byte_encoder.values())  # printable bytes first: CLIP's id order
+        symbols = list(_bytes_to_unicode().values())  # printable bytes first: CLIP's id order
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [_BOS, _EOS]
         self.encoder: dict[str, int] = {token: i for i, token in enumerate(vocab)}
         if len(self.encoder) != self.vocab_size:
@@ -106,59 +111,27 @@ class CLIPTokenizer:
                 f"corrupt CLIP BPE merges file {path}: {len(self.encoder)} distinct tokens, expected {self.vocab_size}"
             )
         self.decoder = {i: token for token, i in self.encoder.items()}
-        self.bpe_ranks: dict[tuple[str, str], int] = {pair: rank for rank, pair in enumerate(merges)}
-        self._cache: dict[str, list[int]] = {_BOS: [self.bos_token_id], _EOS: [self.eos_token_id]}
+        self._tokenizer = _fast_pipeline(self.encoder, merges)
 
     def __len__(self) -> int:
         return self.vocab_size
 
-    @staticmethod
-    def clean(text: str) -> str:
-        """CLIP's text normalisation: html-unescape (twice), collapse whitespace, strip, lower-case."""
-        text = html.unescape(html.unescape(text))
-        return _WHITESPACE.sub(" ", text).strip().lower()
-
-    def _bpe(self, word: str) -> list[int]:
-        """Token ids of one pre-tokenised word (cached)."""
-        ids = self._cache.get(word)
-        if ids is not None:
-            return ids
-        parts = [self.byte_encoder[b] for b in word.encode("utf-8")]
-        parts[-1] += "</w>"
-        ranks = self.bpe_ranks
-        while len(parts) > 1:
-            # The adjacent pair with the lowest merge rank is merged everywhere it occurs.
-            best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, float("inf")))
-            if best not in ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and parts[i] == best[0] and parts[i + 1] == best[1]:
-                    merged.append(best[0] + best[1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        ids = [self.encoder[p] for p in parts]
-        self._cache[word] = ids
-        return ids
+    def normalize(self, text: str) -> str:
+        """The official normalisation: NFC, whitespace runs -> one space, lower-case (no strip)."""
+        return self._tokenizer.normalizer.normalize_str(text)
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Return ``[BOS, ...token ids, EOS]`` for ``text`` (no padding).
 
-        Raises ``VocabularyError`` if ``text`` is not a str, is empty after cleaning, or (when
+        Raises ``VocabularyError`` if ``text`` is not a str, is empty after normalisation (whitespace only), or (when
         ``max_length`` is given) needs more than ``max_length`` tokens including BOS/EOS.
         """
         if not isinstance(text, str):
             raise VocabularyError(f"text to tokenise must be a str, got {type(text).__name__}: {text!r}")
-        words = _PRETOKENIZE.findall(self.clean(text))
+        words = self._tokenizer.encode(text, add_special_tokens=False).ids
         if not words:
             raise VocabularyError(f"text to tokenise is empty or whitespace-only: {text!r}")
-        ids = [self.bos_token_id]
-        for word in words:
-            ids.extend(self._bpe(word))
-        ids.append(self.eos_token_id)
+        ids = [self.bos_token_id, *words, self.eos_token_id]
         if max_length is not None and len(ids) > max_length:
             raise VocabularyError(
                 f"text {text!r} tokenises to {len(ids)} tokens (with BOS/EOS), more than max_length={max_length}"
@@ -191,6 +164,20 @@ class CLIPTokenizer:
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
             attention_mask[row, : len(ids)] = 1
         return input_ids, attention_mask
+
+
+def _fast_pipeline(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """The official fast tokenizer's pipeline (see the module docstring), without BOS/EOS."""
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                     end_of_word_suffix="</w>", fuse_unk=False, unk_token=_EOS))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in (_BOS, _EOS)])
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=None)

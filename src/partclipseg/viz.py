@@ -310,6 +310,15 @@ def _to_png_image(data: PngData) -> Image.Image:
                      f"(use label_png_array for label maps)")
 
 
+def encode_png(data: PngData) -> bytes:
+    """``data`` (array or PIL image) as PNG file bytes (deterministic for equal data)."""
+    import io
+
+    buffer = io.BytesIO()
+    _to_png_image(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_png(path: str | os.PathLike, data: PngData) -> None:
     """Write ``data`` (array or PIL image) as a PNG at ``path`` atomically (temp file + rename)."""
     img = _to_png_image(data)  # validate before creating anything

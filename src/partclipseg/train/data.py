@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import open_dataset
 from ..data.common import IGNORE, nearest_resize, resize_shortest_edge_shape
 from ..preprocess import preprocess
+from ..resample import resize_bilinear
 from ..vocabulary import Vocabulary, load_benchmark_info
 from .recipe import TrainConfig
 
@@ -83,12 +83,12 @@ class TrainDataset(torch.utils.data.Dataset):
 
 
 def augment(image: np.ndarray, part: np.ndarray, obj: np.ndarray, config: TrainConfig, rng: np.random.Generator):
-    """ResizeShortestEdge (PIL bilinear image, nearest labels) and/or horizontal flip, per the recipe."""
+    """ResizeShortestEdge (PIL bilinear image, as Pillow 9.5; nearest labels) and/or horizontal flip, per the recipe."""
     if config.augmentation == "resize_flip":
         h, w = image.shape[:2]
         size = resize_shortest_edge_shape(h, w, config.min_size, config.max_size)
         if size != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            image = resize_bilinear(image, size[0], size[1])  # detectron2's PIL bilinear (Pillow 9.5 bytes)
             part, obj = nearest_resize(part, size), nearest_resize(obj, size)
     if config.augmentation in ("resize_flip", "flip") and rng.random() < config.flip_prob:
         image, part, obj = image[:, ::-1], part[:, ::-1], obj[:, ::-1]

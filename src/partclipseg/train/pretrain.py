@@ -40,7 +40,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from ..config import PartCLIPSegConfig, get_config
@@ -49,6 +48,7 @@ from ..io import atomic_write_text
 from ..model import build_model
 from ..model.clip import CLIPTextTower, CLIPVisionTower
 from ..preprocess import load_image
+from ..resample import resize_bilinear
 from ..tokenizer import get_tokenizer
 from ..weights import save_pretrained
 from .recipe import _coerce
@@ -207,9 +207,8 @@ class CaptionSampler:
         self.words = [captions[s] for s in self.stems]
         self.config, self.mean, self.std = config, mean, std
         size = config.image_size
-        self.images = np.stack([
-            np.asarray(Image.fromarray(load_image(folder / "images" / split / f"{s}.jpg"))
-                       .resize((size, size), Image.Resampling.BILINEAR)) for s in self.stems])  # [n, S, S, 3]
+        self.images = np.stack([resize_bilinear(load_image(folder / "images" / split / f"{s}.jpg"), size, size)
+                                for s in self.stems])  # [n, S, S, 3], the processor's resize
 
     def __len__(self) -> int:
         return len(self.stems)

@@ -1,0 +1,299 @@
+"""The segment job (plan -> process -> report) on the local engine and under torchrun: unique output
+names that never land on an input, refused non-regular files, resume keyed on the job, unusable
+output locations, and a 2-process torchrun run equal to one process byte for byte."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_toy_image_tree, read_tree
+from partclipseg.cli import main
+
+PARTS = "dog's head, dog's leg, cat's head"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _image(path: Path, seed: int, size=(30, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _run(capsys, *args) -> tuple[int, dict, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]) if out.strip() else {}, err
+
+
+def _segment(capsys, model_dir, out, *inputs, extra=()):
+    return _run(capsys, "segment", *inputs, "--model", model_dir, "--parts", PARTS, "--out", out, *extra)
+
+
+def _sources(out: Path) -> dict[str, str]:
+    """output JSON (relative) -> the source it names"""
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["source"]
+            for p in out.rglob("*.json") if not p.name.startswith("partclipseg-")}
+
+
+# ---------------------------------------------------------------------------- defect 3: unique names
+def test_same_stem_with_two_suffixes_gets_two_output_sets(capsys, model_dir, tmp_path):
+    folder = tmp_path / "in"
+    _image(folder / "pic.jpg", 0)
+    _image(folder / "pic.png", 1, (50, 20))
+    code, summary, err = _segment(capsys, model_dir, tmp_path / "out", folder)
+    assert code == 0, err
+    assert summary["processed"] == 2
+    assert _sources(tmp_path / "out") == {"pic.jpg.json": str(folder / "pic.jpg"), "pic.png.json": str(folder / "pic.png")}
+    labels = Image.open(tmp_path / "out" / "pic.png.labels.png")
+    assert labels.size == (20, 50)
+
+
+@pytest.mark.parametrize("as_folders", [False, True])
+def test_same_relative_path_in_two_folders_does_not_collide(capsys, model_dir, tmp_path, as_folders):
+    a = _image(tmp_path / "a" / "x" / "img.jpg", 0)
+    b = _image(tmp_path / "b" / "x" / "img.jpg", 1)
+    inputs = [tmp_path / "a", tmp_path / "b"] if as_folders else [a, b]
+    code, summary, err = _segment(capsys, model_dir, tmp_path / "out", *inputs)
+    assert code == 0 and summary["processed"] == 2, err
+    sources = _sources(tmp_path / "out")
+    assert sorted(sources.values()) == sorted(str(p) for p in (a, b))
+    assert len(sources) == 2
+
+
+def test_out_equal_to_the_input_folder_never_overwrites_an_input(capsys, model_dir, tmp_path):
+    folder = tmp_path / "in"
+    _image(folder / "dog.jpg", 0)
+    labels_like = _image(folder / "dog.labels.png", 1)  # a real image whose name looks like an output
+    original = labels_like.read_bytes()
+    for run in range(2):  # the second run must not take the first run's outputs as inputs
+        code, summary, err = _segment(capsys, model_dir, folder, folder)
+        assert code == 0 and summary["processed"] == 2, (run, err)
+        assert labels_like.read_bytes() == original
+    assert set(_sources(folder).values()) == {str(folder / "dog.jpg"), str(folder / "dog.labels.png")}
+    assert "4 file(s) among the inputs are outputs of an earlier run" in err
+
+
+def test_an_output_that_would_replace_a_named_input_is_refused(capsys, model_dir, tmp_path):
+    folder = tmp_path / "in"
+    source = _image(folder / "x.jpg", 0)
+    victim = _image(folder / "x.jpg.labels.png", 1)
+    before = victim.read_bytes()
+    code, _, err = _segment(capsys, model_dir, folder, source, victim)
+    assert code == 2 and "would be overwritten" in err and "Traceback" not in err
+    assert victim.read_bytes() == before and not (folder / "x.jpg.json").exists()
+
+
+def test_plan_names_mirror_folders_and_resolve_clashes(tmp_path):
+    from partclipseg.segment_job import plan_inputs
+
+    in1, in2 = make_toy_image_tree(tmp_path)
+    plan = plan_inputs([in1, in2, os.path.join(in1, "a.jpg")], tmp_path / "out")  # a.jpg named twice: one item
+    names = [it.name for it in plan.items]
+    assert names == sorted(names) and len(set(names)) == len(names) == 25  # 24 images + a corrupt one
+    assert {"in1/a.jpg", "in2/a.jpg", "a.png", "in1/x/img.jpg", "in2/x/img.jpg", "y/x/img.jpg",
+            "deep/1/2/c.png", "m/Case.PNG"} <= set(names)
+    assert [p for p, _ in plan.problems] == []  # the corrupt file is found; it fails when read
+
+
+def test_uri_inputs_and_output_give_the_same_files(capsys, model_dir, tmp_path):
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "in"
+    _image(folder / "x" / "a.png", 0)
+    _image(folder / "b.jpg", 1)
+    assert _segment(capsys, model_dir, tmp_path / "plain", folder)[0] == 0
+    code, summary, err = _segment(capsys, model_dir, (tmp_path / "uri").as_uri(), folder.as_uri())
+    assert code == 0 and summary["processed"] == 2, err
+    plain, uri = read_tree(tmp_path / "plain"), read_tree(tmp_path / "uri")
+    assert sorted(plain) == sorted(uri)
+    for name in plain:
+        if name.endswith(".png"):
+            assert plain[name] == uri[name]
+        elif name.endswith(".json") and not name.startswith("partclipseg-"):
+            a, b = json.loads(plain[name]), json.loads(uri[name])
+            assert b["source"] == f"{folder.as_uri()}/{name[:-5]}"
+            assert {**a, "source": None} == {**b, "source": None}
+
+
+# ---------------------------------------------------------------------------- defect 6: non-regular files
+def test_fifos_named_like_images_are_refused_not_waited_on(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    _image(folder / "good.png", 0)
+    os.mkfifo(folder / "pipe.jpg")
+    os.mkfifo(tmp_path / "direct.jpg")
+    cmd = [sys.executable, "-m", "partclipseg", "segment", str(tmp_path / "direct.jpg"), str(folder), "--model",
+           str(model_dir), "--parts", PARTS, "--out", str(tmp_path / "out")]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("segment blocked on a FIFO")
+    assert done.returncode == 1, done.stderr
+    assert "direct.jpg: a FIFO, not a regular file; refused" in done.stderr
+    assert "pipe.jpg: a FIFO, not a regular file; refused" in done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["processed"] == 1
+    failures = [json.loads(line) for line in (tmp_path / "out" / "partclipseg-failures.jsonl").read_text().splitlines()]
+    assert sorted(Path(f["source"]).name for f in failures) == ["direct.jpg", "pipe.jpg"]
+
+
+def test_reading_a_file_that_became_a_fifo_does_not_block(tmp_path):
+    from partclipseg.errors import ImageError
+    from partclipseg.storage import read_input_bytes
+
+    os.mkfifo(tmp_path / "late.png")  # e.g. replaced between planning and reading
+    with pytest.raises(ImageError, match="FIFO"):
+        read_input_bytes(str(tmp_path / "late.png"))
+
+
+# ---------------------------------------------------------------------------- resume keyed on the job
+def test_resume_refuses_another_vocabulary_or_model_and_a_plain_run_redoes(capsys, model_dir, tmp_path):
+    import torch
+
+    from partclipseg.config import get_config
+    from partclipseg.model import build_model
+
+    folder = tmp_path / "in"
+    _image(folder / "a.png", 0)
+    _image(folder / "b.png", 1)
+    out = tmp_path / "out"
+    assert _segment(capsys, model_dir, out, folder)[0] == 0
+    code, _, err = _run(capsys, "segment", folder, "--model", model_dir, "--parts", "cat's tail, cat's head", "--out",
+                        out, "--resume")
+    assert code == 2 and "another vocabulary" in err and "Traceback" not in err
+    torch.manual_seed(1)
+    other = tmp_path / "other-model"
+    build_model(get_config("tiny-fast")).save_pretrained(other)
+    code, _, err = _segment(capsys, other, out, folder, extra=["--resume"])
+    assert code == 2 and "another model weights" in err
+    code, summary, err = _run(capsys, "segment", folder, "--model", model_dir, "--parts", "cat's tail, cat's head",
+                              "--out", out)
+    assert code == 0 and summary["processed"] == 2 and "redoing every image" in err
+    assert json.loads((out / "a.png.json").read_text())["vocabulary"] == ["cat's tail", "cat's head"]
+
+
+def test_resume_trusts_only_outputs_of_the_same_job(capsys, model_dir, tmp_path):
+    """Job A on two images, then job B (other vocabulary) redoes one image only: B --resume must redo the other."""
+    folder = tmp_path / "in"
+    a = _image(folder / "a.png", 0)
+    _image(folder / "b.png", 1)
+    out = tmp_path / "out"
+    assert _segment(capsys, model_dir, out, folder)[0] == 0
+    b_parts = ["--model", model_dir, "--parts", "cat's tail, cat's head", "--out", out]
+    assert _run(capsys, "segment", a, *b_parts)[0] == 0
+    code, summary, err = _run(capsys, "segment", folder, *b_parts, "--resume")
+    assert code == 0 and summary == {**summary, "processed": 1, "skipped": 1}, err
+    for name in ("a.png.json", "b.png.json"):
+        assert json.loads((out / name).read_text())["vocabulary"] == ["cat's tail", "cat's head"]
+
+
+# ---------------------------------------------------------------------------- unusable --out
+def test_out_that_is_a_file_is_one_line_and_exit_2(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.png", 0)
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        code, _, err = _segment(capsys, model_dir, out, tmp_path / "a.png")
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert str(tmp_path / "taken") in err
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_unwritable_out_is_one_line_and_exit_2(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.png", 0)
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir()
+        os.chmod(tmp_path / "ro", 0o555)
+        context = contextlib.nullcontext(tmp_path / "ro")
+    else:  # root ignores permission bits: a read-only filesystem
+        context = _tmpfs(tmp_path / "ro", "ro,size=64k")
+    with context as ro:
+        code, _, err = _segment(capsys, model_dir, ro / "out", tmp_path / "a.png")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cannot write to --out" in err
+
+
+def test_full_out_is_one_line_and_exit_2_and_leaves_no_partial_output(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.png", 0, (300, 300))  # its overlay does not fit in 16 KB
+    with _tmpfs(tmp_path / "full", "size=16k") as full:
+        code, _, err = _segment(capsys, model_dir, full, tmp_path / "a.png")
+        left = sorted(p.name for p in full.iterdir())
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cannot write to --out" in err and "full" in err
+    assert "a.png.json" not in left and not [n for n in left if n.endswith(".tmp")]
+
+
+def test_file_size_limit_is_one_line_and_exit_2(model_dir, tmp_path):
+    """Without root: RLIMIT_FSIZE makes writes fail like a full disk (EFBIG)."""
+    resource = pytest.importorskip("resource")
+    _image(tmp_path / "a.png", 0, (300, 300))
+
+    def limit():
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    cmd = [sys.executable, "-m", "partclipseg", "segment", str(tmp_path / "a.png"), "--model", str(model_dir),
+           "--parts", PARTS, "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot write to --out" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
+def test_missing_ray_is_a_clear_message(monkeypatch, capsys, tmp_path, model_dir):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    (tmp_path / "in").mkdir()
+    code = main(["segment", str(tmp_path / "in"), "--model", str(model_dir), "--parts", PARTS, "--out",
+                 str(tmp_path / "o"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install" in err and "partclipseg[ray]" in err and "Traceback" not in err
+
+
+def test_ray_knobs_without_the_ray_engine_are_refused(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.png", 0)
+    code, _, err = _segment(capsys, model_dir, tmp_path / "o", tmp_path / "a.png", extra=["--workers", "2"])
+    assert code == 2 and "--workers: only with --engine ray" in err
+
+
+# ---------------------------------------------------------------------------- torchrun
+def test_torchrun_two_processes_equal_one_process(capsys, model_dir, tmp_path):
+    inputs = make_toy_image_tree(tmp_path / "images")
+    args = [*inputs, "--model", str(model_dir), "--parts", PARTS, "--batch-size", "3"]
+    code, summary, _ = _run(capsys, "segment", *args, "--out", tmp_path / "one")
+    assert code == 1 and summary["processed"] == 24 and summary["failed"] == 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "partclipseg",
+           "segment", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["processed"] == 24 and summary["failed"] == 1 and summary["engine"] == "torchrun (2 processes)"
+    one, two = read_tree(tmp_path / "one"), read_tree(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 24 * 3 + 2
+    assert [k for k in one if one[k] != two[k]] == []
