@@ -81,6 +81,12 @@ def test_good_input_gives_overlay_table_and_files(app, images):
     assert not Path(files[0]).exists()
 
 
+def test_status_says_what_oracle_obj_without_a_mask_does(app, images):
+    status = run(app, None, images["a"], protocol=ORACLE_OBJ, obj="dog")[3].replace("\\", "")
+    assert "Note:" in status and "every pixel gets a part of dog" in status, status
+    assert "Note:" not in run(app, None, images["a"])[3]  # Pred-All: nothing to explain
+
+
 @pytest.mark.parametrize("case, expected", [
     ("no image", "no image"),
     ("empty parts", "part list is empty"),
@@ -182,7 +188,8 @@ def test_cli_registers_demo(monkeypatch):
     args = build_parser().parse_args(["demo", "--model", "m", "--host", "0.0.0.0", "--port", "8123"])
     assert (args.command, args.model, args.host, args.port) == ("demo", "m", "0.0.0.0", 8123)
     seen = {}
-    monkeypatch.setattr(demo_mod, "launch", lambda model, host, port: seen.update(model=model, host=host, port=port))
+    monkeypatch.setattr(demo_mod, "launch",
+                        lambda model, host, port, device=None: seen.update(model=model, host=host, port=port))
     from partclipseg.cli import main
 
     assert main(["demo", "--port", "8124"]) == 0 and seen == {"model": None, "host": "127.0.0.1", "port": 8124}

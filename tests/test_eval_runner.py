@@ -68,6 +68,7 @@ def test_resume_after_a_kill_gives_identical_results(capsys, model_dir, roots, t
     lines = work_src.read_text().splitlines()
     work = killed.with_name("killed.json.work")
     work.mkdir()
+    (work / "key.json").write_bytes((work_src.parent / "key.json").read_bytes())  # written when the run began
     # two samples finished, the third torn mid-write
     (work / "rank0.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
     resumed = _evaluate(capsys, model_dir, root, "ade20k_part_234", "pred-all", killed)

@@ -138,7 +138,9 @@ def test_box_and_point_prompts_select_one_object(predictor, images):
     found = {r.vocabulary.object_of(c) for c in np.unique(r.part_labels) if c != len(VOCAB)}
     assert found <= {r.selected_object}
     p = predictor.predict(VOCAB, point=(12, 20))
-    assert p.mode == "point" and p.part_labels[20, 12] != len(VOCAB)
+    assert p.mode == "point" and (p.part_labels != len(VOCAB)).sum() > 1
+    if p.region_rule != "object-score":  # that rule may snap to the nearest high-score area (point_region)
+        assert p.part_labels[20, 12] != len(VOCAB)
     assert {p.vocabulary.object_of(c) for c in np.unique(p.part_labels) if c != len(VOCAB)} == {p.selected_object}
 
 
@@ -158,7 +160,7 @@ def test_oracle_obj_restricts_classes_to_the_given_object(predictor, images):
     ({"object_mask": np.ones((10, 10), bool)}, "object mask is 10x10"),
     ({"object_mask": np.zeros((45, 70), bool)}, "empty"),
     ({"object_name": "giraffe"}, "giraffe"),
-    ({"protocol": "oracle-obj"}, "needs object_name"),
+    ({"protocol": "oracle-obj"}, "needs the object: object_name="),
     ({"protocol": "sliding"}, "unknown protocol"),
     ({"box": (0, 0, 5, 5), "point": (1, 1)}, "at most one"),
 ])

@@ -133,7 +133,7 @@ def test_sampler_shares_one_global_order():
     (["iterations=ten"], ConfigError, "iterations"),
     (["trainable=some"], ConfigError, "trainable"),
     (["init=/no/such/clipseg"], CheckpointError, "/no/such/clipseg"),
-    (["dataset=ade20k_part_234"], DatasetError, "ade20k_instance_train.json: missing file"),
+    (["dataset=ade20k_part_234"], DatasetError, "missing folder .training images. in the ADE20K-Part-234 dataset"),
 ])
 def test_inconsistent_configs_are_refused(voc_root, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):

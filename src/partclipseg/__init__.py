@@ -18,7 +18,7 @@ _EXPORTS = {
     "load_image": "partclipseg.preprocess", "Predictor": "partclipseg.predictor",
     "segment_parts": "partclipseg.predictor", "PartSegmentation": "partclipseg.result",
     "load_pretrained": "partclipseg.weights", "save_pretrained": "partclipseg.weights",
-    "init_from_clipseg": "partclipseg.weights",
+    "init_from_clipseg": "partclipseg.weights", "list_models": "partclipseg.hub",
 }
 
 __all__ = sorted(_EXPORTS)

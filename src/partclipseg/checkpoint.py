@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PartCLIPSegConfig, get_config
-from .errors import CheckpointError, ConfigError
-from .io import atomic_path, atomic_write_text
+from .errors import CheckpointError, ConfigError, DownloadError
+from .io import atomic_path, atomic_write_text, json_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -135,10 +135,24 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         problems.append(f"{len(mis_shaped)} key(s) with the wrong shape (checkpoint vs model): {_names(mis_shaped)}")
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit the model config: " + "; ".join(problems))
+    check_finite(state_dict, source)
     with torch.no_grad():
         for key, value in state_dict.items():
             expected[key].copy_(value.to(expected[key].dtype))
     return tolerated
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights with NaN or infinite values (``CheckpointError`` naming the tensors)."""
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise CheckpointError(f"checkpoint {source} has NaN or infinite values in {len(bad)} tensor(s): {_names(bad)}")
 
 
 def _names(keys: list[str], limit: int = 8) -> str:
@@ -201,7 +215,8 @@ class CheckpointInfo:
 
 
 def inspect_checkpoint(source: str | os.PathLike, *, download: bool = True,
-                       patterns: tuple[str, ...] = ("config.json", "model.safetensors")) -> CheckpointInfo:
+                       patterns: tuple[str, ...] = ("config.json", "model.safetensors", "preprocessor_config.json")
+                       ) -> CheckpointInfo:
     """What is at ``source`` (folder, file or, with ``download``, a hub id fetched with ``patterns``).
 
     Raises ``CheckpointError`` (or ``ConfigError`` for a malformed ``config.json``) with a one-line
@@ -223,8 +238,8 @@ def inspect_checkpoint(source: str | os.PathLike, *, download: bool = True,
     raw = read_config_json(config_path)
     if raw.get("format") == "partclipseg":
         return CheckpointInfo(SAVED, path)
-    if "vision_config" in raw and "text_config" in raw:
-        return CheckpointInfo(HF_CLIPSEG, path)
+    if raw.get("model_type") == "clipseg" or "vision_config" in raw or "vision_config_dict" in raw:
+        return CheckpointInfo(HF_CLIPSEG, path)  # transformers' CLIPSeg (legacy configs: *_config_dict)
     # let the config loader give its precise message
     PartCLIPSegConfig.load(config_path)
     raise CheckpointError(f"{config_path} is not a partclipseg or CLIPSeg config")  # pragma: no cover
@@ -267,9 +282,23 @@ def write_saved(state_dict: Mapping[str, torch.Tensor], config: PartCLIPSegConfi
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "library": "partclipseg"})
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+        write_safetensors(state, tmp)
+    atomic_write_text(directory / CONFIG_NAME, json_text(config.to_dict(), indent=2) + "\n")
     return directory
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.save_file``, with its I/O failures (a full disk, ...) raised as ``OSError``."""
+    try:
+        save_file(dict(state), str(path), metadata={"format": "pt", "library": "partclipseg"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for I/O errors
+        match = re.search(r"os error (\d+)", str(exc))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def resolve_config(config: PartCLIPSegConfig | str | os.PathLike | None, architecture: str) -> PartCLIPSegConfig:
@@ -299,6 +328,7 @@ def download_from_hub(repo_id: str, patterns: tuple[str, ...] = (CONFIG_NAME, WE
 
         return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
     except Exception as exc:
-        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline? Pass a local folder "
-                              f"instead.") from None
+        raise DownloadError(f"no such file or folder: {repo_id}, and it could not be fetched as a Hugging Face hub "
+                            f"repository either ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline? pass a local folder (see "
+                            f"`partclipseg models` and `partclipseg download NAME --to DIR`)") from None

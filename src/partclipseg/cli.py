@@ -1,4 +1,5 @@
-"""Command line: ``partclipseg segment | evaluate | train | pretrain | convert | prepare-partimagenet | demo``.
+"""Command line: ``partclipseg segment | evaluate | train | pretrain | convert | prepare-partimagenet | demo | models |
+download``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -7,13 +8,18 @@ model or vocabulary.
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .errors import PartCLIPSegError
+from .io import json_text
 
+MODEL_HELP = ("a named model (partclipseg models), a saved model folder, a hub id or an official .pth (default: the built-in toy-world model)")
+TOY_NOTE = ("note: no --model given: the built-in model only knows the synthetic toy world; for real photographs "
+            "use a pretrained model, e.g. `partclipseg segment photo.jpg --model pascal_part_116 --parts \"dog's head, "
+            "dog's leg\" --out out/` (list: `partclipseg models`)")
 
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
     try:
@@ -25,36 +31,97 @@ def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
+MAX_ECHO = 200  # longest user text echoed back in an error message
+
+
+def _positive_int(what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {_short(text)!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {value}")
+        return value
+    return parse
+
+
+def _short(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` cut to ``limit`` characters for an error message (a 30 KB argument is not echoed whole)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with ``(default: X)`` for every option with a real default not already stated."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors cut short: a huge bad argument is not echoed back whole."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {_short(message, 4 * MAX_ECHO)}\n")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("partclipseg")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation import PROTOCOLS
     from .vocabulary import BENCHMARKS
 
-    parser = argparse.ArgumentParser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="partclipseg", description="Open-vocabulary part segmentation (PartCLIPSeg).",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    helpful = {"formatter_class": _HelpFormatter}
 
-    seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary")
+    seg = sub.add_parser("segment", help="segment the parts of images for any vocabulary", **helpful)
     seg.add_argument("images", nargs="+", help="image files, folders (searched recursively), glob patterns or "
                                                "pyarrow filesystem URIs (s3://, gs://, file://)")
-    seg.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    seg.add_argument("--model", default=None, help=MODEL_HELP)
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
     vocab.add_argument("--vocab", help=f"a benchmark vocabulary: {', '.join(BENCHMARKS)}")
-    seg.add_argument("--object-mask", type=Path, help="PNG mask of the object (non-zero = object)")
-    seg.add_argument("--object", help="object class of --object-mask (Oracle-Obj); without it the model picks")
+    seg.add_argument("--object-mask", type=Path,
+                     help="image of the object's mask: a pixel is object where any of its grey, colour or alpha "
+                          "values is non-zero; alone, the model picks the object inside it")
+    seg.add_argument("--object", help="the object class (Oracle-Obj): every pixel gets that object's best part; "
+                                      "with --object-mask only the mask's pixels do (the mask is optional)")
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
     seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
-    seg.add_argument("--protocol", choices=PROTOCOLS, default=None)
+    seg.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                     help="pred-all: the model finds the objects; oracle-obj: the object is given by --object "
+                          "(default: decided by the prompts given)")
     seg.add_argument("--out", required=True, help="output folder or pyarrow filesystem URI")
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    seg.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    seg.add_argument("--batch-size", type=int, default=1)
+    seg.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                     help="precision of the model's computations")
+    seg.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1, help="images embedded at once")
     seg.add_argument("--resume", action="store_true",
                      help="skip images whose outputs this job (same model, vocabulary, options) completed")
     seg.add_argument("--scores", action="store_true", help="also save per-class score maps (.scores.npz)")
     seg.add_argument("--attention", action="append", default=[], metavar="CLASS",
                      help="also save the decoder attention heatmap of CLASS (repeatable)")
     seg.add_argument("--rle", action="store_true", help="COCO RLE masks in the JSON (needs pycocotools)")
-    seg.add_argument("--no-overlay", action="store_true")
+    seg.add_argument("--no-overlay", action="store_true",
+                     help="do not write the coloured overlay image (S.overlay.png); label map and JSON only")
     seg.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local: this process (under torchrun: one shard per rank); ray: Ray Data actors on a local "
                           "or remote Ray cluster (needs the 'ray' extra). Default: local")
@@ -66,26 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                      help="GPUs per Ray actor (fractions share a GPU); default: 1 when the cluster has GPUs, else 0")
 
-    ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)")
-    ev.add_argument("--dataset", required=True, choices=BENCHMARKS)
+    ev = sub.add_parser("evaluate", help="evaluate a model on a benchmark (Pred-All / Oracle-Obj)", **helpful)
+    ev.add_argument("--dataset", required=True, choices=BENCHMARKS, help="the benchmark")
     ev.add_argument("--root", type=Path, required=True, help="the dataset folder (published layout)")
-    ev.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
-    ev.add_argument("--protocol", choices=PROTOCOLS, required=True)
-    ev.add_argument("--train-dataset", default=None, help="for cross-dataset runs: the dataset the model was trained on")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    ev.add_argument("--out", type=Path, required=True, help="results JSON (work files go to OUT.work/)")
+    ev.add_argument("--model", default=None, help=MODEL_HELP)
+    ev.add_argument("--protocol", choices=PROTOCOLS, required=True,
+                    help="pred-all: the model finds the objects; oracle-obj: each sample's true objects are given")
+    ev.add_argument("--train-dataset", default=None, choices=BENCHMARKS,
+                    help="for cross-dataset runs: the dataset the model was trained on")
+    ev.add_argument("--limit", type=_positive_int("--limit"), default=None, help="evaluate the first N samples only")
+    ev.add_argument("--out", type=Path, required=True,
+                    help="results JSON (work files go to OUT.work/; a killed run resumes from them)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace the results and work files of another run (other model, protocol, dataset, ...)")
     ev.add_argument("--clean-gt", action="store_true",
                     help="use the annotation as is (default: the official 800-short-side GT round trip)")
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="precision of the model's computations")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    tr = sub.add_parser("train", help="train a model with a recipe (works under torchrun)")
+    tr = sub.add_parser("train", help="train a model with a recipe (works under torchrun)", **helpful)
     tr.add_argument("recipe", help=f"a shipped recipe name ({', '.join(BENCHMARKS)}) or a recipe JSON file")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/PascalPart116 iterations=100")
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics, final model)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its newest complete checkpoint (same config)")
+    tr.add_argument("--allow-safe-changes", action="store_true",
+                    help="with --resume: let these keys differ from the run's config: "
+                         "iterations, checkpoint_period, keep_checkpoints, eval_period, eval_protocol, eval_limit, "
+                         "log_period, num_workers, root")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     pre = sub.add_parser("pretrain", help="toy language-image pretraining of the vision and text towers (CLIP-style)")
     pre.add_argument("recipe", help="a shipped pretraining recipe (toy_world_pretrain) or a recipe JSON file")
@@ -96,24 +174,43 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-progress", action="store_true")
 
     prep = sub.add_parser("prepare-partimagenet",
-                          help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)")
+                          help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)",
+                          **helpful)
     prep.add_argument("source", type=Path, help="the extracted PartImageNet_Seg folder")
     prep.add_argument("out", type=Path, help="a new (or empty) output folder")
     prep.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
 
-    conv = sub.add_parser("convert", help="convert an official PartCLIPSeg/CLIPSeg .pth to a saved model folder")
-    conv.add_argument("checkpoint", type=Path)
-    conv.add_argument("out_dir", type=Path)
+    conv = sub.add_parser("convert", help="convert an official PartCLIPSeg/CLIPSeg .pth to a saved model folder",
+                          **helpful)
+    conv.add_argument("checkpoint", type=Path, help="the official checkpoint (.pth, e.g. model_final.pth)")
+    conv.add_argument("out_dir", type=Path, help="a new (or empty) folder for config.json + model.safetensors")
     conv.add_argument("--config", default=None,
-                      help="official config JSON (format of reference/tiny/config.json), our config.json, or a "
-                           "preset name (default: clipseg-rd64-refined)")
-    conv.add_argument("--image-size", type=int, default=None, help="processing size (default 352)")
+                      help="the checkpoint's model config: an official/Hugging Face CLIPSeg config JSON, our "
+                           "config.json, or a preset name (tiny, toy, ...; default: clipseg-rd64-refined)")
+    conv.add_argument("--image-size", type=_positive_int("--image-size"), default=None,
+                      help="processing size in pixels (default: 352)")
+    conv.add_argument("--overwrite", action="store_true", help="replace a model already saved in out_dir")
 
-    demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)")
-    demo.add_argument("--model", default=None, help="saved model folder, hub id or official .pth (default: built-in)")
+    demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)", **helpful)
+    demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     demo.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    sub.add_parser("models", help="list the named pretrained models (name, training data, size, source, cached)",
+                   **helpful)
+    dl = sub.add_parser("download", help="fetch a named model into the cache (or into --to DIR, for offline machines)",
+                        **helpful)
+    dl.add_argument("name", help="a model name from `partclipseg models`")
+    dl.add_argument("--to", type=Path, default=None,
+                    help="also copy the verified model folder here; use it elsewhere with --model DIR")
     return parser
+
+
+# Operating-system errors that are the user's to fix (a full disk, a read-only or missing place, a
+# file where a folder belongs, ...): one line and exit code 2, not a traceback.
+USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT, errno.EFBIG,
+                            errno.ENOTEMPTY})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,13 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "train":
-            from .train import load_recipe, train
-
-            _keep_freed_memory()
-            final = train(load_recipe(args.recipe, args.overrides), args.out, resume=args.resume,
-                          progress=not args.no_progress)
-            print(f"final model: {final}")
-            return 0
+            return _train(args)
         if args.command == "pretrain":
             from .train.pretrain import load_pretrain_recipe, pretrain
 
@@ -142,19 +233,83 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pretrained towers (in a model to train parts from): {final}")
             return 0
         if args.command == "demo":
+            _toy_note(args)
             return _demo(args)
+        if args.command == "models":
+            from .hub import format_table, list_models
+
+            print(format_table(list_models()))
+            return 0
+        if args.command == "download":
+            from .hub import download
+            from .hub.fetch import describe
+
+            print(describe(download(args.name, args.to)))
+            return 0
         if args.command == "prepare-partimagenet":
             from .data.partimagenet_preprocess import preprocess_partimagenet
 
-            print(json.dumps(preprocess_partimagenet(args.source, args.out, link=not args.copy), indent=1))
+            print(json_text(preprocess_partimagenet(args.source, args.out, link=not args.copy), indent=1))
             return 0
     except PartCLIPSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {_short(where)}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _toy_note(args) -> None:
+    """Say once, on stderr, that the default model is the toy-world one."""
+    if getattr(args, "model", None) is None:
+        print(TOY_NOTE, file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line, with very long user text cut (see ``_short``)."""
+    return _short(" ".join(str(exc).split()), 2000)
+
+
+def resolve_device(name: str | None) -> str:
+    """``--device`` -> a device string torch accepts and that exists here (``PartCLIPSegError`` if not)."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PartCLIPSegError(f"--device {_short(name)!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PartCLIPSegError(f"--device {name}: CUDA is not available here (no NVIDIA GPU or a CPU-only "
+                                   f"PyTorch); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PartCLIPSegError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PartCLIPSegError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise PartCLIPSegError(f"--device {name}: only cpu, cuda and mps devices are supported")
+    return str(device)
+
+
+# ---------------------------------------------------------------------------- train
+def _train(args) -> int:
+    from .train import load_recipe, train
+
+    _keep_freed_memory()
+    final = train(load_recipe(args.recipe, args.overrides), args.out, resume=args.resume,
+                  progress=not args.no_progress, allow_safe_changes=args.allow_safe_changes)
+    print(f"final model: {final}")
+    return 0
 
 
 def _keep_freed_memory() -> None:
@@ -176,9 +331,24 @@ def _keep_freed_memory() -> None:
 
 
 # ---------------------------------------------------------------------------- convert
+def check_convert_output(out_dir: Path, overwrite: bool) -> None:
+    """``convert``'s output folder: not a file, writable, and holding no saved model unless ``overwrite``."""
+    from .errors import OutputError
+    from .io import check_writable_folder
+    from .weights import CONFIG_NAME, WEIGHTS_NAME
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} exists and is a file: give a new folder for the converted model")
+    check_writable_folder(out_dir, "output folder")
+    present = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (out_dir / n).exists()]
+    if present and not overwrite:
+        raise OutputError(f"{out_dir} already holds {' and '.join(present)}: pass --overwrite to replace them")
+
+
 def _convert(args) -> int:
     from .weights import load_pretrained, save_pretrained
 
+    check_convert_output(args.out_dir, args.overwrite)
     model = load_pretrained(args.checkpoint, config=args.config)
     if args.image_size is not None:
         model.config.image_size = args.image_size
@@ -190,12 +360,24 @@ def _convert(args) -> int:
 
 
 # ---------------------------------------------------------------------------- demo
+def demo_install_hint() -> str:
+    """How to install the demo's dependency without replacing the installed Pillow (gradio pins Pillow)."""
+    try:
+        from importlib.metadata import version
+
+        pillow = version("pillow")
+    except Exception:  # noqa: BLE001
+        return "pip install 'gradio>=6'"
+    return (f"pip install 'gradio>=6' 'pillow=={pillow}' (this keeps the installed Pillow {pillow}; if pip "
+            f"reports a conflict, install the demo in its own virtualenv)")
+
+
 def _demo(args) -> int:
     try:
         from .demo import launch
     except ImportError as exc:
-        raise PartCLIPSegError(f"the demo needs gradio ({exc}): pip install -c constraints.txt -e '.[demo]'") from None
-    launch(args.model, host=args.host, port=args.port)
+        raise PartCLIPSegError(f"the demo needs gradio, which is not importable ({exc}): {demo_install_hint()}") from None
+    launch(args.model, host=args.host, port=args.port, device=resolve_device(args.device))
     return 0
 
 
@@ -206,9 +388,11 @@ def _evaluate(args) -> int:
     from .eval_runner import evaluate
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    _toy_note(args)
+    device = resolve_device(args.device)
     results = evaluate(args.dataset, args.root, args.model, args.protocol, args.out, train_dataset=args.train_dataset,
-                       limit=args.limit, gt_resize_quirk=not args.clean_gt, device=args.device, dtype=dtype,
-                       progress=not args.no_progress)
+                       limit=args.limit, gt_resize_quirk=not args.clean_gt, device=device, dtype=dtype,
+                       progress=not args.no_progress, overwrite=args.overwrite)
     if results is not None:
         print(f"wrote {args.out}")
     return 0
@@ -219,6 +403,7 @@ def _segment(args) -> int:
     """Parse the segment arguments into a job (``segment_job``) and run it on the chosen engine."""
     from .dist import dist_info
     from .engines import run_segment
+    from .masks import load_object_mask
     from .segment_job import SegmentOptions
     from .vocabulary import Vocabulary
 
@@ -229,20 +414,22 @@ def _segment(args) -> int:
     else:
         raise PartCLIPSegError("give the parts to find: --parts \"dog's head, dog's leg\" or --vocab NAME")
     if args.object and args.object not in vocabulary.objects:
-        raise PartCLIPSegError(f"--object {args.object!r} has no part classes in the vocabulary "
-                               f"(objects: {', '.join(vocabulary.objects)})")
-    if args.batch_size < 1:
-        raise PartCLIPSegError("--batch-size must be >= 1")
+        raise PartCLIPSegError(f"--object {_short(args.object)!r} has no part classes in the vocabulary "
+                               f"(objects: {_short(', '.join(vocabulary.objects))})")
+    if args.protocol == "oracle-obj" and not args.object:
+        raise PartCLIPSegError("--protocol oracle-obj needs --object NAME (the object whose parts to find)")
     mask = None
     if args.object_mask is not None:
-        from .preprocess import load_image
-
-        mask = load_image(args.object_mask, exif_transpose=False)[..., 0] > 0
+        mask = load_object_mask(args.object_mask)
+    if args.device is not None:
+        resolve_device(args.device)  # a one-line error for a device that is not there
     options = SegmentOptions(
         classes=tuple(vocabulary.object_specific_classes), model=args.model, device=args.device, dtype=args.dtype,
         protocol=args.protocol, object_name=args.object, object_mask=mask, box=args.box, point=args.point,
         scores=args.scores, attention=tuple(args.attention), rle=args.rle, overlay=not args.no_overlay,
         batch_size=args.batch_size)
+    if dist_info().is_main:
+        _toy_note(args)
     try:
         report = run_segment(args.images, args.out, options, engine=args.engine, resume=args.resume,
                              ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
@@ -252,7 +439,9 @@ def _segment(args) -> int:
         raise
     if not dist_info().is_main:
         return report.exit_code
-    print(json.dumps(report.summary()))
+    for note in report.notes:  # e.g. what Oracle-Obj without a mask does; once per distinct text
+        print(f"note: {note}", file=sys.stderr)
+    print(json_text(report.summary()))
     return report.exit_code
 
 

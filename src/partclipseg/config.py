@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .io import json_text
 
 #: the architectures a config may name; each has a model class registered under that name
 #: (``partclipseg.model.registry``; ``tests/test_structure.py`` checks that both lists agree)
 ARCHITECTURES = ("partclipseg", "clipseg")
+BACKGROUNDS = ("learned", "none")
 
 
 @dataclass
@@ -105,6 +108,8 @@ class PartCLIPSegConfig:
     image_size: int = 352
     visual_adapter_reduction: int = 4
     visual_adapter_ratio: float = 0.2
+    visual_adapter: bool = True
+    background: str = "learned"
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     official: OfficialCompat = field(default_factory=OfficialCompat)
@@ -116,7 +121,16 @@ class PartCLIPSegConfig:
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        check_field_types(self)
         v, t, d = self.vision, self.text, self.decoder
+        for where, section in (("vision", v), ("text", t), ("decoder", d), ("", self)):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                name = f"{where}.{f.name}" if where else f.name
+                if f.type == "int" and f.name not in ("conditional_layer",) and value < 1:
+                    raise ConfigError(f"config field {name} must be >= 1, got {value!r}")
+                if f.type == "float" and not (math.isfinite(value) and value > 0):
+                    raise ConfigError(f"config field {name} must be a positive finite number, got {value!r}")
         for name, hidden, heads in (("vision", v.hidden_size, v.num_heads), ("text", t.hidden_size, t.num_heads),
                                     ("decoder", d.reduce_dim, d.num_heads)):
             if hidden % heads:
@@ -134,6 +148,10 @@ class PartCLIPSegConfig:
                 raise ConfigError(f"decoder.extract_layers has {layer}, outside [-1, {v.num_layers - 1}]")
         if not 0 <= d.conditional_layer < len(d.extract_layers):
             raise ConfigError(f"decoder.conditional_layer {d.conditional_layer} is not a decoder layer index")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"unknown background {self.background!r}; expected one of {BACKGROUNDS}")
+        if self.architecture == "partclipseg" and (self.background != "learned" or not self.visual_adapter):
+            raise ConfigError("a partclipseg model needs background='learned' and visual_adapter=True")
         if self.visual_adapter_reduction <= 0 or v.hidden_size % self.visual_adapter_reduction:
             raise ConfigError(f"visual_adapter_reduction {self.visual_adapter_reduction} does not divide "
                               f"vision.hidden_size {v.hidden_size}")
@@ -167,8 +185,8 @@ class PartCLIPSegConfig:
         for key, value in data.items():
             if key in sub:
                 kwargs[key] = _sub_from_dict(sub[key], value, key)
-            elif key in ("image_mean", "image_std"):
-                kwargs[key] = tuple(float(x) for x in value)
+            elif key in ("image_mean", "image_std") and isinstance(value, list):
+                kwargs[key] = tuple(value)
             else:
                 kwargs[key] = value
         return cls(**kwargs)
@@ -176,7 +194,7 @@ class PartCLIPSegConfig:
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "PartCLIPSegConfig":
@@ -189,11 +207,52 @@ class PartCLIPSegConfig:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")
-        if data.get("format") == "partclipseg":
-            return cls.from_dict(data)
-        if "vision_config" in data and "text_config" in data:
-            return from_official_config(data)
+        try:
+            if data.get("format") == "partclipseg":
+                return cls.from_dict(data)
+            if "vision_config" in data and "text_config" in data:
+                return from_official_config(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         raise ConfigError(f"config file {path} is neither a partclipseg config nor an official/HF CLIPSeg config")
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """Why ``value`` does not fit a field annotated ``annotation`` (None if it fits)."""
+    if annotation in _SCALARS:
+        want = _SCALARS[annotation]
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif want is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, want)
+        return None if ok else f"must be {'an' if annotation == 'int' else 'a'} {annotation}"
+    if annotation.startswith("tuple["):
+        inner = annotation[6:-1].split(", ")
+        if not isinstance(value, (tuple, list)):
+            return "must be a list"
+        if inner[-1] != "..." and len(value) != len(inner):
+            return f"must be a list of {len(inner)} numbers"
+        problems = [_type_problem(inner[0], v) for v in value]
+        return f"must be a list of {inner[0]}s" if any(problems) else None
+    return None
+
+
+def check_field_types(config: Any, where: str = "") -> None:
+    """Refuse wrongly typed fields (``"96"``, ``null``, ``96.5`` for an integer, ...) anywhere in a config."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        name = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_field_types(value, f"{name}.")
+            continue
+        problem = _type_problem(str(f.type), value)
+        if problem:
+            raise ConfigError(f"config field {name} {problem}, got {value!r}")
 
 
 def _sub_from_dict(kind: type, value: Any, where: str) -> Any:
@@ -204,8 +263,9 @@ def _sub_from_dict(kind: type, value: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} in config section {where!r}")
     value = dict(value)
-    if "extract_layers" in value:
-        value["extract_layers"] = tuple(int(x) for x in value["extract_layers"])
+    for f in dataclasses.fields(kind):
+        if f.name in value and str(f.type).startswith("tuple[") and isinstance(value[f.name], list):
+            value[f.name] = tuple(value[f.name])
     return kind(**value)
 
 
@@ -218,6 +278,9 @@ def from_official_config(data: dict[str, Any], *, image_size: int | None = None,
     """
     try:
         vc, tc = data["vision_config"], data["text_config"]
+        for name, section in (("vision_config", vc), ("text_config", tc)):
+            if not isinstance(section, dict):
+                raise ConfigError(f"malformed official config: {name} must be an object, got {section!r}")
         vision = VisionConfig(
             hidden_size=int(vc.get("hidden_size", 768)), num_layers=int(vc.get("num_hidden_layers", 12)),
             num_heads=int(vc.get("num_attention_heads", 12)), intermediate_size=int(vc.get("intermediate_size", 3072)),
@@ -234,7 +297,8 @@ def from_official_config(data: dict[str, Any], *, image_size: int | None = None,
             intermediate_size=int(data.get("decoder_intermediate_size", 2048)),
             extract_layers=tuple(int(x) for x in data.get("extract_layers", (3, 6, 9))),
             conditional_layer=int(data.get("conditional_layer", 0)),
-            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)))
+            complex_transposed_convolution=bool(data.get("use_complex_transposed_convolution", False)),
+            layer_norm_eps=vision.layer_norm_eps)  # the decoder copies the vision config (transformers)
         for act_key, act in (("hidden_act", vc.get("hidden_act", "quick_gelu")),
                              ("text hidden_act", tc.get("hidden_act", "quick_gelu"))):
             if act != "quick_gelu":
@@ -242,7 +306,7 @@ def from_official_config(data: dict[str, Any], *, image_size: int | None = None,
         return PartCLIPSegConfig(architecture=architecture, vision=vision, text=text, decoder=decoder,
                                  projection_dim=int(data.get("projection_dim", 512)),
                                  image_size=image_size if image_size is not None else 352)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"malformed official config: {exc!r}") from None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import logging
 import os
+import atexit
 import re
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from .dist import default_device
 from .errors import PartCLIPSegError
+from .io import json_text
 from .model import PartSegmentationModel
 from .outputs import write_outputs
 from .predictor import Predictor, as_predictor
@@ -39,13 +42,16 @@ PROMPTS = ("none", "point", "box")
 MAX_PIXELS = 4_000_000  # larger images are downscaled to this many pixels
 MAX_FILE_PIXELS = 64_000_000  # larger images are refused
 MAX_CLASSES = 512
-COLUMNS = ["part", "object", "pixels %", "score"]
+COLUMNS = ["part", "object", "pixels %", "mean score"]
 CSS = "#overlay img, #attention img {width: 100%; height: 100%; object-fit: contain}"  # outputs fill their box
 HELP = """**How to use.** Upload an image (or pick an example), choose a *benchmark vocabulary* (`toy_world` fits the
 built-in model) or type *custom parts* (`object's part` names, comma-separated: `dog's head, dog's leg`), press
 **Segment**. **Pred-All** segments every object; **Oracle-Obj** the object chosen in *Object*. **Prompts** (Pred-All):
 set *Prompt* to `point` and click the object in the input image, or to `box` and click two opposite corners (first
-click = corner 1, second = corner 2); a completed prompt runs at once. **Clear prompt**: back to the whole image."""
+click = corner 1, second = corner 2); a completed prompt runs at once. **Clear prompt**: back to the whole image.
+*Mean score*: the mean sigmoid score of the part over its pixels (3 significant digits). Oracle-Obj gives every pixel
+the best part of the chosen object even where the model scores all of them low, so its scores can be tiny
+(e.g. `2.1e-06`) on pixels the model does not see as that object."""
 
 
 class DemoError(PartCLIPSegError):
@@ -73,12 +79,38 @@ class Session:
     workdir: Path | None = None  # downloads
 
     def files_dir(self) -> Path:
-        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="partclipseg-demo-"))
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="session-", dir=demo_files_root()))
         return self.workdir
 
     def close(self) -> None:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_FILES_ROOT: Path | None = None
+
+
+def demo_files_root() -> Path:
+    """The process's one folder for download files (``partclipseg-demo-*`` in the temp folder), removed at
+    exit, also when the server is stopped with SIGTERM (see ``launch``)."""
+    global _FILES_ROOT
+    if _FILES_ROOT is None or not _FILES_ROOT.is_dir():
+        _FILES_ROOT = Path(tempfile.mkdtemp(prefix="partclipseg-demo-"))
+        atexit.register(shutil.rmtree, _FILES_ROOT, True)
+    return _FILES_ROOT
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the server like Ctrl+C: ``atexit`` clean-up (the download folder) runs."""
+    import threading as _threading
+
+    if _threading.current_thread() is _threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def format_score(value: float) -> str:
+    """A score for the table: 3 significant digits, so that 2.1e-06 does not show as 0."""
+    return f"{value:.3g}"
 
 
 def _md(text: str) -> str:  # text shown literally in Markdown
@@ -164,13 +196,14 @@ class DemoApp:
                 result = sess.predictor.predict(vocab, **kwargs)
             sess.last = {"vocabulary": vocab, **kwargs}
             info = result.to_json()
-            rows = [[p["label"], p["object"], round(100 * p["area_fraction"], 2), round(p["score"], 3)]
+            rows = [[p["label"], p["object"], round(100 * p["area_fraction"], 2), format_score(p["score"])]
                     for p in info["parts"]]
             files = self._write_files(sess, result, image_path)
             chosen = f", object: {result.selected_object}" if result.selected_object else ""
             status = (f"Found **{len(rows)}** part(s) of {len(vocab)} names — mode {result.mode}{_md(chosen)} "
                       f"({'image embedded' if embedded else 'image embedding reused'}, "
                       f"{time.perf_counter() - start:.1f} s).") + ("" if rows else " No part found: try other names.")
+            status += f"\n\n*Note:* {_md(result.note)}" if result.note else ""
             return (sess, self._draw_prompt(result.to_overlay(), kwargs), pd.DataFrame(rows, columns=COLUMNS), status,
                     gr.update(choices=[row[0] for row in rows], value=None), None, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the page
@@ -300,8 +333,11 @@ def build_demo(model: Any = None, *, device: str | None = None) -> gr.Blocks:
                                    placeholder="dog's head, dog's leg, cat's tail", elem_id="parts")
                 with gr.Row():
                     protocol = gr.Radio([PRED_ALL, ORACLE_OBJ], value=PRED_ALL, label="Protocol", elem_id="protocol")
+                    # allow_custom_value: a value left over from the previous part list (the choices update
+                    # races with a click on Segment) reaches segment(), which checks it against the parts it
+                    # got in the same request, instead of failing every output in Gradio's own check
                     obj = gr.Dropdown(list(Vocabulary.from_benchmark("toy_world").objects), value=None,
-                                      label="Object (Oracle-Obj)", elem_id="object")
+                                      label="Object (Oracle-Obj)", elem_id="object", allow_custom_value=True)
                 with gr.Row():
                     prompt = gr.Radio(list(PROMPTS), value="none", label="Prompt (click the image)", elem_id="prompt")
                     clear = gr.Button("Clear prompt", elem_id="clear-prompt")
@@ -326,19 +362,22 @@ def build_demo(model: Any = None, *, device: str | None = None) -> gr.Blocks:
         clear.click(app.clear_prompt, [state], [state, status, prompt])
         prompt.input(lambda s: app.clear_prompt(s)[:2], [state], [state, status])
         for box, kind in ((parts, CUSTOM), (benchmark, BENCHMARK)):  # editing one selects it, in the browser
-            box.change(None, None, [source], js=f"() => {json.dumps(kind)}").then(
+            box.change(None, None, [source], js=f"() => {json_text(kind)}").then(
                 app.objects_for, [source, benchmark, parts, obj], [obj])
         source.input(app.objects_for, [source, benchmark, parts, obj], [obj])
         attn_name.input(app.attention, [state, attn_name], [attn, status])
     return demo
 
 
-def launch(model: Any = None, host: str = "127.0.0.1", port: int | None = None, *, prevent_thread_lock: bool = False):
-    """Build and serve the demo, print its URL, and (unless ``prevent_thread_lock``) block until Ctrl+C."""
-    demo = build_demo(model).queue(default_concurrency_limit=4)
+def launch(model: Any = None, host: str = "127.0.0.1", port: int | None = None, *, prevent_thread_lock: bool = False,
+           device: str | None = None):
+    """Build and serve the demo, print its URL, and (unless ``prevent_thread_lock``) block until Ctrl+C or SIGTERM."""
+    demo = build_demo(model, device=device).queue(default_concurrency_limit=4)
+    demo_files_root()
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False,
                 max_file_size="50mb", css=CSS)
     print(f"PartCLIPSeg demo running at {demo.local_url}", flush=True)
     if not prevent_thread_lock:
+        _exit_on_sigterm()
         demo.block_thread()  # until Ctrl+C
     return demo

@@ -24,3 +24,13 @@ class CheckpointError(PartCLIPSegError):
 
 class ConfigError(PartCLIPSegError):
     """A configuration is inconsistent or has unknown fields."""
+
+
+class DownloadError(CheckpointError):
+    """A named model could not be fetched (offline, server error, size or hash mismatch).
+
+    The message says what to fetch by hand and where to put it."""
+
+
+class OutputError(PartCLIPSegError):
+    """An output location is unwritable, full, a file where a folder is needed, or already occupied."""

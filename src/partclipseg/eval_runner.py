@@ -26,22 +26,9 @@ import numpy as np
 
 from .dist import DistInfo, barrier, default_device, dist_info, init_distributed
 from .errors import PartCLIPSegError
-from .io import atomic_write_text
+from .eval_work import check_results_file, model_fingerprint, prepare_work_dir, read_work, work_key
+from .io import atomic_write_text, check_writable_file, json_text
 from .evaluation import PROTOCOLS
-
-
-def read_work(work_dir: Path) -> dict[str, dict]:
-    """sample_id -> record from every ``rank*.jsonl`` in ``work_dir`` (torn lines ignored)."""
-    done: dict[str, dict] = {}
-    for path in sorted(work_dir.glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "sample_id" in record:
-                done[record["sample_id"]] = record
-    return done
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -55,7 +42,7 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _append(handle, record: dict) -> None:
-    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    handle.write(json_text(record, separators=(",", ":")) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
 
@@ -73,6 +60,7 @@ class EvalJob:
     predictor: Any
     work_dir: Path
     info: DistInfo
+    key: dict  # eval_work.work_key: everything that changes the numbers
 
     @property
     def num_classes(self) -> int:
@@ -80,27 +68,37 @@ class EvalJob:
 
 
 def prepare(dataset: str, root: str | Path, model: Any, protocol: str, out: Path, *, limit: int | None,
-            gt_resize_quirk: bool, device: str | None, dtype: Any) -> EvalJob:
-    """Check the protocol, join the process group, open the dataset and the model."""
+            gt_resize_quirk: bool, device: str | None, dtype: Any, overwrite: bool = False) -> EvalJob:
+    """Check the arguments and the output place, join the process group, open the dataset and the model,
+    then the work folder (``eval_work``: work and results of another evaluation are refused unless
+    ``overwrite``). The work folder is only created once all of that succeeded."""
     from .data import open_dataset
     from .predictor import as_predictor
     from .vocabulary import Vocabulary, load_benchmark_info
 
     if protocol not in PROTOCOLS:
         raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise PartCLIPSegError(f"limit must be a positive number of samples, got {limit!r}")
+    check_writable_file(out, "--out")  # before any work: a run must not fail only when it writes its result
     info = dist_info()
     device = device or default_device(info.local_rank)
     init_distributed(info, device)
     work_dir = out.with_name(out.name + ".work")
-    work_dir.mkdir(parents=True, exist_ok=True)
     reader = open_dataset(dataset, root, "val")
     reader.check(full=False)
     refs = reader.eval_samples(gt_resize_quirk=gt_resize_quirk)
     if limit is not None:
         refs = refs[:limit]
+    predictor = as_predictor(model, device, dtype)
+    key = work_key(model_source=model, fingerprint=model_fingerprint(predictor.model), protocol=protocol,
+                   dataset=dataset, root=root, gt_resize_quirk=gt_resize_quirk, limit=limit, dtype=dtype)
+    if info.is_main:
+        check_results_file(out, key, overwrite)
+        prepare_work_dir(work_dir, key, overwrite)
+    barrier(info)
     return EvalJob(dataset, protocol, reader, refs, Vocabulary.from_benchmark(dataset, "test"),
-                   load_benchmark_info(dataset)["evaluation_set"]["base"], as_predictor(model, device, dtype),
-                   work_dir, info)
+                   load_benchmark_info(dataset)["evaluation_set"]["base"], predictor, work_dir, info, key)
 
 
 def sample_prompt(job: EvalJob, sample) -> dict:
@@ -119,7 +117,7 @@ def run_shard(job: EvalJob, progress: bool) -> None:
     from .preprocess import load_image
 
     info, k = job.info, job.num_classes
-    done = read_work(job.work_dir)
+    done = read_work(job.work_dir, k)
     mine = [r for i, r in enumerate(job.refs) if i % info.world_size == info.rank and r.sample_id not in done]
     running = ConfusionAccumulator(k)
     for record in done.values():
@@ -161,7 +159,7 @@ def collect(job: EvalJob) -> tuple[dict, int, int]:
     """Sum every rank's matrices (rank 0, after the barrier): (metrics, evaluated, skipped)."""
     from .evaluation import ConfusionAccumulator, compute_metrics, from_sparse
 
-    records = read_work(job.work_dir)
+    records = read_work(job.work_dir, job.num_classes)
     wanted = {r.sample_id for r in job.refs}
     missing = wanted - set(records)
     if missing:
@@ -186,7 +184,7 @@ def report(job: EvalJob, metrics: dict, evaluated: int, skipped: int, *, model: 
         "dataset": job.dataset, "protocol": job.protocol,
         "model": str(model) if isinstance(model, (str, Path)) else None,
         "num_samples": len(job.refs), "evaluated_samples": evaluated, "skipped_samples_without_part_gt": skipped,
-        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics,
+        "gt_resize_quirk": gt_resize_quirk, "limit": limit, "metrics": metrics, "work_key": job.key,
     }
     if train_dataset and train_dataset != job.dataset:
         gt_classes = [c for c in metrics["per_class"] if c["gt_pixels"] > 0]
@@ -202,8 +200,11 @@ def report(job: EvalJob, metrics: dict, evaluated: int, skipped: int, *, model: 
 def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str | Path, *,
              train_dataset: str | None = None, limit: int | None = None, gt_resize_quirk: bool = True,
              device: str | None = None, dtype: Any = None, progress: bool = True,
-             print_table: bool = True) -> dict | None:
+             print_table: bool = True, overwrite: bool = False) -> dict | None:
     """Evaluate ``model`` (folder / hub id / .pth / model / Predictor) on a benchmark; write ``out`` (JSON).
+
+    Work files (``<out>.work/``) and ``out`` belong to one evaluation (``eval_work.work_key``); those of
+    another are refused unless ``overwrite``.
 
     Set-up (``prepare``), this rank's samples (``run_shard``), then on rank 0 the sum over ranks
     (``collect``) and the results (``report``). Returns the results dict on rank 0 (None on other ranks).
@@ -212,7 +213,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
 
     out = Path(out)
     job = prepare(dataset, root, model, protocol, out, limit=limit, gt_resize_quirk=gt_resize_quirk,
-                  device=device, dtype=dtype)
+                  device=device, dtype=dtype, overwrite=overwrite)
     run_shard(job, progress)
     barrier(job.info)
     if not job.info.is_main:
@@ -220,7 +221,7 @@ def evaluate(dataset: str, root: str | Path, model: Any, protocol: str, out: str
     metrics, evaluated, skipped = collect(job)
     results = report(job, metrics, evaluated, skipped, model=model, limit=limit, gt_resize_quirk=gt_resize_quirk,
                      train_dataset=train_dataset)
-    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out, json_text(results, indent=1) + "\n")
     if print_table:
         print(format_table({protocol: metrics}))
     return results

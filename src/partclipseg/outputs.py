@@ -16,12 +16,12 @@ byte-identical outputs whichever engine wrote them.
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .io import json_text
 from .result import PartSegmentation
 
 OUTPUT_KINDS = ("labels.png", "overlay.png", "scores.npz", "json")  # + attention.<k>.png
@@ -78,7 +78,7 @@ def render_outputs(result: PartSegmentation, name: str, *, overlay: bool = True,
         info["job"] = job
     info["files"] = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png" if overlay else None,
                      "attention": attention_files, "scores": f"{base}.scores.npz" if scores else None}
-    files.append((f"{name}.json", (json.dumps(info, indent=1) + "\n").encode("utf-8")))
+    files.append((f"{name}.json", (json_text(info, indent=1) + "\n").encode("utf-8")))
     return files
 
 

@@ -9,6 +9,10 @@ size *before* the sigmoid, exactly as the official inference; decisions are argm
 scores (ties go to the first index), with no thresholds.
 
 Shapes: ``T`` object-specific classes, ``P`` parts, ``O`` objects, ``H x W`` image size.
+
+Memory is bounded at any image size and class count: unless per-class scores are asked for, channels
+are upsampled a few at a time (``channels_per_chunk``: about ``CHUNK_BYTES`` per chunk) and merged by
+a running argmax. Each channel is upsampled exactly as in one big call, so the labels are identical.
 """
 from __future__ import annotations
 
@@ -16,6 +20,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+CHUNK_BYTES = 48 * 2**20  # float32 working memory of one chunk of upsampled channels
+
+
+def channels_per_chunk(size: tuple[int, int], budget: int = CHUNK_BYTES) -> int:
+    """How many [H, W] float32 channels fit in ``budget`` bytes (at least 1)."""
+    return max(1, budget // (4 * int(size[0]) * int(size[1])))
+
+
+def chunked_argmax(logits: torch.Tensor, size: tuple[int, int], sigmoid: bool = True,
+                   chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best value [H, W], best channel [H, W]) of ``sigmoid(upsample(logits))`` (or of the upsampled
+    logits), ``logits`` [C, s, s], computed ``chunk`` channels at a time; ties go to the first channel."""
+    chunk = chunk or channels_per_chunk(size)
+    best = None
+    for start in range(0, logits.shape[0], chunk):
+        up = upsample(logits[start:start + chunk], size)
+        best = _running_argmax(best, up.sigmoid_() if sigmoid else up, start)
+    return best
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -28,13 +52,23 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _running_argmax(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor,
                     offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge a chunk of channels [c, H, W] into (best value, best index); ties keep the first index."""
-    index = scores.argmax(0)
-    value = scores.gather(0, index[None])[0]
+    """Merge a chunk of channels [c, H, W] into (best value, best index); ties keep the first index.
+
+    Channel by channel with element-wise ops (in place): an ``argmax`` over the channel dimension of a
+    channel-first tensor is a strided reduction, about 100x slower at image size.
+    """
+    first = 0
     if best is None:
-        return value, index + offset
-    better = value > best[0]
-    return torch.where(better, value, best[0]), torch.where(better, index + offset, best[1])
+        value = scores[0].clone()
+        index = torch.full(value.shape, offset, dtype=torch.long, device=scores.device)
+        first = 1
+    else:
+        value, index = best
+    for c in range(first, scores.shape[0]):
+        channel = scores[c]
+        index.masked_fill_(channel > value, offset + c)
+        torch.maximum(value, channel, out=value)
+    return value, index
 
 
 @dataclass
@@ -64,6 +98,11 @@ def object_scores(logits: torch.Tensor, num_parts: int, size: tuple[int, int]) -
     return torch.sigmoid(upsample(logits[num_parts:], size))
 
 
+def object_labels_of(logits: torch.Tensor, num_parts: int, size: tuple[int, int]) -> torch.Tensor:
+    """The object head's argmax [H, W] (``O`` = background), in bounded memory."""
+    return chunked_argmax(logits[num_parts:], size)[1]
+
+
 def generalized_parts(logits: torch.Tensor, num_parts: int, size: tuple[int, int],
                       object_labels: torch.Tensor, num_objects: int, keep_scores: bool):
     """Generalized-part map: argmax over the P part channels, background where the object head says so.
@@ -73,24 +112,28 @@ def generalized_parts(logits: torch.Tensor, num_parts: int, size: tuple[int, int
     """
     if num_parts == 0:
         return torch.full(size, 0, dtype=torch.long, device=logits.device), None
-    up = upsample(logits[:num_parts], size)
-    scores = up.sigmoid_() if keep_scores else None
-    labels = up.argmax(0)
+    scores = None
+    if keep_scores:
+        scores = upsample(logits[:num_parts], size).sigmoid_()
+        labels = scores.argmax(0)
+    else:
+        labels = chunked_argmax(logits[:num_parts], size, sigmoid=False)[1]
     labels[object_labels == num_objects] = num_parts
     return labels, scores
 
 
 def pred_all(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
-             num_parts: int, size: tuple[int, int], keep_scores: bool = False, chunk: int = 32) -> ProtocolOutput:
+             num_parts: int, size: tuple[int, int], keep_scores: bool = False, chunk: int | None = None) -> ProtocolOutput:
     """Pred-All (SPEC §4.2): the object head's argmax gates which object's parts survive per pixel.
 
     ``logits`` [P+O+1, s, s], ``object_part_logits`` [T+1, s, s], ``text_to_object`` [T]. Without
-    ``keep_scores`` the T+1 channels are processed ``chunk`` at a time (bounded memory); the decision
-    is the same argmax over gated sigmoid scores, first index on ties.
+    ``keep_scores`` the channels are processed ``chunk`` at a time (default: ``channels_per_chunk``;
+    bounded memory); the decision is the same argmax over gated sigmoid scores, first index on ties.
     """
     num_objects = logits.shape[0] - num_parts - 1
-    obj_scores = object_scores(logits, num_parts, size)
-    object_labels = obj_scores.argmax(0)  # O = background
+    chunk = chunk or channels_per_chunk(size)
+    obj_scores = object_scores(logits, num_parts, size) if keep_scores else None
+    object_labels = obj_scores.argmax(0) if keep_scores else chunked_argmax(logits[num_parts:], size, chunk=chunk)[1]
     owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])  # [T+1]
     t1 = object_part_logits.shape[0]
     scores = None
@@ -123,12 +166,17 @@ def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, t
     num_objects = logits.shape[0] - num_parts - 1
     t = object_part_logits.shape[0] - 1
     allowed = torch.isin(text_to_object, text_to_object.new_tensor(objects)).nonzero().flatten()
-    allowed_scores = upsample(object_part_logits[allowed], size).sigmoid_()  # [A, H, W]
-    confidence, which = _running_argmax(None, allowed_scores, 0)
-    part_labels = torch.where(confidence > 0, allowed[which], 0)
-    obj_scores = object_scores(logits, num_parts, size)
     given = torch.as_tensor(objects, device=logits.device)
-    object_labels = given[obj_scores[objects].argmax(0)]  # each pixel takes its best-scoring given object
+    allowed_scores = obj_scores = None
+    if keep_scores:
+        allowed_scores = upsample(object_part_logits[allowed], size).sigmoid_()  # [A, H, W]
+        confidence, which = _running_argmax(None, allowed_scores, 0)
+        obj_scores = object_scores(logits, num_parts, size)
+        object_labels = given[obj_scores[objects].argmax(0)]  # each pixel takes its best-scoring given object
+    else:
+        confidence, which = chunked_argmax(object_part_logits[allowed], size)
+        object_labels = given[chunked_argmax(logits[num_parts + given], size)[1]]
+    part_labels = torch.where(confidence > 0, allowed[which], 0)
     if region is not None:
         part_labels = torch.where(region, part_labels, t)
         confidence = torch.where(region, confidence, 0.0)
@@ -153,16 +201,26 @@ def single_head(logits: torch.Tensor, text_to_part: torch.Tensor, text_to_object
     The object and generalized-part maps are read off the winning class.
     """
     t = logits.shape[0] - 1
-    scores = torch.sigmoid(upsample(logits, size))
+    allowed = None
     if objects is not None:
-        allowed = torch.isin(text_to_object, torch.tensor(objects, device=scores.device))
-        scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
-    confidence, labels = scores.max(0)
+        allowed = torch.isin(text_to_object, torch.tensor(objects, device=logits.device))
+    scores = None
+    if keep_scores:
+        scores = torch.sigmoid(upsample(logits, size))
+        if allowed is not None:
+            scores = torch.cat([scores[:t] * allowed[:, None, None], scores.new_zeros(1, *size)])
+        confidence, labels = scores.max(0)
+    elif allowed is None:
+        confidence, labels = chunked_argmax(logits, size)
+    else:  # other objects' classes and the background score 0: the best allowed class, or class 0 where all are 0
+        kept = allowed.nonzero().flatten()
+        confidence, which = chunked_argmax(logits[kept], size)
+        labels = torch.where(confidence > 0, kept[which], 0)
     if region is not None:
         labels = torch.where(region, labels, t)
     owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])
     part_of = torch.cat([text_to_part, text_to_part.new_tensor([num_parts])])
-    return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores if keep_scores else None)
+    return ProtocolOutput(labels, owner[labels], part_of[labels], confidence, scores)
 
 
 def connected_component(mask: torch.Tensor, seed: tuple[int, int], max_iterations: int = 100_000) -> torch.Tensor:
@@ -180,3 +238,133 @@ def connected_component(mask: torch.Tensor, seed: tuple[int, int], max_iteration
             break
         current = grown
     return current[0, 0] > 0
+
+
+# ---------------------------------------------------------------------------- prompt regions
+#: The rules that give a box or point prompt its region, in the order they are tried (see ``prompt_region``).
+REGION_RULES = ("object-head", "object-score", "box", "point-window")
+#: A box's region is tiny below this share of the box's pixels.
+TINY_SHARE_OF_BOX = 0.10
+#: A point's region is tiny below this share of the image's pixels.
+TINY_SHARE_OF_IMAGE = 0.005
+#: ... and any region is tiny below this many pixels.
+TINY_MIN_PIXELS = 16
+
+
+def tiny_area(reference_pixels: int, share: float) -> int:
+    """The area (pixels) below which a region is tiny: ``share`` of ``reference_pixels``, at least
+    ``TINY_MIN_PIXELS`` and at most ``reference_pixels``."""
+    return min(reference_pixels, max(TINY_MIN_PIXELS, int(round(share * reference_pixels))))
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a tensor of scores (any shape): the cut that maximises the between-class
+    variance of a ``bins``-bin histogram over [min, max] (the lower edge of the upper class; the middle
+    one when several cuts tie, e.g. across an empty gap). A constant input returns its value, so
+    ``values >= threshold`` is never empty."""
+    values = values.float().flatten()
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return lo
+    hist = torch.histc(values, bins=bins, min=lo, max=hi).double()  # [bins]
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=hist.device)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = hist.cumsum(0)[:-1]  # below cut k+1, k = 0 .. bins-2
+    weight_high = hist.sum() - weight_low
+    sum_low = (hist * centres).cumsum(0)[:-1]
+    mean_low = sum_low / weight_low.clamp_min(1)
+    mean_high = ((hist * centres).sum() - sum_low) / weight_high.clamp_min(1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    between[(weight_low == 0) | (weight_high == 0)] = -1
+    best = (between >= between.max() * (1 - 1e-9)).nonzero().flatten()  # an empty gap ties: take its middle
+    return float(edges[int(best[len(best) // 2]) + 1])
+
+
+def nearest_true(mask: torch.Tensor, seed: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) of the ``True`` pixel of ``mask`` (bool [H, W], not all False) nearest to ``seed``
+    (Euclidean; ties: first in raster order)."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    distance = (rows - seed[0]) ** 2 + (cols - seed[1]) ** 2
+    k = int(distance.argmin())
+    return int(rows[k]), int(cols[k])
+
+
+def point_region(object_labels: torch.Tensor, score: torch.Tensor, chosen: int, seed: tuple[int, int],
+                 tiny_share: float = TINY_SHARE_OF_IMAGE) -> tuple[torch.Tensor, str]:
+    """The region of a point prompt on the chosen object: (bool [H, W], rule).
+
+    ``object_labels`` [H, W] (the object head's Pred-All argmax, ``O`` = background), ``score`` [H, W]
+    (the chosen object's sigmoid score), ``chosen`` its index, ``seed`` = (row, col). Rules, in order;
+    the first region that is not tiny (``tiny_area(H * W, tiny_share)``) wins:
+
+    1. ``"object-head"``: the 8-connected area around the point where the object head picks ``chosen``;
+    2. ``"object-score"``: the 8-connected area around the point where ``score`` is at least its Otsu
+       threshold over the image (high relative to the object's own score distribution; no absolute
+       number, so it holds for any model); where the point itself is below the threshold, the area
+       around the nearest pixel above it;
+    3. when both are tiny, the larger of the two (first on ties) if it has ``TINY_MIN_PIXELS`` or more
+       (a small object found by the model beats a guess), with that region's rule;
+    4. ``"point-window"``: the square of ``tiny_area`` pixels centred on the point (clipped to the image).
+    """
+    h, w = score.shape
+    tiny = tiny_area(h * w, tiny_share)
+    head = connected_component(object_labels == chosen, seed)
+    if int(head.sum()) >= tiny:
+        return head, "object-head"
+    high = score >= otsu_threshold(score)
+    start = seed if bool(high[seed]) else nearest_true(high, seed)
+    grown = connected_component(high, start)
+    if int(grown.sum()) >= tiny:
+        return grown, "object-score"
+    region, rule = max(((head, "object-head"), (grown, "object-score")), key=lambda c: int(c[0].sum()))
+    if int(region.sum()) >= TINY_MIN_PIXELS:
+        return region, rule
+    return _window(seed, tiny, (h, w), score.device), "point-window"
+
+
+def box_region(object_labels: torch.Tensor, score: torch.Tensor, chosen: int, box: tuple[int, int, int, int],
+               tiny_share: float = TINY_SHARE_OF_BOX) -> tuple[torch.Tensor, str]:
+    """The region of a box prompt on the chosen object: (bool [H, W], rule).
+
+    ``box`` = (x0, y0, x1, y1) in pixels, exclusive ends; other arguments as ``point_region``. Rules, in
+    order; the first region that is not tiny (``tiny_area(box pixels, tiny_share)``) wins:
+
+    1. ``"object-head"``: the box's pixels where the object head picks ``chosen``;
+    2. ``"object-score"``: the box's pixels where ``score`` is at least its Otsu threshold over the box;
+    3. ``"box"``: the whole box.
+    """
+    x0, y0, x1, y1 = box
+    inside = torch.zeros_like(object_labels, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    tiny = tiny_area((x1 - x0) * (y1 - y0), tiny_share)
+    region = inside & (object_labels == chosen)
+    if int(region.sum()) >= tiny:
+        return region, "object-head"
+    region = inside & (score >= otsu_threshold(score[y0:y1, x0:x1]))
+    if int(region.sum()) >= tiny:
+        return region, "object-score"
+    return inside, "box"
+
+
+def _window(seed: tuple[int, int], area: int, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A bool [H, W] square of about ``area`` pixels centred on ``seed`` = (row, col), clipped to the image."""
+    side = max(1, int(round(area ** 0.5)))
+    r0, c0 = max(0, seed[0] - side // 2), max(0, seed[1] - side // 2)
+    window = torch.zeros(size, dtype=torch.bool, device=device)
+    window[r0:r0 + side, c0:c0 + side] = True
+    return window
+
+
+def mean_scores_inside(logits: torch.Tensor, size: tuple[int, int], region: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid score inside ``region`` (bool [H, W]) of each channel of ``logits`` [C, s, s] -> [C]."""
+    chunk = channels_per_chunk(size)
+    means = [upsample(logits[start:start + chunk], size).sigmoid_()[:, region].mean(1)
+             for start in range(0, logits.shape[0], chunk)]
+    return torch.cat(means)
+
+
+def scores_at(logits: torch.Tensor, size: tuple[int, int], row: int, col: int) -> torch.Tensor:
+    """Sigmoid scores [C] of every channel of ``logits`` [C, s, s] upsampled to ``size``, at one pixel."""
+    chunk = channels_per_chunk(size)
+    return torch.cat([upsample(logits[start:start + chunk], size)[:, row, col].sigmoid()
+                      for start in range(0, logits.shape[0], chunk)])

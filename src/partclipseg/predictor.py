@@ -22,6 +22,14 @@ Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
   picks that object; the region gets the object's parts, the rest is background.
 * **point** ``(x, y)``: the object with the highest object score at the point is chosen; its region is
   the 8-connected area around the point where the object head picks that object.
+
+When the object head's region of a box or point is tiny (under 10% of the box / 0.5% of the image,
+at least 16 pixels), the region falls back to the chosen object's own score map (pixels at or above its
+Otsu threshold; for a point, the area around it, or around the nearest high pixel when the point itself
+is low, so the point may then lie outside), then to the whole box; for a point, to the larger of the
+two regions unless it is a speck, else a small window at the point (``postprocess.box_region`` and
+``point_region``). The result's ``region_rule`` names the rule used (``PartSegmentation.note`` says it
+in words, as it does for Oracle-Obj without a mask, where every pixel gets a part of the object).
 """
 from __future__ import annotations
 
@@ -34,8 +42,8 @@ import torch
 from .errors import PartCLIPSegError, VocabularyError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
-from .postprocess import (ProtocolOutput, connected_component, object_conditioned, object_scores, pred_all,
-                          single_head, upsample)
+from .postprocess import (ProtocolOutput, box_region, mean_scores_inside, object_conditioned, object_labels_of,
+                          point_region, pred_all, scores_at, single_head, upsample)
 from .preprocess import load_image, preprocess
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
@@ -139,17 +147,21 @@ class Predictor:
         out = self._decode(encoded)
         logits = out.logits[image_index]
         selected = None
+        rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
         if not out.has_object_head:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
+            if mode == "oracle-obj":
+                selected = ", ".join(vocab.objects[o] for o in _given_objects(vocab, object_name))
         elif mode == "pred-all":
             result = pred_all(logits, out.object_part_logits[image_index], encoded.text_to_object, vocab.num_parts,
                               size, return_scores)
         else:
-            objects, region = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name, box, point)
+            objects, region, rule = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name,
+                                                             box, point)
             selected = ", ".join(vocab.objects[o] for o in objects)
             result = object_conditioned(logits, out.object_part_logits[image_index], encoded.text_to_object,
                                         vocab.num_parts, size, objects, region, return_scores)
-        segmentation = _to_result(result, vocab, image, mode, selected)
+        segmentation = _to_result(result, vocab, image, mode, selected, rule)
         for name in attention_for or ():
             segmentation.attention[name] = self._attention_map(encoded, name, segmentation, image_index)
         return segmentation
@@ -165,29 +177,35 @@ class Predictor:
 
     # ------------------------------------------------------------------ helpers
     def _objects_and_region(self, mode, vocab: Vocabulary, logits, size, object_mask, object_name, box, point):
+        """(chosen objects, region bool [H, W] or None, region rule) of a prompt (see the module docstring)."""
         region = None
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
         if mode == "oracle-obj":
-            names = [object_name] if isinstance(object_name, str) else list(object_name)
-            objects = [_object_index(vocab, n) for n in names]
-            return sorted(set(objects)), region
-        obj_scores = object_scores(logits, vocab.num_parts, size)  # [O+1, H, W]
+            return _given_objects(vocab, object_name), region, "whole-image" if region is None else "mask"
+        object_logits = logits[vocab.num_parts:-1]  # [O, s, s] (no background); upsampled in bounded chunks
         if mode == "mask":
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
-            inside = obj_scores[:-1, region].mean(1)
-            return [int(inside.argmax())], region
-        object_labels = obj_scores.argmax(0)
+            return [int(mean_scores_inside(object_logits, size, region).argmax())], region, "mask"
+        object_labels = object_labels_of(logits, vocab.num_parts, size)
         if mode == "box":
             x0, y0, x1, y1 = _check_box(box, size)
             inside = torch.zeros(size, dtype=torch.bool, device=self.device)
             inside[y0:y1, x0:x1] = True
-            best = int(obj_scores[:-1, inside].mean(1).argmax())
-            return [best], inside & (object_labels == best)
+            best = int(mean_scores_inside(object_logits, size, inside).argmax())
+            region, rule = box_region(object_labels, self._object_score(object_logits, best, size), best,
+                                      (x0, y0, x1, y1))
+            return [best], region, rule
         x, y = _check_point(point, size)
-        best = int(obj_scores[:-1, y, x].argmax())
-        return [best], connected_component(object_labels == best, (y, x))
+        best = int(scores_at(object_logits, size, y, x).argmax())
+        region, rule = point_region(object_labels, self._object_score(object_logits, best, size), best, (y, x))
+        return [best], region, rule
+
+    @staticmethod
+    def _object_score(object_logits: torch.Tensor, index: int, size) -> torch.Tensor:
+        """The sigmoid score [H, W] of one object at image size."""
+        return upsample(object_logits[index:index + 1], size).sigmoid_()[0]
 
     def _single_head(self, logits, encoded: EncodedVocabulary, size, mode, object_mask, object_name, keep_scores):
         """A model without an object head (the CLIPSeg baseline): Pred-All and Oracle-Obj only."""
@@ -240,10 +258,17 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     else:
         mode = "pred-all"
     if protocol == "oracle-obj" and mode != "oracle-obj":
-        raise PartCLIPSegError("the oracle-obj protocol needs object_name (the ground-truth object class)")
+        raise PartCLIPSegError("the oracle-obj protocol needs the object: object_name= (--object on the command "
+                               "line)")
     if protocol == "pred-all" and mode != "pred-all":
         raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
     return mode
+
+
+def _given_objects(vocab: Vocabulary, object_name: str | Sequence[str]) -> list[int]:
+    """Sorted object indices of Oracle-Obj's ``object_name`` (one name or several)."""
+    names = [object_name] if isinstance(object_name, str) else list(object_name)
+    return sorted({_object_index(vocab, n) for n in names})
 
 
 def _object_index(vocab: Vocabulary, name: str) -> int:
@@ -253,13 +278,16 @@ def _object_index(vocab: Vocabulary, name: str) -> int:
 
 
 def _mask_tensor(mask, size, device) -> torch.Tensor:
-    array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[..., 0]
+    """An object mask (any non-zero grey, colour or alpha value = object; see ``masks``) -> bool [H, W]."""
+    from .masks import mask_from_array
+
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    array = mask_from_array(mask)
     if array.shape != tuple(size):
         raise PartCLIPSegError(f"object mask is {array.shape[1]}x{array.shape[0]} (WxH) but the image is "
                                f"{size[1]}x{size[0]}")
-    return torch.as_tensor(array > 0, device=device)
+    return torch.as_tensor(array, device=device)
 
 
 def _check_box(box, size) -> tuple[int, int, int, int]:
@@ -285,14 +313,19 @@ def _check_point(point, size) -> tuple[int, int]:
     return int(x), int(y)
 
 
+#: The region rule of the modes whose region does not depend on the scores.
+_DIRECT_REGION_RULE = {"pred-all": None, "oracle-obj": "whole-image", "mask": "mask", "box": None, "point": None}
+
+
 def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: str,
-               selected: str | None) -> PartSegmentation:
+               selected: str | None, region_rule: str | None = None) -> PartSegmentation:
     def np_(t):
         return None if t is None else t.cpu().numpy()
 
     return PartSegmentation(vocab, image, np_(out.part_labels), np_(out.object_labels),
                             np_(out.generalized_part_labels), np_(out.part_confidence), mode, selected,
-                            np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores))
+                            np_(out.part_scores), np_(out.object_scores), np_(out.generalized_part_scores),
+                            region_rule=region_rule)
 
 
 def as_predictor(model: Any = None, device: str | torch.device | None = None,

@@ -16,6 +16,19 @@ from .vocabulary import Vocabulary
 
 BACKGROUND = "background"
 
+#: What each region rule means, shown next to a result (``PartSegmentation.note``); rules without a
+#: note ("object-head", "mask", Pred-All) need no explanation.
+REGION_RULE_NOTES = {
+    "whole-image": "Oracle-Obj without a mask: every pixel gets a part of {object} (the official protocol); "
+                   "give an object mask, a box or a point to keep the background.",
+    "object-score": "the object head's region for {object} at the prompt was tiny; the region is where "
+                    "{object}'s own score is high (at or above its Otsu threshold).",
+    "box": "neither the object head nor {object}'s score gave a region in the box; the whole box gets "
+           "{object}'s parts.",
+    "point-window": "neither the object head nor {object}'s score gave a region at the point; a small window "
+                    "around the point gets {object}'s parts.",
+}
+
 
 @dataclass
 class PartSegmentation:
@@ -31,6 +44,10 @@ class PartSegmentation:
     * ``attention`` {class name: [H, W] float in [0, 1]}: decoder attention heatmaps, when asked for.
     * ``mode``: "pred-all", "oracle-obj", "mask", "box" or "point"; ``selected_object``: the object
       chosen by a prompt (or given), else None.
+    * ``region_rule``: which pixels got the selected object's parts (``REGION_RULE_NOTES``): None
+      (Pred-All), "whole-image" (Oracle-Obj without a mask), "mask", or for a box / point the rule of
+      ``postprocess.box_region`` / ``point_region`` that gave the region ("object-head", "object-score",
+      "box", "point-window"). ``note`` says it in one line.
     """
 
     vocabulary: Vocabulary
@@ -45,6 +62,7 @@ class PartSegmentation:
     object_scores: np.ndarray | None = None
     generalized_part_scores: np.ndarray | None = None
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    region_rule: str | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -66,6 +84,12 @@ class PartSegmentation:
         counts = np.bincount(self.part_labels.ravel(), minlength=self.background + 1)[: self.background]
         order = np.argsort(-counts, kind="stable")
         return [int(c) for c in order if counts[c] > 0]
+
+    @property
+    def note(self) -> str | None:
+        """One line on how the selected object's region was chosen, when a user should know (else None)."""
+        text = REGION_RULE_NOTES.get(self.region_rule)
+        return None if text is None else text.format(object=self.selected_object)
 
     def mask(self, name: str) -> np.ndarray:
         """Boolean [H, W] mask of an object-specific class."""
@@ -100,7 +124,16 @@ class PartSegmentation:
         from .viz import overlay
 
         labels, names, bg = self._granularity(granularity)
-        return overlay(self.image, labels, names, bg, alpha=alpha, legend=legend)
+        scores = self.class_mean_scores() if granularity == "part" else None
+        return overlay(self.image, labels, names, bg, alpha=alpha, legend=legend, class_scores=scores)
+
+    def class_mean_scores(self) -> np.ndarray:
+        """[T] mean ``part_confidence`` of each object-specific class over its pixels (0 where absent)."""
+        t = self.background
+        labels = self.part_labels.ravel()
+        sums = np.bincount(labels, weights=self.part_confidence.ravel().astype(np.float64), minlength=t + 1)[:t]
+        counts = np.bincount(labels, minlength=t + 1)[:t]
+        return sums / np.maximum(counts, 1)
 
     def attention_overlay(self, name: str, alpha: float = 0.5):
         """The decoder attention heatmap of class ``name`` over the image (PIL image)."""
@@ -117,18 +150,20 @@ class PartSegmentation:
         h, w = self.size
         total = float(h * w)
         parts = []
-        for seg in self.segments():
-            area = int(seg["mask"].sum())
-            entry = {"label": seg["label"], "id": self.vocabulary.index(seg["label"]),
-                     "object": self.vocabulary.object_of(self.vocabulary.index(seg["label"])),
-                     "part": self.vocabulary.part_of(self.vocabulary.index(seg["label"])),
-                     "area": area, "area_fraction": area / total, "score": seg["score"]}
+        for c in self.present_classes():  # one [H, W] mask at a time: memory stays at image size
+            mask = self.part_labels == c
+            area = int(mask.sum())
+            label = self.vocabulary.object_specific_classes[c]
+            entry = {"label": label, "id": c, "object": self.vocabulary.object_of(c), "part": self.vocabulary.part_of(c),
+                     "area": area, "area_fraction": area / total, "score": float(self.part_confidence[mask].mean())}
             if rle:
-                entry["rle"] = mask_to_rle(seg["mask"])
+                entry["rle"] = mask_to_rle(mask)
             parts.append(entry)
+            del mask
         objects = self._areas(self.object_labels, list(self.vocabulary.objects))
         generalized = self._areas(self.generalized_part_labels, list(self.vocabulary.parts))
         return {"image_size": {"height": h, "width": w}, "mode": self.mode, "selected_object": self.selected_object,
+                "region_rule": self.region_rule, "note": self.note,
                 "vocabulary": list(self.vocabulary.object_specific_classes), "background_label": self.background,
                 "parts": parts, "objects": objects, "generalized_parts": generalized}
 

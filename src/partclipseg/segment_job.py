@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import PartCLIPSegError
+from .io import json_text
 from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store, read_input_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -113,14 +114,14 @@ class SegmentOptions:
 
 
 def key_hash(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json_text(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model) -> str:
     """sha256 of a model's config and every tensor (name, dtype, shape, bytes); first 16 hex digits."""
     import torch
 
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json_text(model.config.to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -413,7 +414,7 @@ def prepare_output(store: OutputStore, key: dict, items: Sequence[Item], *, resu
     if not resume:
         _remove_markers(store, items)
     record = {"format": JOB_FORMAT, "job": key_hash(key), "key": key, "model_source": model_source}
-    store.write_bytes(JOB_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    store.write_bytes(JOB_FILE, (json_text(record, indent=1) + "\n").encode())
 
 
 def _remove_markers(store: OutputStore, items: Sequence[Item]) -> None:
@@ -448,9 +449,10 @@ def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict
 
 
 # ============================================================================ process
-def item_status(item: Item, status: str, error: str | None = None) -> dict[str, Any]:
-    """``status``: ok (written now), failed (``error`` says why)."""
-    return {"name": item.name, "source": item.source, "status": status, "error": error}
+def item_status(item: Item, status: str, error: str | None = None, note: str | None = None) -> dict[str, Any]:
+    """``status``: ok (written now), failed (``error`` says why); ``note``: the result's note (how its
+    region was chosen, e.g. Oracle-Obj without a mask), reported once per distinct text."""
+    return {"name": item.name, "source": item.source, "status": status, "error": error, "note": note}
 
 
 class ItemProcessor:
@@ -528,7 +530,7 @@ class ItemProcessor:
                 continue
             for name, payload in files:
                 self.store.write_bytes(name, payload)
-            statuses[i] = item_status(item, "ok")
+            statuses[i] = item_status(item, "ok", note=result.note)
         return [statuses[i] for i in range(len(items))]
 
 
@@ -545,6 +547,7 @@ class Report:
     out: str = ""
     engine: str = "local"
     failures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # distinct result notes, in item order
 
     def summary(self) -> dict[str, Any]:
         return {"processed": self.processed, "skipped": self.skipped, "failed": self.failed, "out": self.out,
@@ -562,10 +565,11 @@ def finish_report(store: OutputStore, plan: Plan, statuses: Sequence[dict[str, A
     failures += [{"source": s["source"], "name": s["name"], "error": s["error"]}
                  for s in sorted(statuses, key=lambda s: s["name"]) if s["status"] == "failed"]
     ok = sum(1 for s in statuses if s["status"] == "ok")
-    lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
+    lines = "".join(json_text(f, ensure_ascii=False) + "\n" for f in failures)
     store.write_bytes(FAILURES_FILE, lines.encode("utf-8"))
+    notes = list(dict.fromkeys(s["note"] for s in sorted(statuses, key=lambda s: s["name"]) if s.get("note")))
     return Report(processed=ok, skipped=skipped, failed=len(failures), out=store.root, engine=engine,
-                  failures=failures)
+                  failures=failures, notes=notes)
 
 
 def options_as_dict(options: SegmentOptions) -> dict[str, Any]:  # for logs and benchmarks

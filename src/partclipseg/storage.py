@@ -18,7 +18,7 @@ import stat
 import uuid
 from pathlib import Path
 
-from .errors import ImageError, PartCLIPSegError
+from .errors import ImageError, OutputError, PartCLIPSegError
 from .io import atomic_write_bytes
 
 
@@ -80,8 +80,6 @@ def read_input_bytes(source: str) -> bytes:
         os.close(fd)
 
 
-class OutputError(PartCLIPSegError):
-    """The output location cannot be written (permissions, full disk, a file in the way)."""
 
 
 def output_error(where: str, exc: OSError) -> OutputError:

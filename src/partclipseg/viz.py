@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
@@ -17,11 +18,16 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import ImageError, PartCLIPSegError
 from .io import atomic_path
 
-__all__ = ["LEGEND_MAX_ENTRIES", "colormap", "heatmap", "label_png_array", "legend_entries",
+__all__ = ["LEGEND_MAX_ENTRIES", "LEGEND_MIN_AREA_PERCENT", "LEGEND_MIN_SCORE", "colormap", "heatmap", "label_png_array", "legend_entries",
            "mask_to_rle", "overlay", "palette", "read_label_png", "write_png"]
 
 #: Most classes listed in an overlay legend; the rest are summed up in one "+N more" row.
 LEGEND_MAX_ENTRIES = 30
+#: A class with less than this percent of the pixels *and* a mean score under ``LEGEND_MIN_SCORE``
+#: is left out of the legend (its few pixels stay coloured): a speck the model barely believes in is
+#: noise, not a finding. A small confident class, or a large unconfident one, stays listed.
+LEGEND_MIN_AREA_PERCENT = 0.1
+LEGEND_MIN_SCORE = 0.05
 
 _GOLDEN = 0.6180339887498949
 _SATURATIONS, _VALUES = (0.85, 0.60, 0.95), (0.95, 0.78, 0.88, 0.70)
@@ -106,16 +112,23 @@ def _check_range(labels: np.ndarray, num_classes: int, background: int) -> None:
 
 
 # ------------------------------------------------------------------------ overlay
-def legend_entries(labels: np.ndarray, names: Sequence[str],
-                   background: int) -> list[tuple[int, str, float]]:
+def legend_entries(labels: np.ndarray, names: Sequence[str], background: int,
+                   class_scores: Sequence[float] | None = None) -> list[tuple[int, str, float]]:
     """``(class index, name, percent of all pixels)`` of each class present in ``labels`` [H, W],
-    largest area first (ties by index); ``background`` is never listed."""
+    largest area first (ties by index); ``background`` is never listed. With ``class_scores``
+    ([len(names)] mean score per class) a class that is both ~0 in area (under
+    ``LEGEND_MIN_AREA_PERCENT`` of the pixels) and ~0 in score (under ``LEGEND_MIN_SCORE``) is dropped:
+    noise, not a finding."""
     labels = _check_labels(labels)
     _check_range(labels, len(names), background)
     values = labels[labels != background].astype(np.intp, copy=False)
     counts = np.bincount(values, minlength=len(names))  # [len(names)]
     present = [k for k in np.argsort(-counts, kind="stable") if counts[k] > 0]
-    return [(int(k), str(names[k]), 100.0 * float(counts[k]) / labels.size) for k in present]
+    entries = [(int(k), str(names[k]), 100.0 * float(counts[k]) / labels.size) for k in present]
+    if class_scores is None:
+        return entries
+    return [e for e in entries
+            if not (e[2] < LEGEND_MIN_AREA_PERCENT and float(class_scores[e[0]]) < LEGEND_MIN_SCORE)]
 
 
 def _boundaries(labels: np.ndarray, background: int, thickness: int) -> np.ndarray:
@@ -140,7 +153,8 @@ def _blend(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], background: int, *,
-            alpha: float = 0.5, legend: bool = True, title: str | None = None) -> Image.Image:
+            alpha: float = 0.5, legend: bool = True, title: str | None = None,
+            class_scores: Sequence[float] | None = None) -> Image.Image:
     """Class colours blended on ``image`` ``[H, W, 3]`` with thin boundaries, legend on the right.
 
     ``labels`` ``[H, W]`` holds indices into ``names`` (or ``background``, left uncoloured). The
@@ -150,7 +164,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], backgro
     image = _check_image(image, alpha)
     labels = _check_labels(labels, image.shape[:2])
     colours = palette(len(names))
-    entries = legend_entries(labels, names, background)  # also validates the label range
+    entries = legend_entries(labels, names, background, class_scores)  # also validates the label range
     out = image.copy()
     fg = labels != background
     out[fg] = _blend(image[fg], colours[labels[fg]], alpha)
@@ -326,15 +340,35 @@ def write_png(path: str | os.PathLike, data: PngData) -> None:
         img.save(tmp, format="PNG")
 
 
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
+MAX_LABEL_PIXELS = 100_000_000
+
+
+def read_label_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None,
+                   max_pixels: int = MAX_LABEL_PIXELS) -> np.ndarray:
     """Read a single-channel label PNG: ``[H, W]`` with the values as stored — uint8 (modes L, P:
     indices; mode 1 as 0/1) or uint16 (16-bit). The one label-PNG reader (datasets use it too).
 
-    Raises ``ImageError`` for a missing or unreadable file and for a multi-channel image.
+    The size in the file's header is checked *before* the pixels are decoded: against
+    ``expected_size`` ``(height, width)`` when given, and against ``max_pixels``, so a small file that
+    claims a huge size is refused without allocating it.
+
+    Raises ``ImageError`` for a missing or unreadable file, a wrong or too large size, and for a
+    multi-channel image.
     """
     try:
-        with Image.open(path) as img:
-            mode, arr = img.mode, np.array(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size checks below
+            with Image.open(path) as img:
+                width, height = img.size
+                if expected_size is not None and (height, width) != tuple(expected_size):
+                    raise ImageError(f"{os.fspath(path)}: size {width}x{height} (WxH) does not match its image "
+                                     f"({expected_size[1]}x{expected_size[0]})")
+                if width * height > max_pixels:
+                    raise ImageError(f"{os.fspath(path)}: {width}x{height} label image is larger than "
+                                     f"{max_pixels:,} pixels")
+                mode, arr = img.mode, np.array(img)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{os.fspath(path)}: file not found") from None
     except Exception as exc:  # PIL's errors for broken / non-image files

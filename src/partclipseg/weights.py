@@ -23,6 +23,8 @@ from .checkpoint import (CONFIG_NAME, OFFICIAL_PREFIXES, WEIGHTS_NAME, convert_o
                          strip_prefix)
 from .config import from_official_config, get_config
 from .errors import CheckpointError, ConfigError
+from .hub.registry import BUILTIN_MODEL_DIR
+from .hf_clipseg import merged_sub_config
 from .model import PartSegmentationModel, build_model
 from .model.loading import load_pretrained, save_pretrained
 
@@ -55,8 +57,10 @@ def init_from_clipseg(source: str | os.PathLike, architecture: str = "partclipse
     if not (path / CONFIG_NAME).is_file():
         raise CheckpointError(f"{path} has no {CONFIG_NAME} (expected a Hugging Face CLIPSeg folder)")
     hf_config = read_config_json(path / CONFIG_NAME)
-    if "vision_config" not in hf_config:
+    if "vision_config" not in hf_config and "vision_config_dict" not in hf_config:
         raise ConfigError(f"{path / CONFIG_NAME} is not a CLIPSeg config (no vision_config)")
+    hf_config = dict(hf_config, vision_config=merged_sub_config(hf_config, "vision"),
+                     text_config=merged_sub_config(hf_config, "text"))
     config = from_official_config(hf_config, image_size=image_size, architecture=architecture)
     if (path / WEIGHTS_NAME).is_file():
         raw = read_safetensors(path / WEIGHTS_NAME)
@@ -76,7 +80,7 @@ __all__ = ["save_pretrained", "load_pretrained", "load_official_checkpoint", "in
 
 
 # ---------------------------------------------------------------------------- built-in default
-DEFAULT_MODEL_DIR = Path(__file__).parent / "resources" / "default_model"
+DEFAULT_MODEL_DIR = BUILTIN_MODEL_DIR  # the "toy" entry of the model registry
 
 
 def default_model_available() -> bool:

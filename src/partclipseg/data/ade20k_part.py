@@ -89,7 +89,8 @@ class ADE20KPart234(DatasetReader):
         path = self.part_path(split, image)
         if not path.is_file():
             raise DatasetError(f"{path}: missing part annotation for image {image.file_name}")
-        part = check_labels(read_label_png(path), self.num_classes, self.ignore_label, path, "part label")
+        labels = read_label_png(path, (image.height, image.width))
+        part = check_labels(labels, self.num_classes, self.ignore_label, path, "part label")
         self._check_same_size(part.shape, (image.height, image.width), path, f"{self.json_path(split).name} ({image.file_name})")
         img_path = self.image_path(split, image)
         self._check_same_size(image_size(img_path), part.shape, img_path, path)

@@ -130,11 +130,12 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(str(exc)) from None
 
 
-def read_label_png(path: Path) -> np.ndarray:
+def read_label_png(path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """A single-channel label PNG (8-bit, 16-bit or palette indices) as an int64 array, values as stored
-    (``viz.read_label_png``, with its errors as ``DatasetError``)."""
+    (``viz.read_label_png``, with its errors as ``DatasetError``). With ``expected_size`` (height, width)
+    the size in the file's header is checked before any pixel is decoded."""
     try:
-        return read_label_image(path).astype(np.int64)
+        return read_label_image(path, expected_size=expected_size).astype(np.int64)
     except ImageError as exc:
         raise DatasetError(str(exc)) from None
 

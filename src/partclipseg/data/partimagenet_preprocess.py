@@ -33,14 +33,13 @@ Command line: ``python -m partclipseg.data.partimagenet_preprocess SOURCE OUT [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_text
 from ..vocabulary import load_benchmark_info
 from .base import list_files, read_json
 from .common import DatasetError
@@ -98,8 +97,9 @@ def preprocess_partimagenet(source: str | Path, out: str | Path, link: bool = Tr
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise DatasetError(f"{source}: source folder not found")
-    if source == out or _is_inside(source, out):
-        raise DatasetError(f"{out}: the output folder must not be the source folder or contain it ({source})")
+    if source == out or _is_inside(source, out) or _is_inside(out, source):
+        raise DatasetError(f"{out}: the output folder must not be the source folder, inside it or contain it "
+                           f"({source}): the source stays untouched")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out}: output folder exists and is not empty (choose a new folder)")
     jsons = {split: find_source_json(source, split) for split in SPLITS}
@@ -163,7 +163,7 @@ def preprocess_partimagenet(source: str | Path, out: str | Path, link: bool = Tr
             "split": split,
             "kept": "seen objects" if split == "train" else "the 40 PartImageNet objects",
         }
-        atomic_write_text(out / f"{split}.json", json.dumps(coco))
+        atomic_write_text(out / f"{split}.json", json_text(coco))
         result[split] = counts
     result["files"] = placed
     return result
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(counts, indent=1))
+    print(json_text(counts, indent=1))
     return 0
 
 

@@ -98,13 +98,15 @@ class PascalPart116(DatasetReader):
 
     def _read_parts(self, stem: str) -> np.ndarray:
         path = self.part_path(stem)
-        return check_labels(read_label_png(path), self.num_classes, self.ignore_label, path, "part label")
+        labels = read_label_png(path, image_size(self.image_path(stem)))
+        return check_labels(labels, self.num_classes, self.ignore_label, path, "part label")
 
     def _read_objects(self, stem: str) -> np.ndarray:
         path = self.object_path(stem)
         if not path.is_file():
             raise DatasetError(f"{path}: missing object annotation for {self.part_path(stem).name}")
-        return check_labels(read_label_png(path), self.num_objects, self.ignore_label, path, "object label")
+        labels = read_label_png(path, image_size(self.image_path(stem)))
+        return check_labels(labels, self.num_objects, self.ignore_label, path, "object label")
 
     def _read_pair(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
         part, obj = self._read_parts(stem), self._read_objects(stem)

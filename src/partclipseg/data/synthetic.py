@@ -19,7 +19,6 @@ images than scenes are asked for.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..vocabulary import load_benchmark_info
+from ..io import json_text
 
 __all__ = [
     "ADE_TRAIN_SCENES",
@@ -168,7 +168,7 @@ def _write_png(path: Path, labels: np.ndarray, dtype) -> None:
 
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    path.write_text(json_text(data))
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:

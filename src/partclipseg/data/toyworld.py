@@ -49,7 +49,6 @@ Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [-
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -64,6 +63,7 @@ from PIL import Image, ImageDraw
 from ..vocabulary import Vocabulary
 from .common import DatasetError
 from .pascal_part import PascalPart116
+from ..io import json_text
 
 __all__ = [
     "COLOUR_WORDS",
@@ -197,7 +197,7 @@ def build_vocabulary_json() -> dict:
 
 def vocabulary_json_text() -> str:
     """The exact text of the shipped ``toy_world.json``."""
-    return json.dumps(build_vocabulary_json(), indent=1) + "\n"
+    return json_text(build_vocabulary_json(), indent=1) + "\n"
 
 
 def vocabulary_json_path() -> Path:
@@ -903,10 +903,10 @@ def generate_toy_world(root: str | Path, n_train: int = 1000, n_val: int = 200,
         part_counts = {f"{stem}.png": parts for stem, _, parts, _ in done}
         captions = {stem: words for stem, _, _, words in done}
         (out / "captions").mkdir(exist_ok=True)
-        (out / "captions" / f"{split}.json").write_text(json.dumps(captions))
+        (out / "captions" / f"{split}.json").write_text(json_text(captions))
         if split == "val":
-            (out / "annotations_detectron2_part" / "val_obj_label_count.json").write_text(json.dumps(obj_counts))
-            (out / "annotations_detectron2_part" / "val_part_label_count.json").write_text(json.dumps(part_counts))
+            (out / "annotations_detectron2_part" / "val_obj_label_count.json").write_text(json_text(obj_counts))
+            (out / "annotations_detectron2_part" / "val_part_label_count.json").write_text(json_text(part_counts))
     return out
 
 
@@ -991,7 +991,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     if args.sheet is not None:
         render_contact_sheet(out, args.sheet)
-    print(json.dumps({"dataset": str(out), "train": args.train, "val": args.val, "seed": args.seed,
+    print(json_text({"dataset": str(out), "train": args.train, "val": args.val, "seed": args.seed,
                       "seconds": round(seconds, 2)}, indent=1))
     return 0
 

@@ -28,7 +28,7 @@ from ..segment_job import (Item, ItemProcessor, Log, Report, SegmentOptions, _st
 from ..storage import OutputError, open_store
 
 MAX_BATCH_RETRIES = 3
-_COLUMNS = ("name", "source", "status", "error")
+_COLUMNS = ("name", "source", "status", "error", "note")
 
 
 def import_ray():
@@ -58,10 +58,11 @@ class SegmentWorker:
             try:
                 statuses = self.process(items)
             except OutputError as exc:
-                statuses = [{"name": it.name, "source": it.source, "status": "fatal", "error": str(exc)}
+                statuses = [{"name": it.name, "source": it.source, "status": "fatal", "error": str(exc), "note": None}
                             for it in items]
         else:
-            statuses = [{"name": it.name, "source": it.source, "status": "fatal", "error": self.error} for it in items]
+            statuses = [{"name": it.name, "source": it.source, "status": "fatal", "error": self.error, "note": None}
+                        for it in items]
         return {c: np.array([s[c] or "" for s in statuses], dtype=object) for c in _COLUMNS}
 
     def process(self, items: list[Item]) -> list[dict[str, Any]]:

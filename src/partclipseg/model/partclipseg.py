@@ -52,8 +52,8 @@ class CLIPSegCore(PartSegmentationModel):
         v, e = config.vision, config.projection_dim
         self.vision = CLIPVisionTower(v)
         self.text = CLIPTextTower(config.text, e)
-        self.visual_adapter = Adapter(v.hidden_size, config.visual_adapter_reduction)
-        self.non_object_embedding = nn.Parameter(torch.zeros(1, e))
+        self.visual_adapter = Adapter(v.hidden_size, config.visual_adapter_reduction) if config.visual_adapter else None
+        self.non_object_embedding = nn.Parameter(torch.zeros(1, e)) if config.background == "learned" else None
         self.decoder = CLIPSegDecoder(config.decoder, v.hidden_size, e)
         self.class_head = MaskHead(config.decoder.reduce_dim, v.patch_size,
                                    config.decoder.complex_transposed_convolution)
@@ -87,6 +87,8 @@ class CLIPSegCore(PartSegmentationModel):
         else:
             hidden = None
             picked = self.vision(pixel_values, indices)
+        if self.visual_adapter is None:
+            return ImageFeatures(list(picked), hidden)
         ratio = self.config.visual_adapter_ratio
         activations = [ratio * self.visual_adapter(a) + (1.0 - ratio) * a for a in picked]
         return ImageFeatures(activations, hidden)
@@ -96,7 +98,9 @@ class CLIPSegCore(PartSegmentationModel):
         return self.text(input_ids, attention_mask)
 
     def class_embeddings(self, text_features: torch.Tensor) -> torch.Tensor:
-        """Append the non-object embedding: [P, E] -> [P + 1, E]."""
+        """Append the non-object embedding: [P, E] -> [P + 1, E] (unchanged with ``background="none"``)."""
+        if self.non_object_embedding is None:
+            return text_features
         return torch.cat([text_features, self.non_object_embedding.to(text_features.dtype)], dim=0)
 
     def encode_text_inputs(self, text: TextInputs) -> EncodedVocabulary:
@@ -261,9 +265,15 @@ class CLIPSegBaseline(CLIPSegCore):
     def decode_classes(self, features: ImageFeatures, class_embeddings: torch.Tensor,
                        output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
                        chunk_size: int | None = None) -> SegmentationOutput:
-        """Logits [B, T+1, S, S] for class embeddings [T+1, E] (T prompts + non-object)."""
+        """Logits [B, T+1, S, S] for class embeddings [T+1, E] (T prompts + non-object).
+
+        With ``background="none"`` (plain CLIPSeg) the class embeddings are the T prompts alone and a
+        constant zero logit row is appended as the background, so ``logits`` is [B, T+1, S, S] either way.
+        """
         _, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
                                                              output_hidden_states, chunk_size)
+        if self.non_object_embedding is None:
+            logits = torch.cat([logits, logits.new_zeros(logits.shape[0], 1, *logits.shape[2:])], dim=1)
         return SegmentationOutput(logits, None, class_embeddings, attentions, hidden, features.hidden_states)
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,

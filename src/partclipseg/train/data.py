@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data import open_dataset
-from ..data.common import IGNORE, nearest_resize, resize_shortest_edge_shape
+from ..data.common import IGNORE, DatasetError, nearest_resize, resize_shortest_edge_shape
 from ..preprocess import preprocess
 from ..resample import resize_bilinear
 from ..vocabulary import Vocabulary, load_benchmark_info
@@ -46,9 +46,10 @@ class TrainDataset(torch.utils.data.Dataset):
         self.config = config
         self.image_size, self.mean, self.std = image_size, mean, std
         self.reader = open_dataset(config.dataset, config.root, "train")
+        self.reader.check(full=False)  # a missing or malformed dataset folder: a DatasetError naming it
         self.records = self.reader.train_records()
         if not self.records:
-            raise ValueError(f"{config.dataset} at {config.root} has no training images")
+            raise DatasetError(f"{config.dataset} at {config.root} has no training images")
         info = load_benchmark_info(config.dataset)
         remap = info["train_label_remap"]
         self.part_table = _remap_table(remap["object_specific"], len(info["object_specific_classes"]))

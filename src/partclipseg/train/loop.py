@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,13 @@ from ..checkpoint import SAVED, inspect_checkpoint, load_state_dict_checked, rea
 from ..config import get_config
 from ..dist import DistInfo, barrier, default_device, dist_info, init_distributed
 from ..errors import CheckpointError, ConfigError, PartCLIPSegError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_text
 from ..model import PartSegmentationModel, TextInputs, build_model
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset, collate
+from .checkpoint import (check_resume_config, checkpoint_dir, ensure_output_folder, latest_checkpoint,
+                         remove_stale_temporaries, save_checkpoint)
 from .recipe import TrainConfig
 
 
@@ -46,19 +47,19 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
         model_config.validate()
         torch.manual_seed(config.seed)
         return build_model(model_config)
-    path = Path(config.init)
+    from ..hub.resolve import resolve_model
+
+    resolved = resolve_model(config.init)  # a named model is fetched; a missing path is refused by name
+    path = Path(resolved)
     if _is_saved_model(path):
         model = load_pretrained(path)
         if model.config.architecture != config.architecture:
-            raise ConfigError(f"init {path} is a {model.config.architecture} model but the recipe trains "
+            raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
                               f"{config.architecture}")
         model.config.image_size = config.image_size
         return model
-    if not path.exists() and "/" not in config.init:
-        raise CheckpointError(f"init weights not found: {config.init} (a CLIPSeg folder, a hub id, a saved "
-                              f"partclipseg folder, or random:<preset>)")
     torch.manual_seed(config.seed)
-    return init_from_clipseg(config.init, config.architecture, config.image_size)
+    return init_from_clipseg(resolved, config.architecture, config.image_size)
 
 
 def _is_saved_model(path: Path) -> bool:
@@ -114,28 +115,7 @@ def poly_lr(config: TrainConfig, step: int) -> float:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step_{step:07d}"
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if (p / "trainer.pt").is_file())
-    return folders[-1] if folders else None
-
-
-def save_checkpoint(out_dir: Path, model: PartSegmentationModel, optimizer, step: int, config: TrainConfig) -> Path:
-    final = _checkpoint_dir(out_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                "torch_rng": torch.random.get_rng_state()}, tmp / "trainer.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
-    for old in folders[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+_checkpoint_dir = checkpoint_dir  # (the old private name)
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
@@ -176,15 +156,15 @@ class TrainRun:
         return self.out_dir / "metrics.jsonl"
 
 
-def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool) -> TrainRun:
-    """Process group, model, data, optimizer; the newest checkpoint's state when resuming."""
+def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allow_safe_changes: bool = False) -> TrainRun:
+    """Output folder and resume checks, process group, model, data, optimizer; the newest complete
+    checkpoint's state when resuming."""
     info = dist_info()
     if config.batch_size % info.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {info.world_size} processes")
     device = default_device(info.local_rank)
+    check_run_folder(config, out_dir, resume, allow_safe_changes, info)
     init_distributed(info, device)
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume and (out_dir / "config.json").is_file():
-        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
 
     model = build_initial_model(config)
     set_trainable(model, config.trainable)
@@ -196,7 +176,7 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool) -> T
     start = _resume(out_dir, model, optimizer, info) if resume else 0
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+        atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
     net: nn.Module = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device != "cpu" else None)
@@ -213,6 +193,22 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool) -> T
 
         bar = tqdm(total=config.iterations, initial=start, unit="it", desc=f"train {config.dataset}")
     return TrainRun(config, out_dir, info, device, model, net, dataset, text, optimizer, start, loader, autocast, bar)
+
+
+def check_run_folder(config: TrainConfig, out_dir: Path, resume: bool, allow_safe_changes: bool,
+                     info: DistInfo) -> None:
+    """``out_dir`` is new, empty, or (with ``resume``) a run with this config (``checkpoint.check_resume_config``);
+    stale temporaries of an interrupted checkpoint write are removed."""
+    ensure_output_folder(out_dir, resume)
+    if not resume:
+        return
+    if info.is_main:
+        remove_stale_temporaries(out_dir)
+    ckpt = latest_checkpoint(out_dir)
+    step = 0 if ckpt is None else int(ckpt.name.split("_")[1])
+    changed = check_resume_config(out_dir, config.to_dict(), step, allow_safe_changes)
+    if changed and info.is_main:
+        print("resume with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
 
 def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistInfo) -> int:
@@ -264,7 +260,7 @@ def log_step(run: TrainRun, done: int, lr: float, losses: dict, seconds: float) 
         record = {"step": done, "lr": lr, "seconds": round(seconds, 3),
                   **{k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
         with open(run.metrics_file, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")
     if run.bar is not None:
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -275,7 +271,7 @@ def after_step(run: TrainRun, done: int) -> None:
     config = run.config
     if done % config.checkpoint_period == 0 or done == config.iterations:
         if run.info.is_main:
-            save_checkpoint(run.out_dir, run.model, run.optimizer, done, config)
+            save_checkpoint(run.out_dir, run.model, run.optimizer, done, config, config.keep_checkpoints)
         barrier(run.info)
     if done % config.eval_period == 0 and done < config.iterations:
         _evaluate(run.model, config, run.out_dir, done)
@@ -295,13 +291,16 @@ def finish(run: TrainRun) -> Path:
     return final
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          allow_safe_changes: bool = False) -> Path:
     """Train per ``config``; returns the folder of the final model. Works under ``torchrun``.
 
-    ``setup`` -> ``train_step`` / ``log_step`` / ``after_step`` per step -> ``finish``.
+    ``setup`` -> ``train_step`` / ``log_step`` / ``after_step`` per step -> ``finish``. ``resume``
+    continues the run in ``out_dir`` from its newest complete checkpoint; its config must equal the
+    run's, except the keys of ``checkpoint.SAFE_RESUME_CHANGES`` with ``allow_safe_changes``.
     """
     config.validate()
-    run = setup(config, Path(out_dir), resume, progress)
+    run = setup(config, Path(out_dir), resume, progress, allow_safe_changes)
     run.model.train()
     tic = time.perf_counter()
     for step, batch in zip(range(run.start, config.iterations), run.loader):
@@ -331,7 +330,7 @@ def _evaluate(model: PartSegmentationModel, config: TrainConfig, out_dir: Path, 
     if results is not None:
         m = results["metrics"]
         with open(out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "eval": config.eval_protocol, "seen": m["mIoU-base"],
+            handle.write(json_text({"step": step, "eval": config.eval_protocol, "seen": m["mIoU-base"],
                                      "unseen": m["mIoU-unbase"], "harmonic": m["h-IoU"]}) + "\n")
     if was_training:
         model.train()

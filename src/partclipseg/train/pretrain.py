@@ -44,7 +44,7 @@ from torch import nn
 
 from ..config import PartCLIPSegConfig, get_config
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_text
 from ..model import build_model
 from ..model.clip import CLIPTextTower, CLIPVisionTower
 from ..preprocess import load_image
@@ -443,7 +443,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
         start = int(state["step"])
         _trim_metrics(out_dir / "metrics.jsonl", start)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+    atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -474,7 +474,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
             raise FloatingPointError(f"loss became {value} at step {done}")
         if done % config.log_period == 0 or done == config.iterations:
             with open(metrics_file, "a") as handle:
-                handle.write(json.dumps({"step": done, "loss": value, "lr": lr,
+                handle.write(json_text({"step": done, "loss": value, "lr": lr,
                                          "temperature": float(towers.logit_scale.detach().exp().reciprocal()),
                                          "seconds": round(time.perf_counter() - tic, 3)}) + "\n")
         if bar is not None:
@@ -484,9 +484,9 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
             _save_checkpoint(out_dir, towers, optimizer, done, config)
         if val is not None and (done % config.eval_period == 0 or done == config.iterations):
             result = zero_shot_accuracy(towers, val, UNSEEN_OBJECTS, device)
-            atomic_write_text(out_dir / "eval" / f"step_{done:07d}.json", json.dumps(result, indent=1) + "\n")
+            atomic_write_text(out_dir / "eval" / f"step_{done:07d}.json", json_text(result, indent=1) + "\n")
             with open(metrics_file, "a") as handle:
-                handle.write(json.dumps({"step": done, "eval": "zero-shot", **result}) + "\n")
+                handle.write(json_text({"step": done, "eval": "zero-shot", **result}) + "\n")
     if bar is not None:
         bar.close()
     final = out_dir / "final"

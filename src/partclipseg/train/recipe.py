@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,8 @@ class TrainConfig:
     """Everything a training run needs. Defaults = the official recipe (SPEC §3.6).
 
     * ``init``: CLIPSeg weights in Hugging Face layout (folder or hub id) for a new model, a saved
-      partclipseg folder to fine-tune, or ``"random:<preset>"`` (a config preset with random weights).
+      partclipseg folder to fine-tune, a named model (``partclipseg models``: fetched on first use), or
+      ``"random:<preset>"`` (a config preset with random weights).
     * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
       both heads), ``"all"`` (every parameter that reaches the loss) or ``"all-but-text"`` (all but the
       text tower: after toy language-image pretraining, the names of unseen objects keep the meaning
@@ -90,6 +92,44 @@ class TrainConfig:
             raise ConfigError("root (the dataset folder) is not set: add root=/path/to/dataset")
         if not self.init:
             raise ConfigError("init is not set: CLIPSeg weights (folder or hub id) or random:<preset>")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """Ranges of the numeric settings (finite, in range); every problem names its key."""
+        def number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False,
+                   high_open: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            too_low = value <= low if low_open else value < low
+            too_high = value >= high if high_open else value > high
+            if too_low or too_high:
+                left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+                raise ConfigError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
+
+        number("lr", self.lr, 0, low_open=True)
+        number("eps", self.eps, 0, low_open=True)
+        for name in ("weight_decay", "weight_decay_norm", "weight_decay_embed", "poly_power"):
+            number(name, getattr(self, name), 0)
+        number("grad_clip", self.grad_clip, 0)  # 0 = no clipping
+        number("flip_prob", self.flip_prob, 0, 1)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ConfigError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        for k, beta in enumerate(self.betas):
+            number(f"betas[{k}]", beta, 0, 1, high_open=True)
+        for name in ("min_size", "max_size"):
+            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.max_size < self.min_size:
+            raise ConfigError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        if isinstance(self.num_workers, bool) or int(self.num_workers) < 0:
+            raise ConfigError(f"num_workers must be >= 0 (0: load data in the main process), got {self.num_workers!r}")
+        if self.eval_limit is not None and (isinstance(self.eval_limit, bool) or int(self.eval_limit) < 1):
+            raise ConfigError(f"eval_limit must be >= 1 or null, got {self.eval_limit!r}")
+        if isinstance(self.seed, bool) or not 0 <= int(self.seed) < 2**63:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("obj_lambda", "part_lambda", "sep_lambda", "enh_lambda", "background_weight"):
+            number(f"loss.{name}", getattr(self.loss, name), 0)
+        number("loss.attn_threshold", self.loss.attn_threshold, 0, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +214,8 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig
         source = f"recipe {name_or_path!r}"
     else:
         raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
     data.pop("_comment", None)
     if data.get("kind") == "pretrain":
         raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import CheckpointError
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_path, atomic_write_text, json_text
 
 __all__ = ["best_checkpoint", "main"]
 
@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("model.safetensors", "config.json"):
         with atomic_path(args.out / name) as tmp:
             shutil.copyfile(folder / name, tmp)
-    atomic_write_text(args.out / "selected.json", json.dumps({"checkpoint": str(folder), **record}, indent=1) + "\n")
-    print(json.dumps({"checkpoint": str(folder), **record}))
+    atomic_write_text(args.out / "selected.json", json_text({"checkpoint": str(folder), **record}, indent=1) + "\n")
+    print(json_text({"checkpoint": str(folder), **record}))
     return 0
 
 

@@ -1,0 +1,233 @@
+"""Fetching a named model into the cache: download, check, convert once, record hashes.
+
+* Google Drive files (the authors' ``.pth``) come through ``gdown``: progress bar, a resumable partial
+  file (``<file>XXXXXXXX.part``, continued with an HTTP ``Range`` request, also by a later run), a
+  check against the length the server announced (and the registry's exact size and sha256 when
+  known), and an atomic rename into place. The ``.pth`` is then read once with
+  ``torch.load(weights_only=True)``, converted to ``config.json`` + ``model.safetensors`` and deleted;
+  later loads never unpickle.
+* Hub repositories come through ``huggingface_hub.hf_hub_download`` (``HF_ENDPOINT`` / ``HF_HUB_OFFLINE``
+  are honoured); a ``pytorch_model.bin`` is converted to ``model.safetensors`` once.
+
+Either way ``manifest.json`` (sizes and sha256) is written last, under the model's file lock.
+Any failure becomes a ``DownloadError`` saying the URL, the manual way and the folder to use.
+
+``PARTCLIPSEG_GDRIVE_URL`` (a template with ``{id}``) replaces the Drive download address: it is how
+the tests point ``gdown`` at a server on 127.0.0.1; ``PARTCLIPSEG_DOWNLOAD_RETRIES`` (default 3) is the
+number of reconnections (each resuming where the bytes stopped) before a download gives up.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import DownloadError, PartCLIPSegError
+from .registry import GDRIVE_URL, GDRIVE_VIEW_URL, ModelEntry
+from .store import MANIFEST, lock_for, model_dir, read_manifest, sha256_of, verify, write_manifest
+
+GDRIVE_URL_ENV = "PARTCLIPSEG_GDRIVE_URL"
+RETRIES_ENV = "PARTCLIPSEG_DOWNLOAD_RETRIES"
+HF_FILES = ("config.json", "preprocessor_config.json")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def ensure_model(entry: ModelEntry, progress: bool = True) -> Path:
+    """The verified cache folder of ``entry``, fetched and converted first if needed."""
+    folder = model_dir(entry)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        verify(folder, manifest)
+        return folder
+    from filelock import Timeout
+
+    lock = lock_for(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is fetching model {entry.name!r} (lock {lock.lock_file})",
+              file=sys.stderr)
+        lock.acquire()
+    try:
+        manifest = read_manifest(folder)  # another process may have finished while we waited
+        if manifest is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            if entry.source == "gdrive":
+                _fetch_gdrive(entry, folder, progress)
+            elif entry.source == "hub":
+                _fetch_hub(entry, folder, progress)
+            else:
+                raise PartCLIPSegError(f"model {entry.name!r} is built in; nothing to download")
+            manifest = read_manifest(folder)
+        verify(folder, manifest)
+    finally:
+        lock.release()
+    return folder
+
+
+# ---------------------------------------------------------------------------- Google Drive
+def gdrive_url(entry: ModelEntry) -> str:
+    return os.environ.get(GDRIVE_URL_ENV, GDRIVE_URL).format(id=entry.gdrive_id)
+
+
+def _fetch_gdrive(entry: ModelEntry, folder: Path, progress: bool) -> None:
+    target = folder / entry.filename
+    url = gdrive_url(entry)
+    if not target.is_file():  # a file put there by hand is taken as is
+        try:
+            import gdown
+        except ImportError:
+            raise DownloadError(_manual(entry, folder, url, "the gdown package is not installed "
+                                                             "(pip install gdown)")) from None
+        retries = int(os.environ.get(RETRIES_ENV, "3"))
+        try:
+            gdown.download(url=url, output=str(target), quiet=not progress, resume=True, retries=retries,
+                           timeout=(15, 60))
+        except KeyboardInterrupt:
+            _drop_empty_partials(folder, entry.filename)
+            raise
+        except Exception as exc:  # network, HTTP and gdown errors: one message, no traceback
+            kept = _drop_empty_partials(folder, entry.filename)
+            raise DownloadError(_manual(entry, folder, url, _reason(exc), kept)) from None
+    size, digest = target.stat().st_size, sha256_of(target)
+    problem = None
+    if entry.bytes is not None and size != entry.bytes:
+        problem = f"{target.name} has {size} bytes, expected {entry.bytes}"
+    elif entry.sha256 is not None and digest != entry.sha256:
+        problem = f"{target.name} has sha256 {digest}, expected {entry.sha256}"
+    if problem:
+        target.unlink()
+        raise DownloadError(_manual(entry, folder, url, problem + " (the file was removed)"))
+    _convert_official(entry, folder, target, {"file": entry.filename, "bytes": size, "sha256": digest, "url": url})
+
+
+def _convert_official(entry: ModelEntry, folder: Path, pth: Path, download: dict) -> None:
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_official, write_saved
+
+    config, state = read_official(pth, entry.config_preset)  # a preset name or a config JSON file
+    write_saved(state, config, folder)  # the loader checks every key against the model on each load
+    write_manifest(folder, [CONFIG_NAME, WEIGHTS_NAME], name=entry.name, source=entry.source_text,
+                   download=download)
+    pth.unlink()  # converted: later loads read the safetensors only
+    print(f"converted {pth.name} into {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}; sha256 recorded in {MANIFEST})",
+          file=sys.stderr)
+
+
+def _drop_empty_partials(folder: Path, filename: str) -> list[str]:
+    """Remove empty partial files of ``filename``; return the names of the non-empty ones (kept to resume)."""
+    kept = []
+    for part in folder.glob(f"{filename}*.part"):
+        if part.stat().st_size == 0:
+            part.unlink()
+        else:
+            kept.append(part.name)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return kept
+
+
+# ---------------------------------------------------------------------------- Hugging Face hub
+def _fetch_hub(entry: ModelEntry, folder: Path, progress: bool) -> None:
+    from ..hf_clipseg import read_hf_clipseg
+
+    present = [n for n in HF_WEIGHTS if (folder / n).is_file()]
+    if not ((folder / "config.json").is_file() and present):  # nothing put there by hand: download
+        _hub_download(entry, folder, progress)
+    try:
+        read_hf_clipseg(folder)  # the files must read and convert before they are recorded
+    except PartCLIPSegError as exc:
+        raise DownloadError(f"the files in {folder} do not form a CLIPSeg model ({exc}); delete the folder and "
+                            f"run again") from None
+    bin_path = folder / "pytorch_model.bin"
+    if not (folder / "model.safetensors").is_file() and bin_path.is_file():
+        _bin_to_safetensors(bin_path)
+    files = [n for n in ("config.json", "preprocessor_config.json", "model.safetensors") if (folder / n).is_file()]
+    write_manifest(folder, files, name=entry.name, source=entry.source_text, url=entry.url,
+                   revision=entry.hub_revision)
+
+
+def _hub_download(entry: ModelEntry, folder: Path, progress: bool) -> None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    staging = folder / ".hub"
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    wanted = {"config.json": True, "preprocessor_config.json": False}
+    try:
+        for name, required in wanted.items():
+            try:
+                hf_hub_download(entry.hub_repo, name, revision=entry.hub_revision, local_dir=staging,
+                                endpoint=endpoint)
+            except EntryNotFoundError:
+                if required:
+                    raise
+        for name in HF_WEIGHTS:
+            try:
+                hf_hub_download(entry.hub_repo, name, revision=entry.hub_revision, local_dir=staging,
+                                endpoint=endpoint)
+                break
+            except EntryNotFoundError:
+                if name == HF_WEIGHTS[-1]:
+                    raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        _drop_hub_staging(staging, folder)
+        raise DownloadError(_manual(entry, folder, entry.url, _reason(exc))) from None
+    for path in staging.iterdir():
+        if path.is_file():
+            os.replace(path, folder / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _drop_hub_staging(staging: Path, folder: Path) -> None:
+    """Keep resumable ``.incomplete`` bytes of huggingface_hub; drop the folders if nothing is in them."""
+    if staging.is_dir() and not any(p.stat().st_size for p in staging.rglob("*.incomplete")):
+        shutil.rmtree(staging, ignore_errors=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _bin_to_safetensors(bin_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ..checkpoint import read_torch_checkpoint
+    from ..io import atomic_path
+
+    state = {k: v.contiguous() for k, v in read_torch_checkpoint(bin_path).items()}
+    with atomic_path(bin_path.with_name("model.safetensors")) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    bin_path.unlink()
+
+
+# ---------------------------------------------------------------------------- messages
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = next((line.strip() for line in text if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300].rstrip('.')}" if first else type(exc).__name__
+
+
+def _manual(entry: ModelEntry, folder: Path, url: str, reason: str, kept: list[str] | None = None) -> str:
+    """The offline / failure message: what failed, the manual way, and where to put the file."""
+    lead = f"could not download model {entry.name!r} ({entry.size}) from {url}: {reason}."
+    if kept:
+        lead += f" The bytes received so far are kept in {folder / kept[0]}; running again resumes there."
+    if entry.source == "gdrive":
+        manual = (f" To get it by hand: open {GDRIVE_VIEW_URL.format(id=entry.gdrive_id)} in a browser (or run "
+                  f"`gdown {entry.gdrive_id} -O {entry.filename}`), put the file as {folder / entry.filename} and "
+                  f"run the command again; it is checked and converted on first use.")
+    else:
+        manual = (f" To get it by hand: `hf download {entry.hub_repo} config.json "
+                  f"preprocessor_config.json model.safetensors --local-dir {folder}` (or save those files from "
+                  f"{entry.url}/tree/{entry.hub_revision} into {folder}) and run the command again.")
+    other = (f" Or run `partclipseg download {entry.name} --to DIR` on a machine with network, copy DIR here and "
+             f"pass --model DIR.")
+    return lead + manual + other
+
+
+def describe(folder: Path) -> str:
+    manifest = read_manifest(folder) or {}
+    files = manifest.get("files", {})
+    total = sum(r["bytes"] for r in files.values())
+    return f"{folder} ({', '.join(files)}; {total / 1e6:.1f} MB; {MANIFEST} records sha256)"

@@ -1,0 +1,57 @@
+"""PartCATSeg image preprocessing (the official meta-arch, before the towers).
+
+Each uint8 RGB image [3, H, W] is normalised twice (CLIP and DINOv2 statistics), zero-padded at the
+bottom/right to the batch's largest size rounded up to ``size_divisibility`` (detectron2
+``ImageList.from_tensors``), and the whole padded batch is resized bilinearly (align_corners=False,
+no antialias, aspect ratio not kept) to ``clip_resolution`` and ``dino_resolution``. The padding is
+never removed (the logits are later resized to the unpadded size: official behaviour).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import PartCATSegConfig
+
+
+def pad_batch(images: Sequence[torch.Tensor], divisibility: int) -> torch.Tensor:
+    """[3, Hi, Wi] float images -> [B, 3, Hp, Wp], zero-padded bottom/right, Hp/Wp multiples of ``divisibility``."""
+    h = max(int(im.shape[-2]) for im in images)
+    w = max(int(im.shape[-1]) for im in images)
+    if divisibility > 1:
+        h = (h + divisibility - 1) // divisibility * divisibility
+        w = (w + divisibility - 1) // divisibility * divisibility
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[-2], : im.shape[-1]] = im
+    return out
+
+
+def normalise(images: Sequence[torch.Tensor], mean: Sequence[float], std: Sequence[float]) -> list[torch.Tensor]:
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return [(im.float() - m.to(im.device)) / s.to(im.device) for im in images]
+
+
+def check_images(images: Sequence[torch.Tensor]) -> None:
+    if isinstance(images, torch.Tensor) or not images:
+        raise ValueError("images must be a non-empty list of [3, H, W] tensors")
+    for i, im in enumerate(images):
+        if not isinstance(im, torch.Tensor) or im.ndim != 3 or im.shape[0] != 3:
+            raise ValueError(f"image {i} must be a [3, H, W] RGB tensor, got "
+                             f"{tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__}")
+
+
+def preprocess_images(images: Sequence[torch.Tensor], config: PartCATSegConfig) -> dict[str, torch.Tensor]:
+    """uint8 (0..255) RGB images -> ``clip_padded`` / ``dino_padded`` [B, 3, Hp, Wp] and ``clip_input``
+    [B, 3, Rc, Rc] / ``dino_input`` [B, 3, Rd, Rd] (Rc = clip_resolution, Rd = dino_resolution)."""
+    check_images(images)
+    out = {}
+    for name, mean, std, size in (("clip", config.clip_pixel_mean, config.clip_pixel_std, config.clip_resolution),
+                                  ("dino", config.dino_pixel_mean, config.dino_pixel_std, config.dino_resolution)):
+        padded = pad_batch(normalise(images, mean, std), config.size_divisibility)
+        out[f"{name}_padded"] = padded
+        out[f"{name}_input"] = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False)
+    return out

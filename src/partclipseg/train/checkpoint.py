@@ -1,0 +1,150 @@
+"""Training checkpoints that survive kills and full disks, and the resume-time config check.
+
+A checkpoint is the folder ``checkpoints/step_NNNNNNN/`` with ``model.safetensors``, ``config.json``
+and ``trainer.pt`` (optimizer, step, RNG). It is built in ``step_NNNNNNN.tmp/``: every file is
+written under a temporary name, fsynced and renamed; the folder is fsynced and renamed to its final
+name last. So a folder with a final name is always complete, and ``latest_checkpoint`` looks at
+those only; leftovers of an interrupted write (``*.tmp`` folders) are removed on resume.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, OutputError
+from ..io import atomic_path, fsync_dir
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "trainer.pt")
+_COMPLETE_NAME = re.compile(r"^step_\d{7}$")
+
+# Recipe keys that may change when a run is resumed with --allow-safe-changes (documented in the
+# README): they decide how long the run goes on and what it reports, not what a step computes.
+# ``iterations`` also stretches the poly learning-rate schedule from the resumed step on.
+SAFE_RESUME_CHANGES = ("iterations", "checkpoint_period", "keep_checkpoints", "eval_period", "eval_protocol",
+                       "eval_limit", "log_period", "num_workers", "root")
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def complete_checkpoints(out_dir: Path) -> list[Path]:
+    """Checkpoint folders with a final name and every file, oldest first."""
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if _COMPLETE_NAME.match(p.name) and p.is_dir() and all((p / f).is_file() for f in CHECKPOINT_FILES))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = complete_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete what an interrupted checkpoint write left behind (``*.tmp`` folders); returns them."""
+    folder = Path(out_dir) / "checkpoints"
+    stale = [p for p in folder.iterdir() if not _COMPLETE_NAME.match(p.name)] if folder.is_dir() else []
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint(out_dir: Path, model, optimizer, step: int, config, keep: int) -> Path:
+    """Write checkpoint ``step`` (see the module docstring) and keep the newest ``keep`` ones.
+
+    A full or read-only disk raises ``OutputError`` and leaves the earlier checkpoints as they were.
+    """
+    from ..weights import save_pretrained
+
+    final = checkpoint_dir(out_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained(model, tmp)
+        with atomic_path(tmp / "trainer.pt") as part:
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+                        "torch_rng": torch.random.get_rng_state()}, part)
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write checkpoint {final}: {exc.strerror or exc} (earlier checkpoints are "
+                          f"kept; free space and resume with --resume)") from None
+    for old in complete_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------------- resume config check
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"key": (saved, new)}`` for every (dotted) key whose value differs."""
+    a, b = _flatten(saved), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, allow_safe_changes: bool) -> dict:
+    """Refuse to resume the run in ``out_dir`` with a config other than its own.
+
+    Differences are listed; with ``allow_safe_changes`` the keys of ``SAFE_RESUME_CHANGES`` may
+    differ (``iterations`` not below the resumed step). Returns the accepted differences.
+    """
+    path = Path(out_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); cannot check that --resume continues the same run") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    diff = config_differences(saved, new)
+    if not diff:
+        return {}
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    unsafe = [k for k in diff if k not in SAFE_RESUME_CHANGES]
+    if not allow_safe_changes:
+        hint = (" (these may change with --allow-safe-changes)" if not unsafe else "")
+        raise ConfigError(f"--resume with another config than the run's {path}: {shown}{hint}")
+    if unsafe:
+        raise ConfigError(f"--resume cannot change {', '.join(unsafe)} of the run in {out_dir} ({shown}); only "
+                          f"{', '.join(SAFE_RESUME_CHANGES)} may change")
+    if "iterations" in diff and int(new["iterations"]) < resumed_step:
+        raise ConfigError(f"iterations={new['iterations']} is below the resumed step {resumed_step}")
+    return diff
+
+
+def ensure_output_folder(out_dir: Path, resume: bool) -> None:
+    """The run folder must be new, empty, or (with ``resume``) a run; never a file or a foreign folder."""
+    from ..io import check_writable_folder
+
+    out_dir = Path(out_dir)
+    check_writable_folder(out_dir, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        is_run = (out_dir / "config.json").is_file() or (out_dir / "checkpoints").is_dir()
+        if is_run and not resume:
+            raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
+        if not is_run:
+            raise OutputError(f"--out {out_dir} is not empty and holds no run; choose a new or empty folder")
