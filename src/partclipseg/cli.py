@@ -165,13 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "log_period, num_workers, root")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    pre = sub.add_parser("pretrain", help="toy language-image pretraining of the vision and text towers (CLIP-style)")
+    pre = sub.add_parser("pretrain", help="toy language-image pretraining of the vision and text towers (CLIP-style)",
+                         **helpful)
     pre.add_argument("recipe", help="a shipped pretraining recipe (toy_world_pretrain) or a recipe JSON file")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/ToyWorld iterations=100")
     pre.add_argument("--out", type=Path, required=True,
                      help="run folder (checkpoints, metrics; final/ = a model to start part training from)")
     pre.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    pre.add_argument("--no-progress", action="store_true")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     prep = sub.add_parser("prepare-partimagenet",
                           help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)",
