@@ -1,83 +1,138 @@
-"""The paper's ablation table in miniature, on the toy world (CPU).
+"""The paper's ablation table in miniature, on the toy world (CPU), with spreads over seeds.
 
-Trains, with the same budget each, (1) the CLIPSeg baseline, (2) PartCLIPSeg without the attention
-losses and (3) PartCLIPSeg with L_sep + L_enh, all from scratch in the ``toy`` config, then evaluates
-each on the toy world's validation split with Pred-All and Oracle-Obj. Prints one JSON line per
-variant and writes ``toy_table.json`` and ``toy_table.md`` (Seen / Unseen / Harmonic mIoU).
+Every variant starts from the **same** pretrained towers (toy language-image pretraining, as every
+row of the paper starts from CLIP): (1) the CLIPSeg baseline, (2) PartCLIPSeg without the attention
+losses, (3) PartCLIPSeg with L_sep + L_enh. Each is trained with the ``toy_world`` recipe for the same
+number of steps with each seed, then evaluated on the toy world's validation split with Pred-All and
+Oracle-Obj. Writes ``toy_table.json`` (every run and the per-variant mean, sample standard deviation,
+min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
 
-    python benchmarks/toy_table.py --out runs/toy_table               # about 20 minutes on 2 cores
-    python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke       # seconds: the pipeline only
+    python benchmarks/toy_table.py --out runs/toy_table                       # the full table
+    python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
+        --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
+    python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
 
-The toy world is generated into ``OUT/data`` unless ``--data`` points at an existing one.
+The toy world is generated into ``OUT/data`` unless ``--data`` points at an existing one; the towers
+are pretrained into ``OUT/pretrain`` unless ``--towers`` names a pretraining run's ``final/``. A killed
+run resumes: finished runs are kept, unfinished ones continue from their checkpoints.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 VARIANTS = [
-    ("CLIPSeg baseline", ["architecture=clipseg", "loss.use_attention=false"]),
-    ("PartCLIPSeg (no attention losses)", ["loss.use_attention=false"]),
-    ("PartCLIPSeg + L_sep + L_enh", ["loss.use_attention=true"]),
+    ("CLIPSeg baseline", "clipseg", ["architecture=clipseg", "loss.use_attention=false"]),
+    ("PartCLIPSeg (no attention losses)", "partclipseg", ["loss.use_attention=false"]),
+    ("PartCLIPSeg + L_sep + L_enh", "partclipseg", ["loss.use_attention=true"]),
 ]
+PROTOCOLS = ("pred-all", "oracle-obj")
+KEYS = ("mIoU-base", "mIoU-unbase", "h-IoU")
+
+
+def summarise(values: list[float | None]) -> dict:
+    """mean, sample standard deviation (0 for one value), min and max of the non-missing values."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def markdown(summary_rows: list[dict]) -> str:
+    lines = ["| Variant | Pred-All Seen | Pred-All Unseen | Pred-All Harmonic | Oracle-Obj Seen | Oracle-Obj Unseen | "
+             "Oracle-Obj Harmonic |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def fmt(s: dict) -> str:
+        return "-" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}"
+
+    for row in summary_rows:
+        lines.append(f"| {row['variant']} | " + " | ".join(fmt(row[f"{p}_{k}"]) for p in PROTOCOLS for k in KEYS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None, help="an existing ToyWorld folder")
-    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--data", type=Path, default=None, help="an existing ToyWorld folder (with captions/)")
+    parser.add_argument("--towers", type=Path, default=None, help="a pretraining run's final/ folder to start from")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=300, help="part-training steps per run")
+    parser.add_argument("--pretrain-iterations", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, numbers mean nothing")
     args = parser.parse_args(argv)
+    pretrain_overrides, size = [], []
     if args.smoke:
-        args.iterations, args.batch_size, args.train_images, args.val_images = 4, 2, 6, 4
+        args.iterations, args.batch_size, args.train_images, args.val_images = 2, 2, 6, 4
+        args.seeds = args.seeds[:3]
+        pretrain_overrides = ["iterations=2", "batch_size=4", "image_size=64", "checkpoint_period=2", "eval_period=2",
+                              "warmup=1"]
+        size = ["image_size=64"]
+    elif args.pretrain_iterations is not None:
+        pretrain_overrides = [f"iterations={args.pretrain_iterations}"]
 
     from partclipseg.cli import _keep_freed_memory
     from partclipseg.data.toyworld import generate_toy_world
     from partclipseg.eval_runner import evaluate
     from partclipseg.io import atomic_write_text
     from partclipseg.train import load_recipe, train
+    from partclipseg.train.pretrain import export_towers, load_pretrain_recipe, pretrain
 
     _keep_freed_memory()
     args.out.mkdir(parents=True, exist_ok=True)
-    root = args.data or generate_toy_world(args.out / "data", n_train=args.train_images, n_val=args.val_images,
-                                           overwrite=True)
-    rows = []
     started = time.perf_counter()
-    for name, overrides in VARIANTS:
-        run = args.out / name.split(" ")[0].lower().replace("+", "") / ("attn" if "L_sep" in name else "plain")
-        config = load_recipe("toy_world", [f"root={root}", f"iterations={args.iterations}",
-                                           f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
-                                           f"checkpoint_period={args.iterations}", *overrides])
-        tic = time.perf_counter()
-        final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
-            config, run, resume=(run / "config.json").is_file(), progress=False)
-        train_s = time.perf_counter() - tic
-        results = {}
-        for protocol in ("pred-all", "oracle-obj"):
-            res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
-                           print_table=False)
-            results[protocol] = res["metrics"]
-        row = {"variant": name, "train_seconds": round(train_s, 1), "iterations": args.iterations,
-               "batch_size": args.batch_size, "model": str(final),
-               **{f"{p}_{k}": results[p][k] for p in results for k in ("mIoU-base", "mIoU-unbase", "h-IoU")}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    lines = ["| Variant | Pred-All Seen | Pred-All Unseen | Pred-All Harmonic | Oracle-Obj Seen | Oracle-Obj Unseen | "
-             "Oracle-Obj Harmonic |", "|---|---:|---:|---:|---:|---:|---:|"]
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(fmt(r[f"{p}_{k}"]) for p in ("pred-all", "oracle-obj")
-                                                         for k in ("mIoU-base", "mIoU-unbase", "h-IoU")) + " |")
-    table = "\n".join(lines) + "\n"
-    summary = {"rows": rows, "total_seconds": round(time.perf_counter() - started, 1), "smoke": args.smoke,
-               "train_images": args.train_images, "val_images": args.val_images}
+    root = args.data
+    if root is None:
+        root = args.out / "data" / "ToyWorld"
+        if not (root / "captions" / "val.json").is_file():
+            generate_toy_world(root, n_train=args.train_images, n_val=args.val_images, overwrite=True,
+                               size_range=(64, 96) if args.smoke else (320, 640), workers=2)
+    towers = args.towers
+    if towers is None:
+        towers = args.out / "pretrain" / "final"
+        if not (towers / "model.safetensors").is_file():
+            pretrain(load_pretrain_recipe("toy_world_pretrain", [f"root={root}", *pretrain_overrides]),
+                     args.out / "pretrain", resume=True, progress=False)
+    inits = {arch: args.out / "init" / arch for arch in ("partclipseg", "clipseg")}
+    for arch, folder in inits.items():
+        if not (folder / "model.safetensors").is_file():
+            export_towers(towers, folder, arch)
+
+    runs = []
+    for name, arch, overrides in VARIANTS:
+        for seed in args.seeds:
+            run = args.out / "runs" / f"{name.split(' ')[0].lower()}{'_attn' if 'L_sep' in name else ''}" / f"seed{seed}"
+            config = load_recipe("toy_world", [f"root={root}", f"init={inits[arch]}", f"seed={seed}",
+                                               f"iterations={args.iterations}", f"batch_size={args.batch_size}",
+                                               f"eval_period={10 ** 9}", f"checkpoint_period={args.iterations}",
+                                               *size, *overrides])
+            tic = time.perf_counter()
+            final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
+                config, run, resume=True, progress=False)
+            train_s = time.perf_counter() - tic
+            row = {"variant": name, "seed": seed, "train_seconds": round(train_s, 1), "model": str(final)}
+            for protocol in PROTOCOLS:
+                res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
+                               print_table=False)
+                row.update({f"{protocol}_{k}": res["metrics"][k] for k in KEYS})
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+    summary_rows = []
+    for name, _, _ in VARIANTS:
+        mine = [r for r in runs if r["variant"] == name]
+        summary_rows.append({"variant": name, "seeds": [r["seed"] for r in mine],
+                             **{f"{p}_{k}": summarise([r[f"{p}_{k}"] for r in mine]) for p in PROTOCOLS for k in KEYS}})
+    table = markdown(summary_rows)
+    summary = {"summary": summary_rows, "runs": runs, "total_seconds": round(time.perf_counter() - started, 1),
+               "smoke": args.smoke, "iterations": args.iterations, "batch_size": args.batch_size,
+               "seeds": args.seeds, "towers": str(towers), "data": str(root)}
     atomic_write_text(args.out / "toy_table.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(args.out / "toy_table.md", table)
     print(table)

@@ -9,20 +9,48 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import toy_table  # noqa: E402
 
 
 @pytest.mark.slow
 def test_toy_table_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_table.py"), "--out", str(tmp_path), "--smoke"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "toy_table.json").read_text())
-    assert [r["variant"] for r in summary["rows"]] == ["CLIPSeg baseline", "PartCLIPSeg (no attention losses)",
-                                                       "PartCLIPSeg + L_sep + L_enh"]
+    names = ["CLIPSeg baseline", "PartCLIPSeg (no attention losses)", "PartCLIPSeg + L_sep + L_enh"]
+    assert [r["variant"] for r in summary["summary"]] == names
+    assert [(r["variant"], r["seed"]) for r in summary["runs"]] == [(n, s) for n in names for s in (0, 1, 2)]
+    for row in summary["summary"]:
+        assert row["seeds"] == [0, 1, 2] and row["oracle-obj_h-IoU"]["n"] == 3
     table = (tmp_path / "toy_table.md").read_text()
-    assert table.count("\n") == 5 and "| Oracle-Obj Seen |" in table.splitlines()[0]
-    for row in summary["rows"]:
+    assert table.count("\n") == 5 and "| Oracle-Obj Seen |" in table.splitlines()[0] and "±" in table
+    for row in summary["runs"]:
         assert Path(row["model"], "model.safetensors").is_file()
+    # every variant started from the same pretrained towers
+    from safetensors.torch import load_file
+
+    towers = load_file(str(Path(summary["towers"]) / "model.safetensors"))
+    for arch in ("partclipseg", "clipseg"):
+        init = load_file(str(tmp_path / "init" / arch / "model.safetensors"))
+        assert all(torch_equal(init[k], towers[k]) for k in towers if k.startswith(("vision.", "text.")))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_summarise_gives_mean_and_sample_spread():
+    s = toy_table.summarise([10.0, 20.0, None, 30.0])
+    assert s == {"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0, "n": 3}
+    assert toy_table.summarise([None])["mean"] is None
+    row = {"variant": "v", **{f"{p}_{k}": toy_table.summarise([1.0, 3.0]) for p in toy_table.PROTOCOLS
+                              for k in toy_table.KEYS}}
+    assert "| v | 2.0 ± 1.4 |" in toy_table.markdown([row])
 
 
 def test_bench_scale_smoke(tmp_path):

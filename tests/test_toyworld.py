@@ -92,10 +92,10 @@ def test_zero_shot_split(info: dict) -> None:
 # ----------------------------------------------------------------------------- generator
 def test_generation_is_deterministic_and_fast(tmp_path: Path, toy_root: Path) -> None:
     start = time.perf_counter()
-    a = generate_toy_world(tmp_path / "a", n_train=3, n_val=2, seed=0)
+    a = generate_toy_world(tmp_path / "a", n_train=3, n_val=2, seed=0, size_range=SIZE_RANGE)
     assert time.perf_counter() - start < 2.0
     assert a == tmp_path / "a" / "ToyWorld"
-    b = generate_toy_world(tmp_path / "b" / "ToyWorld", n_train=3, n_val=2, seed=0)
+    b = generate_toy_world(tmp_path / "b" / "ToyWorld", n_train=3, n_val=2, seed=0, size_range=SIZE_RANGE, workers=2)
     assert b == tmp_path / "b" / "ToyWorld"
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
@@ -105,7 +105,7 @@ def test_generation_is_deterministic_and_fast(tmp_path: Path, toy_root: Path) ->
     label = Path("annotations_detectron2_part/train/toy_train_000002.png")
     assert (a / label).read_bytes() == (toy_root / label).read_bytes()
     # another seed gives other scenes
-    c = generate_toy_world(tmp_path / "c", n_train=3, n_val=0, seed=1)
+    c = generate_toy_world(tmp_path / "c", n_train=3, n_val=0, seed=1, size_range=SIZE_RANGE)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files if "train" in str(f))
     # an existing dataset is not overwritten silently
     with pytest.raises(DatasetError, match="overwrite"):
@@ -120,6 +120,9 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert summary["train"] == 2 and summary["val"] == 1
     root = tmp_path / "out" / "ToyWorld"
     assert len(list((root / "images" / "train").glob("*.jpg"))) == 2
+    for image in (root / "images").rglob("*.jpg"):  # the default size: 320-640 px a side
+        assert all(320 <= side <= 640 for side in Image.open(image).size), image
+    assert json.loads((root / "captions" / "train.json").read_text()).keys() == {"toy_train_000000", "toy_train_000001"}
     assert (root / "annotations_detectron2_part" / "val_obj_label_count.json").is_file()
     assert main([str(tmp_path / "out"), "--train", "1"]) == 2  # exists: refused without --overwrite
 

@@ -1,4 +1,5 @@
-"""Command line: ``partclipseg segment | evaluate | train | convert | prepare-partimagenet | demo | models | download``.
+"""Command line: ``partclipseg segment | evaluate | train | pretrain | convert | prepare-partimagenet | demo | models |
+download``.
 
 Argument parsing and reporting only; the work is done by the Predictor, the weights module and
 the writers. Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 bad usage,
@@ -164,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "log_period, num_workers, root")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    pre = sub.add_parser("pretrain", help="toy language-image pretraining of the vision and text towers (CLIP-style)",
+                         **helpful)
+    pre.add_argument("recipe", help="a shipped pretraining recipe (toy_world_pretrain) or a recipe JSON file")
+    pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=datasets/ToyWorld iterations=100")
+    pre.add_argument("--out", type=Path, required=True,
+                     help="run folder (checkpoints, metrics; final/ = a model to start part training from)")
+    pre.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     prep = sub.add_parser("prepare-partimagenet",
                           help="build the PartCLIPSeg PartImageNet layout from PartImageNet_Seg (source untouched)",
                           **helpful)
@@ -215,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "pretrain":
+            from .train.pretrain import load_pretrain_recipe, pretrain
+
+            _keep_freed_memory()
+            final = pretrain(load_pretrain_recipe(args.recipe, args.overrides), args.out, resume=args.resume,
+                             progress=not args.no_progress)
+            print(f"pretrained towers (in a model to train parts from): {final}")
+            return 0
         if args.command == "demo":
             _toy_note(args)
             return _demo(args)

@@ -1,7 +1,8 @@
 """A procedural "toy world": cartoon animals and vehicles with part labels, in the Pascal-Part-116 layout.
 
-It lets the whole pipeline (training, evaluation, the zero-shot split) run with no download, and is
-small and regular enough for a tiny model to learn at 96-128 px.
+It lets the whole pipeline (language-image pretraining, part training, evaluation, the zero-shot
+split) run with no download. Images are 320-640 px a side by default (``size_range``), with textures
+and outlines scaled to the image so that parts look alike at any size.
 
 Vocabulary (``toy_world``, :func:`build_vocabulary_json`, shipped as ``resources/vocab/toy_world.json``):
 eight objects built from *shared* part types, plus two objects without parts (distractors)::
@@ -27,6 +28,11 @@ Layout written by :func:`generate_toy_world` (the Pascal-Part-116 layout of
       annotations_detectron2_obj/{train,val}/<id>.png   8-bit object labels, 255 = background
       annotations_detectron2_part/val_obj_label_count.json   {"<id>.png": [object ids]}
       annotations_detectron2_part/val_part_label_count.json  {"<id>.png": [part ids]}
+      captions/{train,val}.json                        {"<id>": [{"object", "colour", "texture"}, ...]}
+
+``captions/`` holds object-level caption words per object, back to front (the colour of its largest
+painted shape named by the nearest of ``COLOUR_WORDS``, its texture by ``TEXTURE_WORDS``): what toy
+language-image pretraining (:mod:`partclipseg.train.pretrain`) turns into sentences. No part words.
 
 Each image holds 1-3 objects (later ones may occlude earlier ones) on a flat, gradient, noise or
 sky/ground background, with varied colours, textures, sizes and poses (horizontal flip, small
@@ -37,7 +43,8 @@ Unseen objects appear in training images too (the training mapper turns them int
 Generation is deterministic given the seed, and image ``k`` of a split does not depend on how many
 images are asked for.
 
-Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [--seed S]``.
+Command line: ``python -m partclipseg.data.toyworld OUT [--train N] [--val N] [--seed S] [--min-size A]
+[--max-size B] [--workers W]``.
 """
 from __future__ import annotations
 
@@ -59,10 +66,12 @@ from .pascal_part import PascalPart116
 from ..io import json_text
 
 __all__ = [
+    "COLOUR_WORDS",
     "FOLDER_NAME",
     "OBJECTS_WITHOUT_PARTS",
     "OBJECT_PARTS",
     "UNSEEN_OBJECTS",
+    "TEXTURE_WORDS",
     "ToyWorld",
     "build_vocabulary_json",
     "generate_toy_world",
@@ -626,18 +635,21 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     return np.asarray(grid.resize((w, h), Image.BILINEAR), dtype=np.float64)
 
 
-def _fields(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Texture fields (FLAT, MOTTLED, STRIPES, SPOTS, GRAIN) for one object, [5, h, w]."""
+def _fields(rng: np.random.Generator, h: int, w: int, unit: float = 1.0) -> np.ndarray:
+    """Texture fields (FLAT, MOTTLED, STRIPES, SPOTS, GRAIN) for one object over an h x w box, [5, h, w].
+
+    ``unit`` scales the texture features (stripe period, spot and mottle sizes) with the image, so
+    that a texture looks the same at any resolution."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     a = rng.uniform(0, np.pi)
-    period = rng.uniform(4.0, 8.0)
-    phase = (xx * math.cos(a) + yy * math.sin(a)) * 2 * np.pi / period + 0.8 * _smooth_noise(rng, h, w, 12)
+    period = rng.uniform(4.0, 8.0) * unit
+    phase = (xx * math.cos(a) + yy * math.sin(a)) * 2 * np.pi / period + 0.8 * _smooth_noise(rng, h, w, 12 * unit)
     stripes = (np.sin(phase) > 0.3).astype(np.float64)
-    spots = (_smooth_noise(rng, h, w, rng.uniform(6, 11)) > 0.35).astype(np.float64)
-    return np.stack([np.zeros((h, w)), _smooth_noise(rng, h, w, 6), stripes, spots, rng.normal(0, 1, (h, w))])
+    spots = (_smooth_noise(rng, h, w, rng.uniform(6, 11) * unit) > 0.35).astype(np.float64)
+    return np.stack([np.zeros((h, w)), _smooth_noise(rng, h, w, 6 * unit), stripes, spots, rng.normal(0, 1, (h, w))])
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _background(rng: np.random.Generator, h: int, w: int, unit: float = 1.0) -> np.ndarray:
     kind = int(rng.integers(4))
     c1, c2 = rng.uniform(30, 235, 3), rng.uniform(30, 235, 3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -649,14 +661,14 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
         img = c1 + t[..., None] * (c2 - c1)
     elif kind == 2:  # noise texture
-        t = (_smooth_noise(rng, h, w, rng.uniform(5, 20)) + 1) / 2
+        t = (_smooth_noise(rng, h, w, rng.uniform(5, 20) * unit) + 1) / 2
         img = c1 + t[..., None] * (c2 - c1)
     else:  # sky and ground
         sky = rng.uniform([120, 160, 200], [200, 220, 255])
         ground = _pick([(70, 140, 60), (120, 100, 70), (140, 140, 135), (190, 170, 120)], rng) + rng.uniform(-20, 20, 3)
         horizon = rng.uniform(0.35, 0.75) * h
         t = (yy / h)[..., None]
-        img = np.where((yy < horizon)[..., None], sky - 40 * t, ground + 25 * _smooth_noise(rng, h, w, 8)[..., None])
+        img = np.where((yy < horizon)[..., None], sky - 40 * t, ground + 25 * _smooth_noise(rng, h, w, 8 * unit)[..., None])
     return img + rng.normal(0, 4, (h, w, 1)) * rng.uniform(0.0, 1.5)
 
 
@@ -711,24 +723,60 @@ def _place(name: str, n: int, h: int, w: int, rng: np.random.Generator) -> _Plac
     return _Placed(name, shapes, out, float(high[1] + offset[1]))
 
 
+#: colour words of the captions, with their RGB anchors (nearest anchor names a colour)
+COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
+    "white": (238, 236, 230), "black": (38, 34, 32), "grey": (140, 140, 142), "brown": (130, 82, 45),
+    "tan": (205, 168, 115), "red": (200, 38, 36), "orange": (228, 128, 42), "yellow": (236, 196, 36),
+    "green": (52, 148, 72), "blue": (38, 88, 198), "purple": (122, 42, 142), "pink": (228, 150, 168),
+}
+#: texture words of the captions, by pattern (``plain`` also for a faint mottle or grain)
+TEXTURE_WORDS = {FLAT: "plain", MOTTLED: "mottled", STRIPES: "striped", SPOTS: "spotted", GRAIN: "speckled"}
+
+
+def _colour_word(rgb: np.ndarray) -> str:
+    names = list(COLOUR_WORDS)
+    anchors = np.asarray([COLOUR_WORDS[n] for n in names], dtype=np.float64)
+    return names[int(np.argmin(((anchors - rgb) ** 2).sum(1)))]
+
+
+def _describe(o: "_Placed", sid: np.ndarray) -> dict[str, str]:
+    """Object-level words for a caption: the object's name, and the colour and texture of its largest
+    visible shape (no part words). ``sid``: the shape id (1-based) of each visible object pixel."""
+    counts = np.bincount(sid, minlength=len(o.shapes) + 1)[1:].astype(np.float64)
+    for i, shape in enumerate(o.shapes):  # the paint / fur, not see-through spokes, tyres or glass
+        if shape.alpha < 1 or shape.part in ("wheel", "window"):
+            counts[i] *= 0.01
+    main = o.shapes[int(np.argmax(counts))]
+    texture = main.pattern
+    if texture in (MOTTLED, GRAIN) and (main.delta is None or float(np.abs(main.delta).mean()) < 18):
+        texture = FLAT
+    return {"object": o.name, "colour": _colour_word(main.colour), "texture": TEXTURE_WORDS[texture]}
+
+
 def _render_scene(rng: np.random.Generator, h: int, w: int, class_index: dict[str, int],
-                  object_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+                  object_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """One scene: image [h,w,3] uint8, part and object maps [h,w] uint8, and per object (back to
+    front) its caption words ``{"object", "colour", "texture"}``."""
     names = _choose_objects(rng)
+    unit = max(1.0, min(h, w) / 128.0)  # texture and threshold scale relative to a 128 px image
     for _attempt in range(8):
         placed = sorted((_place(name, len(names), h, w, rng) for name in names), key=lambda o: o.bottom)
-        image = _background(rng, h, w)
+        image = _background(rng, h, w, unit)
         part = np.full((h, w), IGNORE_LABEL, dtype=np.uint8)
         obj = np.full((h, w), IGNORE_LABEL, dtype=np.uint8)
         inst = np.zeros((h, w), dtype=np.int16)
+        shape_id = np.zeros((h, w), dtype=np.int32)
         areas = []
         for k, o in enumerate(placed, 1):
-            canvas = Image.new("L", (w, h), 0)
+            canvas = Image.new("I", (w, h), 0)
             draw = ImageDraw.Draw(canvas)
             for i, pts in enumerate(o.pts, 1):
                 draw.polygon([tuple(p) for p in pts.tolist()], fill=i)
             ids = np.asarray(canvas)
             mask = ids > 0
             areas.append(int(mask.sum()))
+            if not areas[-1]:
+                continue
             n = len(o.shapes) + 1
             base = np.zeros((n, 3))
             delta = np.zeros((n, 3))
@@ -743,38 +791,42 @@ def _render_scene(rng: np.random.Generator, h: int, w: int, class_index: dict[st
                 alpha[i] = shape.alpha
                 if shape.part is not None:
                     labels[i] = class_index[f"{o.name}'s {shape.part}"]
-            fields = _fields(rng, h, w)
             ys, xs = np.nonzero(mask)
+            y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+            fields = _fields(rng, int(y1 - y0 + 1), int(x1 - x0 + 1), unit)  # over the object's box only
             sid = ids[ys, xs]
-            colour = base[sid] + fields[pattern[sid], ys, xs][:, None] * delta[sid]
+            colour = base[sid] + fields[pattern[sid], ys - y0, xs - x0][:, None] * delta[sid]
             # soft top-down shading over the object's extent
-            y0, y1 = ys.min(), ys.max()
             colour *= (1.08 - 0.2 * (ys - y0) / max(y1 - y0, 1))[:, None]
             a = alpha[sid][:, None]
             image[ys, xs] = a * colour + (1 - a) * image[ys, xs]
             part[ys, xs] = labels[sid]
             obj[ys, xs] = object_index[o.name]
             inst[ys, xs] = k
-            if rng.uniform() < 0.3 and areas[-1] > 600:  # outlined (cartoon) object: outline unlabelled
+            shape_id[ys, xs] = sid
+            if rng.uniform() < 0.3 and areas[-1] > 600 * unit ** 2:  # outlined (cartoon) object: outline unlabelled
                 inner = mask.copy()
-                inner[1:, :] &= mask[:-1, :]
-                inner[:-1, :] &= mask[1:, :]
-                inner[:, 1:] &= mask[:, :-1]
-                inner[:, :-1] &= mask[:, 1:]
+                for _ in range(max(1, round(unit / 2))):  # outline ~1 px per 256 px of image side
+                    prev = inner.copy()
+                    inner[1:, :] &= prev[:-1, :]
+                    inner[:-1, :] &= prev[1:, :]
+                    inner[:, 1:] &= prev[:, :-1]
+                    inner[:, :-1] &= prev[:, 1:]
                 edge = mask & ~inner
                 image[edge] = rng.uniform(10, 50)
                 part[edge] = IGNORE_LABEL
         ok = True
         for k, o in enumerate(placed, 1):
             visible = inst == k
-            if visible.sum() < 0.45 * areas[k - 1]:
+            if visible.sum() < 0.45 * areas[k - 1] or not areas[k - 1]:
                 ok = False
-            elif o.name in OBJECT_PARTS and ((part != IGNORE_LABEL) & visible).sum() < 20:
+            elif o.name in OBJECT_PARTS and ((part != IGNORE_LABEL) & visible).sum() < 20 * unit ** 2:
                 ok = False
         if ok:
             break
     image = image + rng.normal(0, 2.5, image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), part, obj, [o.name for o in placed]
+    words = [_describe(o, shape_id[inst == k]) for k, o in enumerate(placed, 1) if (inst == k).any()]
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), part, obj, words
 
 
 def _dataset_dir(root: str | Path) -> Path:
@@ -782,14 +834,46 @@ def _dataset_dir(root: str | Path) -> Path:
     return root if root.name == FOLDER_NAME else root / FOLDER_NAME
 
 
+def _write_image(job: tuple) -> tuple[str, list[int], list[int], list[dict[str, str]]]:
+    """Render and write image ``k`` of a split; returns (stem, object ids, part ids, caption words)."""
+    out, split, split_id, k, seed, lo, hi = job
+    info = _vocabulary_cached()
+    rng = np.random.default_rng([seed, split_id, k])
+    h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    image, part, obj, words = _render_scene(rng, h, w, info["class_index"], info["object_index"])
+    stem = f"toy_{split}_{k:06d}"
+    Image.fromarray(image).save(out / "images" / split / f"{stem}.jpg", quality=95)
+    Image.fromarray(part).save(out / "annotations_detectron2_part" / split / f"{stem}.png")
+    Image.fromarray(obj).save(out / "annotations_detectron2_obj" / split / f"{stem}.png")
+    return (stem, [int(v) for v in np.unique(obj) if v != IGNORE_LABEL],
+            [int(v) for v in np.unique(part) if v != IGNORE_LABEL], words)
+
+
+_VOCAB_CACHE: dict = {}
+
+
+def _vocabulary_cached() -> dict:
+    if not _VOCAB_CACHE:
+        info = build_vocabulary_json()
+        _VOCAB_CACHE["class_index"] = {c: i for i, c in enumerate(info["object_specific_classes"])}
+        _VOCAB_CACHE["object_index"] = {o: j for j, o in enumerate(info["object_classes"])}
+    return _VOCAB_CACHE
+
+
 def generate_toy_world(root: str | Path, n_train: int = 1000, n_val: int = 200,
-                       size_range: tuple[int, int] = (96, 160), seed: int = 0, overwrite: bool = False) -> Path:
+                       size_range: tuple[int, int] = (320, 640), seed: int = 0, overwrite: bool = False,
+                       workers: int = 1) -> Path:
     """Write the toy world in the Pascal-Part-116 layout; returns the dataset folder.
 
     The dataset folder is ``root`` itself if it is named ``ToyWorld``, else ``root/ToyWorld``.
     Image heights and widths are drawn independently from ``size_range`` (inclusive). Image ``k`` of a
     split depends only on ``(seed, split, k)``. An existing non-empty dataset folder is refused unless
-    ``overwrite`` (which deletes its ``images`` and ``annotations_detectron2_*`` folders first).
+    ``overwrite`` (which deletes its ``images``, ``annotations_detectron2_*`` and ``captions`` folders
+    first). ``workers`` > 1 renders in that many processes (same files).
+
+    ``captions/{train,val}.json`` holds, per image stem, the object-level caption words of each
+    object (``{"object", "colour", "texture"}``, back to front): what language-image pretraining
+    reads (no part words).
     """
     out = _dataset_dir(root)
     lo, hi = int(size_range[0]), int(size_range[1])
@@ -800,28 +884,26 @@ def generate_toy_world(root: str | Path, n_train: int = 1000, n_val: int = 200,
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DatasetError(f"{out}: folder exists and is not empty (pass overwrite=True / --overwrite)")
-        for sub in ("images", "annotations_detectron2_part", "annotations_detectron2_obj"):
+        for sub in ("images", "annotations_detectron2_part", "annotations_detectron2_obj", "captions"):
             if (out / sub).is_dir():
                 shutil.rmtree(out / sub)
-    info = build_vocabulary_json()
-    class_index = {c: i for i, c in enumerate(info["object_specific_classes"])}
-    object_index = {o: j for j, o in enumerate(info["object_classes"])}
     for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
-        dirs = [out / "images" / split, out / "annotations_detectron2_part" / split,
-                out / "annotations_detectron2_obj" / split]
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        obj_counts, part_counts = {}, {}
-        for k in range(n):
-            rng = np.random.default_rng([int(seed), split_id, k])
-            h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-            image, part, obj, _ = _render_scene(rng, h, w, class_index, object_index)
-            stem = f"toy_{split}_{k:06d}"
-            Image.fromarray(image).save(dirs[0] / f"{stem}.jpg", quality=95)
-            Image.fromarray(part).save(dirs[1] / f"{stem}.png")
-            Image.fromarray(obj).save(dirs[2] / f"{stem}.png")
-            obj_counts[f"{stem}.png"] = [int(v) for v in np.unique(obj) if v != IGNORE_LABEL]
-            part_counts[f"{stem}.png"] = [int(v) for v in np.unique(part) if v != IGNORE_LABEL]
+        for sub in ("images", "annotations_detectron2_part", "annotations_detectron2_obj"):
+            (out / sub / split).mkdir(parents=True, exist_ok=True)
+        jobs = [(out, split, split_id, k, int(seed), lo, hi) for k in range(n)]
+        if workers > 1 and n > 1:
+            import multiprocessing
+
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with multiprocessing.get_context(method).Pool(min(workers, n)) as pool:
+                done = pool.map(_write_image, jobs, chunksize=max(1, n // (8 * workers)))
+        else:
+            done = [_write_image(job) for job in jobs]
+        obj_counts = {f"{stem}.png": objs for stem, objs, _, _ in done}
+        part_counts = {f"{stem}.png": parts for stem, _, parts, _ in done}
+        captions = {stem: words for stem, _, _, words in done}
+        (out / "captions").mkdir(exist_ok=True)
+        (out / "captions" / f"{split}.json").write_text(json_text(captions))
         if split == "val":
             (out / "annotations_detectron2_part" / "val_obj_label_count.json").write_text(json_text(obj_counts))
             (out / "annotations_detectron2_part" / "val_part_label_count.json").write_text(json_text(part_counts))
@@ -892,15 +974,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=1000, help="number of training images (default 1000)")
     parser.add_argument("--val", type=int, default=200, help="number of validation images (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--min-size", type=int, default=96, help="smallest image side (default 96)")
-    parser.add_argument("--max-size", type=int, default=160, help="largest image side (default 160)")
+    parser.add_argument("--min-size", type=int, default=320, help="smallest image side (default 320)")
+    parser.add_argument("--max-size", type=int, default=640, help="largest image side (default 640)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing toy world in OUT")
+    parser.add_argument("--workers", type=int, default=1, help="render in this many processes (default 1)")
     parser.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG of 12 train images")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         out = generate_toy_world(args.out, n_train=args.train, n_val=args.val,
-                                 size_range=(args.min_size, args.max_size), seed=args.seed, overwrite=args.overwrite)
+                                 size_range=(args.min_size, args.max_size), seed=args.seed, overwrite=args.overwrite,
+                                 workers=args.workers)
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

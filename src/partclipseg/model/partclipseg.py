@@ -63,8 +63,11 @@ class CLIPSegCore(PartSegmentationModel):
 
     def is_trainable(self, name: str, which: str) -> bool:
         """``"VA+L+F+D"``: the official rule; ``"all"``: every parameter that reaches the loss (ViT blocks
-        after the last extracted layer do not)."""
-        if which == "all":
+        after the last extracted layer do not); ``"all-but-text"``: the same without the text tower
+        (after toy language-image pretraining the unseen objects' names keep their meaning)."""
+        if which in ("all", "all-but-text"):
+            if which == "all-but-text" and name.startswith("text."):
+                return False
             used_layers = max(self.config.decoder.extract_layers) + 1
             return not (name.startswith("vision.layers.") and int(name.split(".")[2]) >= used_layers)
         return name.startswith(self.official_trainable)

@@ -76,7 +76,8 @@ def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
     """Freeze everything except the recipe's trainable set; returns the trainable parameter names.
 
     The model decides (``is_trainable``): ``"VA+L+F+D"`` = the official rule (visual adapter, text input
-    embeddings, FiLM and decoder); ``"all"`` = every parameter that reaches the loss.
+    embeddings, FiLM and decoder); ``"all"`` = every parameter that reaches the loss; ``"all-but-text"``
+    = the same without the text tower.
     """
     names = []
     for name, param in model.named_parameters():

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from ..losses import LossConfig
 
-TRAINABLE_SETS = ("VA+L+F+D", "all")
+TRAINABLE_SETS = ("VA+L+F+D", "all", "all-but-text")
 AUGMENTATIONS = ("resize_flip", "flip", "none")
 
 
@@ -29,7 +29,9 @@ class TrainConfig:
       partclipseg folder to fine-tune, a named model (``partclipseg models``: fetched on first use), or
       ``"random:<preset>"`` (a config preset with random weights).
     * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
-      both heads) or ``"all"`` (every parameter that reaches the loss).
+      both heads), ``"all"`` (every parameter that reaches the loss) or ``"all-but-text"`` (all but the
+      text tower: after toy language-image pretraining, the names of unseen objects keep the meaning
+      pretraining gave them, as with CLIP's frozen text tower).
     * ``batch_size`` is the *global* batch (split over torchrun processes); the loss is per image
       (``loss.per_image``), as the official 8 GPUs x 1 image.
     * ``augmentation``: ``"resize_flip"`` (short side ``min_size``, long side <= ``max_size``, then
@@ -215,6 +217,8 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
     data.pop("_comment", None)
+    if data.get("kind") == "pretrain":
+        raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")
     config = apply_overrides(TrainConfig(), data, source)
     parsed = {}
     for item in overrides:

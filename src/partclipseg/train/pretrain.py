@@ -1,0 +1,495 @@
+"""Toy language-image pretraining: the toy world's CLIP, trained before part training.
+
+PartCLIPSeg starts from CLIP, whose language-image pretraining is what gives the names of unseen
+objects a meaning. The toy model has no such weights, so this module trains its vision and text
+towers the way CLIP was trained (Radford et al. 2021): a symmetric InfoNCE loss between image and
+caption embeddings in a batch, with a learned temperature. The images are toy-world images of
+**all** objects, unseen ones (cow, bus) included; the captions are object-level sentences drawn
+from varied templates with colour and texture words (``captions/{split}.json`` written by the
+generator); no part word and no part mask is used. Part training then starts from these towers
+(``init`` = the ``final/`` folder of a pretraining run), as the real model starts from CLIP.
+
+Shapes: ``B`` images (= captions) per batch, ``S`` input size, ``C`` vision width, ``E`` joint
+embedding width (the model's ``projection_dim``), ``L`` caption tokens.
+
+Run layout (``out_dir``), like :func:`partclipseg.train.train`::
+
+    config.json                    the PretrainConfig of the run
+    metrics.jsonl                  one line per logged step (loss, temperature, lr, seconds) and per evaluation
+    checkpoints/step_0000500/      towers.safetensors + trainer.pt (optimizer, step, RNG)
+    eval/step_0000500.json         zero-shot object classification on the val split (seen / unseen)
+    final/                         a PartCLIPSeg (config.json + model.safetensors) whose vision and text
+                                   towers are the pretrained ones; everything else freshly initialised
+
+Checkpoints are written to a temporary folder and renamed; ``resume=True`` continues from the newest
+one and reproduces the uninterrupted run (each batch and its captions are a function of the seed and
+the step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import PartCLIPSegConfig, get_config
+from ..errors import ConfigError
+from ..io import atomic_write_text, json_text
+from ..model import build_model
+from ..model.clip import CLIPTextTower, CLIPVisionTower
+from ..preprocess import load_image
+from ..resample import resize_bilinear
+from ..tokenizer import get_tokenizer
+from ..weights import save_pretrained
+from .recipe import _coerce
+
+__all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
+           "load_pretrain_recipe", "part_model_from_towers", "pretrain", "zero_shot_accuracy"]
+
+RECIPE_KIND = "pretrain"
+
+#: caption templates; ``{}`` = one or more object descriptions ("a brown spotted dog and a red car")
+TEMPLATES = (
+    "a photo of {}.", "a picture of {}.", "a drawing of {}.", "a cartoon of {}.", "an image of {}.",
+    "{}.", "there is {} in the picture.", "a toy world scene with {}.", "a rendering of {}.", "{} on a background.",
+)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs (recipe ``kind: "pretrain"``).
+
+    * ``init``: ``"random:<preset>"``, the config preset whose towers are trained.
+    * ``image_size``: input size (the part model keeps it as its processing size).
+    * ``pool``: the image embedding: ``"mean"`` of the patch tokens (so that every patch token lives
+      in a space the text can be matched against, as the decoder needs) or ``"cls"``.
+    * ``logit_scale_init`` = 1 / temperature at the start (CLIP: 1/0.07), clamped at ``logit_scale_max``.
+    * ``describe_prob``: chance that an object's description carries its colour / texture word.
+    """
+
+    kind: str = RECIPE_KIND
+    dataset: str = "toy_world"
+    root: str = ""
+    init: str = "random:toy2"
+    image_size: int = 128
+    iterations: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    pool: str = "mean"
+    logit_scale_init: float = 1 / 0.07
+    logit_scale_max: float = 100.0
+    describe_prob: float = 0.5
+    flip_prob: float = 0.5
+    channel_order: str = "RGB"
+    seed: int = 0
+    checkpoint_period: int = 500
+    keep_checkpoints: int = 2
+    eval_period: int = 500
+    log_period: int = 20
+
+    def validate(self) -> None:
+        if self.kind != RECIPE_KIND:
+            raise ConfigError(f"a pretraining recipe has kind {RECIPE_KIND!r}, got {self.kind!r}")
+        if self.dataset != "toy_world":
+            raise ConfigError(f"pretraining reads captions of the toy world only, got dataset {self.dataset!r}")
+        if not self.root:
+            raise ConfigError("root (the toy world folder) is not set: add root=/path/to/ToyWorld")
+        if not self.init.startswith("random:"):
+            raise ConfigError(f"init must be random:<preset> for pretraining, got {self.init!r}")
+        if self.pool not in ("mean", "cls"):
+            raise ConfigError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        for name in ("iterations", "batch_size", "image_size", "checkpoint_period", "eval_period", "log_period",
+                     "keep_checkpoints"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2 (the loss contrasts the images of a batch)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_pretrain_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> PretrainConfig:
+    """A shipped pretraining recipe by name (``resources/recipes/NAME.json``) or a JSON file, then
+    ``key=value`` overrides. Unknown keys are refused."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    else:
+        ref = resources.files("partclipseg").joinpath("resources", "recipes", f"{name_or_path}.json")
+        if not ref.is_file():
+            raise ConfigError(f"unknown recipe {name_or_path!r}")
+        data = json.loads(ref.read_text())
+        source = f"recipe {name_or_path!r}"
+    if not isinstance(data, dict) or data.get("kind") != RECIPE_KIND:
+        raise ConfigError(f"{source} is not a pretraining recipe (it needs \"kind\": \"{RECIPE_KIND}\"); "
+                          f"part-training recipes run with 'partclipseg train'")
+    data.pop("_comment", None)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        data[key.strip()] = value
+    config = PretrainConfig()
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown pretraining key {key!r} in {source}; known: {', '.join(sorted(known))}")
+        setattr(config, key, _coerce(value, getattr(config, key), key))
+    return config
+
+
+# ---------------------------------------------------------------------------- captions
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _describe(words: dict[str, str], rng: np.random.Generator, describe_prob: float) -> str:
+    parts = []
+    if rng.random() < describe_prob:
+        parts.append(words["colour"])
+    if words["texture"] != "plain" and rng.random() < describe_prob:
+        parts.append(words["texture"])
+    parts.append(words["object"])
+    text = " ".join(parts)
+    return f"{_article(text)} {text}"
+
+
+def caption_for(objects: Sequence[dict[str, str]], rng: np.random.Generator, describe_prob: float = 0.5) -> str:
+    """An object-level caption for an image's objects (``{"object", "colour", "texture"}`` each):
+    a random template around the objects' descriptions in random order, e.g. "a photo of a brown
+    spotted dog and a red car." No part words."""
+    if not objects:
+        return "an empty picture."
+    order = rng.permutation(len(objects))
+    items = [_describe(objects[int(i)], rng, describe_prob) for i in order]
+    listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(listed)
+
+
+class CaptionSampler:
+    """Images of a toy-world split at the input size (decoded once, kept as uint8) with their caption
+    words; ``batch(step)`` is a function of ``(seed, step)`` only."""
+
+    def __init__(self, root: str | Path, split: str, config: PretrainConfig, mean, std) -> None:
+        root = Path(root)
+        folder = root if (root / "captions").is_dir() else root / "ToyWorld"
+        path = folder / "captions" / f"{split}.json"
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: pretraining needs a toy world written by this version of "
+                              f"python -m partclipseg.data.toyworld (it writes captions/)")
+        captions = json.loads(path.read_text())
+        self.stems = sorted(captions)
+        if not self.stems:
+            raise ConfigError(f"{path} lists no images")
+        self.words = [captions[s] for s in self.stems]
+        self.config, self.mean, self.std = config, mean, std
+        size = config.image_size
+        self.images = np.stack([resize_bilinear(load_image(folder / "images" / split / f"{s}.jpg"), size, size)
+                                for s in self.stems])  # [n, S, S, 3], the processor's resize
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def pixels(self, indices: Sequence[int], flips: Sequence[bool] | None = None) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixel values of cached images (optionally h-flipped): the package's
+        preprocessing (the cache holds the S x S bilinear resize), normalised in float32."""
+        x = torch.from_numpy(self.images[np.asarray(list(indices), dtype=np.int64)]).permute(0, 3, 1, 2).float()
+        if flips is not None and any(flips):
+            flip = torch.as_tensor(list(flips))
+            x[flip] = x[flip].flip(-1)
+        if self.config.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x / 255.0 - mean) / std
+
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        """(pixel values [B, 3, S, S], captions [B]) of a training step: epoch-wise permutations."""
+        b, n = self.config.batch_size, len(self)
+        indices, flips, texts = [], [], []
+        for j in range(b):
+            position = step * b + j
+            perm = np.random.default_rng([self.config.seed, position // n, 11]).permutation(n)
+            i = int(perm[position % n])
+            rng = np.random.default_rng([self.config.seed, position, 13])
+            indices.append(i)
+            flips.append(bool(rng.random() < self.config.flip_prob))
+            texts.append(caption_for(self.words[i], rng, self.config.describe_prob))
+        return self.pixels(indices, flips), texts
+
+
+# ---------------------------------------------------------------------------- the model
+class ContrastiveTowers(nn.Module):
+    """The part model's vision and text towers plus what CLIP adds for pretraining: an image head
+    (LayerNorm + linear C -> E, without bias) and the learned temperature (``logit_scale``, log of
+    1/temperature). Parameter names ``vision.*`` and ``text.*`` are those of :class:`PartCLIPSeg`.
+
+    ``encode_image(pixels [B,3,S,S]) -> [B, E]`` pools the hidden state after the deepest layer the
+    decoder reads (``max(extract_layers) + 1``; later layers never reach the decoder);
+    ``encode_text(ids [B,L], mask) -> [B, E]``; both unnormalised.
+    """
+
+    def __init__(self, config: PartCLIPSegConfig, pool: str = "mean", logit_scale_init: float = 1 / 0.07) -> None:
+        super().__init__()
+        self.config, self.pool = config, pool
+        self.vision = CLIPVisionTower(config.vision)
+        self.text = CLIPTextTower(config.text, config.projection_dim)
+        self.image_norm = nn.LayerNorm(config.vision.hidden_size, eps=config.vision.layer_norm_eps)
+        self.image_projection = nn.Linear(config.vision.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+        self.layer = max(config.decoder.extract_layers) + 1
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision(pixel_values, [self.layer])[0]  # [B, 1+g*g, C]
+        pooled = hidden[:, 1:].mean(1) if self.pool == "mean" else hidden[:, 0]
+        return self.image_projection(self.image_norm(pooled))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text(input_ids, attention_mask)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: image i matches caption i. features [B, E] (unnormalised), scalar
+    ``logit_scale`` (log of 1/temperature) -> scalar loss (mean of image->text and text->image CE)."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * img @ txt.T  # [B, B]
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _build(config: PretrainConfig) -> ContrastiveTowers:
+    model_config = get_config(config.init.split(":", 1)[1])
+    model_config.image_size = config.image_size
+    model_config.validate()
+    torch.manual_seed(config.seed)
+    towers = ContrastiveTowers(model_config, config.pool, config.logit_scale_init)
+    reference = build_model(model_config)  # the package's initialisation of the towers
+    towers.vision.load_state_dict(reference.vision.state_dict())
+    towers.text.load_state_dict(reference.text.state_dict())
+    nn.init.normal_(towers.image_projection.weight, std=model_config.vision.hidden_size ** -0.5)
+    return towers
+
+
+def part_model_from_towers(towers: ContrastiveTowers, seed: int = 0):
+    """A new PartCLIPSeg of the towers' config: pretrained ``vision``/``text``, the rest initialised
+    as the package initialises a new model (seeded)."""
+    torch.manual_seed(seed)
+    model = build_model(towers.config)
+    model.vision.load_state_dict(towers.vision.state_dict())
+    model.text.load_state_dict(towers.text.state_dict())
+    return model
+
+
+def export_towers(source: str | Path, out: str | Path, architecture: str = "partclipseg", seed: int = 0) -> Path:
+    """A new model of ``architecture`` (``"partclipseg"`` or the ``"clipseg"`` baseline) with the
+    vision and text towers of the saved model ``source`` (e.g. a pretraining run's ``final/``), the
+    rest freshly initialised (seeded); saved to ``out``. Lets every variant start from the same towers."""
+    from ..weights import load_pretrained
+
+    source_model = load_pretrained(source)
+    config = PartCLIPSegConfig.from_dict({**source_model.config.to_dict(), "architecture": architecture})
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.vision.load_state_dict(source_model.vision.state_dict())
+    model.text.load_state_dict(source_model.text.state_dict())
+    return save_pretrained(model.eval(), out)
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def zero_shot_accuracy(towers: ContrastiveTowers, sampler: CaptionSampler, unseen: Sequence[str],
+                       device: str = "cpu", batch: int = 64) -> dict[str, Any]:
+    """Zero-shot object classification, CLIP style: for every image with a single object, the
+    object whose prompt "a photo of a NAME." is nearest wins. Returns top-1 accuracy (%) over seen
+    and unseen objects and the number of images of each."""
+    from ..data.toyworld import OBJECT_PARTS, OBJECTS_WITHOUT_PARTS
+
+    names = sorted(set(OBJECT_PARTS) | set(OBJECTS_WITHOUT_PARTS))
+    ids, mask = get_tokenizer()([f"a photo of {_article(n)} {n}." for n in names], padding="longest")
+    was_training = towers.training
+    towers.eval()
+    text = F.normalize(towers.encode_text(ids.to(device), mask.to(device)), dim=-1)
+    single = [(i, w[0]["object"]) for i, w in enumerate(sampler.words) if len(w) == 1]
+    correct = {"seen": 0, "unseen": 0}
+    total = {"seen": 0, "unseen": 0}
+    for start in range(0, len(single), batch):
+        chunk = single[start:start + batch]
+        img = F.normalize(towers.encode_image(sampler.pixels([i for i, _ in chunk]).to(device)), dim=-1)
+        pred = (img @ text.T).argmax(1).tolist()
+        for (_, name), p in zip(chunk, pred):
+            group = "unseen" if name in unseen else "seen"
+            total[group] += 1
+            correct[group] += int(names[p] == name)
+    if was_training:
+        towers.train()
+    return {f"top1_{g}": (100.0 * correct[g] / total[g] if total[g] else None) for g in total} | \
+        {f"images_{g}": total[g] for g in total}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step_{step:07d}"
+
+
+def _latest(out_dir: Path) -> Path | None:
+    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*")
+                     if not p.name.endswith(".tmp") and (p / "trainer.pt").is_file())
+    return folders[-1] if folders else None
+
+
+def _save_checkpoint(out_dir: Path, towers: ContrastiveTowers, optimizer, step: int, config: PretrainConfig) -> Path:
+    from safetensors.torch import save_file
+
+    final = _checkpoint_dir(out_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in towers.state_dict().items()}, str(tmp / "towers.safetensors"))
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+                "torch_rng": torch.random.get_rng_state()}, tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
+    for old in folders[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _lr(config: PretrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to 0 (CLIP's schedule)."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    t = (step - config.warmup) / max(1, config.iterations - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _parameter_groups(towers: ContrastiveTowers, weight_decay: float) -> list[dict]:
+    """CLIP's rule: weight decay on matrices only (not on gains, biases, embeddings, temperature)."""
+    decay, no_decay = [], []
+    for name, param in towers.named_parameters():
+        if param.ndim >= 2 and "embedding" not in name:
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------- the loop
+def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Pretrain per ``config``; returns the ``final/`` folder (a PartCLIPSeg with the pretrained towers)."""
+    from ..data.toyworld import UNSEEN_OBJECTS
+
+    config.validate()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (out_dir / "config.json").is_file() and not resume:
+        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    towers = _build(config).to(device)
+    sampler = CaptionSampler(config.root, "train", config, towers.config.image_mean, towers.config.image_std)
+    val_root = Path(config.root)
+    val = None
+    try:
+        val = CaptionSampler(val_root, "val", config, towers.config.image_mean, towers.config.image_std)
+    except ConfigError:
+        pass
+    tokenizer = get_tokenizer()
+    optimizer = torch.optim.AdamW(_parameter_groups(towers, config.weight_decay), lr=config.lr,
+                                  betas=tuple(config.betas), eps=1e-6)
+    start = 0
+    if resume and (ckpt := _latest(out_dir)) is not None:
+        from ..weights import read_safetensors
+
+        state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+        towers.load_state_dict(read_safetensors(ckpt / "towers.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        torch.random.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        _trim_metrics(out_dir / "metrics.jsonl", start)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iterations, initial=start, unit="it", desc="pretrain")
+    metrics_file = out_dir / "metrics.jsonl"
+    towers.train()
+    tic = time.perf_counter()
+    max_scale = math.log(config.logit_scale_max)
+    for step in range(start, config.iterations):
+        lr = _lr(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixels, texts = sampler.batch(step)
+        ids, mask = tokenizer(texts, padding="longest")
+        loss = clip_loss(towers.encode_image(pixels.to(device)), towers.encode_text(ids.to(device), mask.to(device)),
+                         towers.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(towers.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            towers.logit_scale.clamp_(0, max_scale)
+        done = step + 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {done}")
+        if done % config.log_period == 0 or done == config.iterations:
+            with open(metrics_file, "a") as handle:
+                handle.write(json_text({"step": done, "loss": value, "lr": lr,
+                                         "temperature": float(towers.logit_scale.detach().exp().reciprocal()),
+                                         "seconds": round(time.perf_counter() - tic, 3)}) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")
+        if done % config.checkpoint_period == 0 or done == config.iterations:
+            _save_checkpoint(out_dir, towers, optimizer, done, config)
+        if val is not None and (done % config.eval_period == 0 or done == config.iterations):
+            result = zero_shot_accuracy(towers, val, UNSEEN_OBJECTS, device)
+            atomic_write_text(out_dir / "eval" / f"step_{done:07d}.json", json_text(result, indent=1) + "\n")
+            with open(metrics_file, "a") as handle:
+                handle.write(json_text({"step": done, "eval": "zero-shot", **result}) + "\n")
+    if bar is not None:
+        bar.close()
+    final = out_dir / "final"
+    model = part_model_from_towers(towers.cpu(), config.seed)
+    save_pretrained(model.eval(), final)
+    return final

@@ -1,0 +1,196 @@
+"""Toy language-image pretraining: captions, the CLIP loss, the loop (resume, final model), part
+training from the pretrained towers, best-checkpoint selection, the CLI verb and the default-model script."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from partclipseg.cli import main as cli_main
+from partclipseg.data.toyworld import COLOUR_WORDS, OBJECT_PARTS, OBJECTS_WITHOUT_PARTS, TEXTURE_WORDS, generate_toy_world
+from partclipseg.errors import CheckpointError, ConfigError
+from partclipseg.train import load_recipe, train
+from partclipseg.train.pretrain import (
+    ContrastiveTowers,
+    PretrainConfig,
+    caption_for,
+    clip_loss,
+    load_pretrain_recipe,
+    pretrain,
+)
+from partclipseg.train.select import best_checkpoint
+from partclipseg.train.select import main as select_main
+from partclipseg.weights import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["init=random:tiny-fast", "image_size=32", "batch_size=4", "iterations=4", "checkpoint_period=2",
+        "eval_period=4", "log_period=1", "warmup=2"]
+PART_WORDS = {p for parts in OBJECT_PARTS.values() for p in parts}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return generate_toy_world(tmp_path_factory.mktemp("toy"), n_train=8, n_val=6, size_range=(64, 96), seed=3)
+
+
+# ----------------------------------------------------------------------------- captions
+def test_captions_are_object_level_and_vary():
+    objects = [{"object": "dog", "colour": "brown", "texture": "spotted"},
+               {"object": "bus", "colour": "orange", "texture": "plain"}]
+    captions = {caption_for(objects, np.random.default_rng(i)) for i in range(60)}
+    assert len(captions) > 20  # templates, order and optional words vary
+    for text in captions:
+        words = set(re.findall(r"[a-z]+", text))
+        assert {"dog", "bus"} <= words and not words & PART_WORDS, text
+        assert "plain" not in words  # "plain" is never said
+        assert "an orange bus" in text or "a bus" in text
+    assert caption_for(objects, np.random.default_rng(5)) == caption_for(objects, np.random.default_rng(5))
+
+
+def test_generator_writes_caption_words(toy: Path):
+    for split, n in (("train", 8), ("val", 6)):
+        captions = json.loads((toy / "captions" / f"{split}.json").read_text())
+        assert sorted(captions) == [f"toy_{split}_{k:06d}" for k in range(n)]
+        for words in captions.values():
+            assert 1 <= len(words) <= 3
+            for w in words:
+                assert w["object"] in set(OBJECT_PARTS) | set(OBJECTS_WITHOUT_PARTS)
+                assert w["colour"] in COLOUR_WORDS and w["texture"] in TEXTURE_WORDS.values()
+
+
+# ----------------------------------------------------------------------------- loss
+def test_clip_loss_is_symmetric_infonce():
+    torch.manual_seed(0)
+    img, txt = torch.randn(5, 8), torch.randn(5, 8)
+    scale = torch.tensor(2.0)
+    i, t = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    logits = scale.exp() * i @ t.T
+    by_hand = -(logits.log_softmax(1).diag().mean() + logits.log_softmax(0).diag().mean()) / 2
+    assert torch.allclose(clip_loss(img, txt, scale), by_hand, atol=1e-6)
+    assert torch.allclose(clip_loss(img, txt, scale), clip_loss(txt, img, scale), atol=1e-6)
+    assert clip_loss(img, img * 3, torch.tensor(4.0)) < clip_loss(img, txt, torch.tensor(4.0))
+
+
+# ----------------------------------------------------------------------------- recipes
+def test_pretrain_recipe_and_overrides():
+    cfg = load_pretrain_recipe("toy_world_pretrain", ["root=/data", "iterations=7"])
+    assert cfg.kind == "pretrain" and cfg.iterations == 7 and cfg.root == "/data" and cfg.init == "random:toy2"
+    with pytest.raises(ConfigError, match="unknown pretraining key 'nope'"):
+        load_pretrain_recipe("toy_world_pretrain", ["nope=1"])
+    with pytest.raises(ConfigError, match="not a pretraining recipe"):
+        load_pretrain_recipe("toy_world")
+    with pytest.raises(ConfigError, match="partclipseg pretrain"):
+        load_recipe("toy_world_pretrain")
+    with pytest.raises(ConfigError, match="root"):
+        PretrainConfig().validate()
+
+
+def test_part_recipe_starts_from_towers_and_freezes_text():
+    cfg = load_recipe("toy_world")
+    assert cfg.trainable == "all-but-text" and cfg.init == "random:toy2" and cfg.eval_protocol == "pred-all"
+    assert cfg.keep_checkpoints * cfg.checkpoint_period >= cfg.iterations  # the best checkpoint survives
+
+
+# ----------------------------------------------------------------------------- the loop
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_pretrain_learns_resumes_and_hands_over_towers(toy: Path, tmp_path: Path):
+    full = pretrain(load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", *TINY]), tmp_path / "full",
+                    progress=False)
+    # killed after step 2 (its checkpoint), then resumed: the same towers as the uninterrupted run
+    half = load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", *TINY, "iterations=4"])
+    part = tmp_path / "part"
+    pretrain(half, part, progress=False)
+    import shutil
+
+    shutil.rmtree(part / "checkpoints" / "step_0000004")
+    shutil.rmtree(part / "final")
+    with pytest.raises(ConfigError, match="--resume"):
+        pretrain(half, part, progress=False)
+    pretrain(half, part, resume=True, progress=False)
+    a = _tensors(tmp_path / "full" / "checkpoints" / "step_0000004" / "towers.safetensors")
+    b = _tensors(part / "checkpoints" / "step_0000004" / "towers.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "loss" in r] == [1, 2, 3, 4]
+    assert any(r.get("eval") == "zero-shot" and "top1_unseen" in r for r in steps)
+    # final/ is a PartCLIPSeg with the pretrained towers, loadable by the package's loader
+    model = load_pretrained(full)
+    towers = a
+    for name, value in model.state_dict().items():
+        if name.startswith(("vision.", "text.")):
+            assert torch.equal(value, towers[name]), name
+    assert "image_projection.weight" in towers and "logit_scale" in towers
+    # part training from the towers: the text tower stays as pretrained, the vision tower moves
+    run = train(load_recipe("toy_world", [f"root={toy}", f"init={full}", "image_size=32", "iterations=2",
+                                          "batch_size=2", "checkpoint_period=1", "eval_period=1", "eval_limit=2",
+                                          "log_period=1"]), tmp_path / "parts", progress=False)
+    trained = load_pretrained(run)
+    moved = False
+    for name, value in trained.state_dict().items():
+        if name.startswith("text."):
+            assert torch.equal(value, towers[name]), name
+        elif name.startswith("vision.") and not torch.equal(value, towers[name]):
+            moved = True
+    assert moved
+    folder, record = best_checkpoint(tmp_path / "parts")
+    assert folder.name in ("step_0000001", "step_0000002") and "harmonic" in record
+
+
+def test_best_checkpoint_picks_highest_harmonic(tmp_path: Path):
+    lines = [{"step": 1, "total": 3.0}, {"step": 1, "eval": "pred-all", "seen": 10, "unseen": 5, "harmonic": 6.7},
+             {"step": 2, "eval": "pred-all", "seen": 30, "unseen": 20, "harmonic": 24.0},
+             {"step": 3, "eval": "pred-all", "seen": 50, "unseen": 30, "harmonic": 37.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "garbage\n")
+    for step in (1, 2):  # step 3's checkpoint was not kept: it cannot be chosen
+        folder = tmp_path / "checkpoints" / f"step_{step:07d}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights%d" % step)
+        (folder / "config.json").write_text("{}")
+    folder, record = best_checkpoint(tmp_path)
+    assert folder.name == "step_0000002" and record["harmonic"] == 24.0
+    assert select_main([str(tmp_path), "--out", str(tmp_path / "best")]) == 0
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"weights2"
+    with pytest.raises(CheckpointError):
+        best_checkpoint(tmp_path / "empty")
+    assert select_main([str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_cli_pretrain_bad_input_exits_2(capsys, tmp_path: Path):
+    assert cli_main(["pretrain", "no_such_recipe", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
+    assert cli_main(["pretrain", "toy_world_pretrain", f"root={tmp_path}", "--out", str(tmp_path / "r")]) == 2
+    assert "captions" in capsys.readouterr().err
+
+
+def test_contrastive_towers_pool_the_deepest_decoder_layer():
+    from partclipseg.config import get_config
+
+    config = get_config("tiny-fast")
+    towers = ContrastiveTowers(config, pool="mean")
+    assert towers.layer == max(config.decoder.extract_layers) + 1
+    out = towers.encode_image(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, config.projection_dim)
+
+
+@pytest.mark.slow
+def test_default_model_script_smoke(tmp_path: Path):
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "make_default_model.sh"), str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for protocol in ("oracle-obj", "pred-all"):
+        metrics = json.loads((tmp_path / "work" / "eval" / f"{protocol}.json").read_text())["metrics"]
+        assert {"mIoU-base", "mIoU-unbase", "h-IoU"} <= set(metrics)
+    assert (tmp_path / "work" / "best" / "model.safetensors").is_file()
+    assert load_pretrained(tmp_path / "work" / "best").config.vision.patch_size == 16
