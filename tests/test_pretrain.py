@@ -117,7 +117,12 @@ def test_pretrain_learns_resumes_and_hands_over_towers(toy: Path, tmp_path: Path
     shutil.rmtree(part / "final")
     with pytest.raises(ConfigError, match="--resume"):
         pretrain(half, part, progress=False)
+    # what a write killed half-way leaves: a temporary folder with a torn trainer.pt; resume ignores it
+    torn = part / "checkpoints" / "step_0000004.tmp"
+    torn.mkdir()
+    (torn / "trainer.pt").write_bytes(b"PK\x03\x04 torn")
     pretrain(half, part, resume=True, progress=False)
+    assert not torn.exists()
     a = _tensors(tmp_path / "full" / "checkpoints" / "step_0000004" / "towers.safetensors")
     b = _tensors(part / "checkpoints" / "step_0000004" / "towers.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, OutputError
-from ..io import atomic_path, fsync_dir
+from ..io import atomic_path, atomic_write_text, fsync_dir
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "trainer.pt")
 _COMPLETE_NAME = re.compile(r"^step_\d{7}$")
@@ -33,17 +33,17 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step_{step:07d}"
 
 
-def complete_checkpoints(out_dir: Path) -> list[Path]:
-    """Checkpoint folders with a final name and every file, oldest first."""
+def complete_checkpoints(out_dir: Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> list[Path]:
+    """Checkpoint folders with a final name and every one of ``files``, oldest first."""
     folder = Path(out_dir) / "checkpoints"
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if _COMPLETE_NAME.match(p.name) and p.is_dir() and all((p / f).is_file() for f in CHECKPOINT_FILES))
+                  if _COMPLETE_NAME.match(p.name) and p.is_dir() and all((p / f).is_file() for f in files))
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = complete_checkpoints(out_dir)
+def latest_checkpoint(out_dir: Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path | None:
+    found = complete_checkpoints(out_dir, files)
     return found[-1] if found else None
 
 
@@ -60,20 +60,36 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(out_dir: Path, model, optimizer, step: int, config, keep: int) -> Path:
-    """Write checkpoint ``step`` (see the module docstring) and keep the newest ``keep`` ones.
-
-    A full or read-only disk raises ``OutputError`` and leaves the earlier checkpoints as they were.
-    """
+    """Write checkpoint ``step`` of a part-training run (the model as a saved folder + ``trainer.pt``)."""
     from ..weights import save_pretrained
 
+    return write_checkpoint(out_dir, step, lambda folder: save_pretrained(model, folder),
+                            trainer_state(optimizer, step, config), keep)
+
+
+def trainer_state(optimizer, step: int, config) -> dict[str, Any]:
+    """What ``trainer.pt`` holds: step, optimizer state, the run's config and the torch RNG state."""
+    return {"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+            "torch_rng": torch.random.get_rng_state()}
+
+
+def write_checkpoint(out_dir: Path, step: int, write_weights, trainer: dict[str, Any], keep: int,
+                     files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
+    """Write checkpoint ``step`` (see the module docstring) and keep the newest ``keep`` complete ones.
+
+    ``write_weights(folder)`` writes the weight files (each atomically) into the temporary folder; then
+    ``trainer.pt`` is written, the folder flushed and renamed to its final name last. ``files`` are the
+    names a complete checkpoint holds. A full or read-only disk raises ``OutputError`` and leaves the
+    earlier checkpoints as they were.
+    """
     final = checkpoint_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(model, tmp)
+        tmp.mkdir(parents=True)
+        write_weights(tmp)
         with atomic_path(tmp / "trainer.pt") as part:
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                        "torch_rng": torch.random.get_rng_state()}, part)
+            torch.save(trainer, part)
         fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -83,7 +99,7 @@ def save_checkpoint(out_dir: Path, model, optimizer, step: int, config, keep: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot write checkpoint {final}: {exc.strerror or exc} (earlier checkpoints are "
                           f"kept; free space and resume with --resume)") from None
-    for old in complete_checkpoints(out_dir)[:-keep]:
+    for old in complete_checkpoints(out_dir, files)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -148,3 +164,17 @@ def ensure_output_folder(out_dir: Path, resume: bool) -> None:
             raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
         if not is_run:
             raise OutputError(f"--out {out_dir} is not empty and holds no run; choose a new or empty folder")
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines after the resumed checkpoint (they will be recomputed identically)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

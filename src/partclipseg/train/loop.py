@@ -34,7 +34,7 @@ from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset, collate
 from .checkpoint import (check_resume_config, checkpoint_dir, ensure_output_folder, latest_checkpoint,
-                         remove_stale_temporaries, save_checkpoint)
+                         remove_stale_temporaries, save_checkpoint, trim_metrics)
 from .recipe import TrainConfig
 
 
@@ -116,20 +116,6 @@ def poly_lr(config: TrainConfig, step: int) -> float:
 
 # ---------------------------------------------------------------------------- checkpoints
 _checkpoint_dir = checkpoint_dir  # (the old private name)
-
-
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines after the resumed checkpoint (they will be recomputed identically)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -222,7 +208,7 @@ def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistIn
     torch.random.set_rng_state(state["torch_rng"])
     start = int(state["step"])
     if info.is_main:
-        _trim_metrics(out_dir / "metrics.jsonl", start)
+        trim_metrics(out_dir / "metrics.jsonl", start)
     return start
 
 

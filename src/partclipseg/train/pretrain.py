@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -44,13 +43,14 @@ from torch import nn
 
 from ..config import PartCLIPSegConfig, get_config
 from ..errors import ConfigError
-from ..io import atomic_write_text, json_text
+from ..io import atomic_path, atomic_write_text, json_text
 from ..model import build_model
 from ..model.clip import CLIPTextTower, CLIPVisionTower
 from ..preprocess import load_image
 from ..resample import resize_bilinear
 from ..tokenizer import get_tokenizer
 from ..weights import save_pretrained
+from .checkpoint import latest_checkpoint, remove_stale_temporaries, trainer_state, trim_metrics, write_checkpoint
 from .recipe import _coerce
 
 __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
@@ -351,45 +351,19 @@ def zero_shot_accuracy(towers: ContrastiveTowers, sampler: CaptionSampler, unsee
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step_{step:07d}"
-
-
-def _latest(out_dir: Path) -> Path | None:
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*")
-                     if not p.name.endswith(".tmp") and (p / "trainer.pt").is_file())
-    return folders[-1] if folders else None
+#: What a complete pretraining checkpoint holds (written and resumed by ``train.checkpoint``).
+CHECKPOINT_FILES = ("towers.safetensors", "trainer.pt")
 
 
 def _save_checkpoint(out_dir: Path, towers: ContrastiveTowers, optimizer, step: int, config: PretrainConfig) -> Path:
     from safetensors.torch import save_file
 
-    final = _checkpoint_dir(out_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in towers.state_dict().items()}, str(tmp / "towers.safetensors"))
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                "torch_rng": torch.random.get_rng_state()}, tmp / "trainer.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    folders = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
-    for old in folders[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    def write_towers(folder: Path) -> None:
+        with atomic_path(folder / "towers.safetensors") as part:
+            save_file({k: v.detach().contiguous() for k, v in towers.state_dict().items()}, str(part))
 
-
-def _trim_metrics(path: Path, last_step: int) -> None:
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return write_checkpoint(out_dir, step, write_towers, trainer_state(optimizer, step, config),
+                            config.keep_checkpoints, CHECKPOINT_FILES)
 
 
 def _lr(config: PretrainConfig, step: int) -> float:
@@ -433,7 +407,9 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
     optimizer = torch.optim.AdamW(_parameter_groups(towers, config.weight_decay), lr=config.lr,
                                   betas=tuple(config.betas), eps=1e-6)
     start = 0
-    if resume and (ckpt := _latest(out_dir)) is not None:
+    if resume:
+        remove_stale_temporaries(out_dir)
+    if resume and (ckpt := latest_checkpoint(out_dir, CHECKPOINT_FILES)) is not None:
         from ..weights import read_safetensors
 
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
@@ -441,7 +417,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
         optimizer.load_state_dict(state["optimizer"])
         torch.random.set_rng_state(state["torch_rng"])
         start = int(state["step"])
-        _trim_metrics(out_dir / "metrics.jsonl", start)
+        trim_metrics(out_dir / "metrics.jsonl", start)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
     bar = None
