@@ -49,7 +49,7 @@ def test_catseg_is_a_registered_architecture():
     assert "partcatseg" in ARCHITECTURES and architecture_class("partcatseg") is PartCATSeg
     model = build_model(get_partcatseg_config("partcatseg-tiny"))
     assert isinstance(model, PartSegmentationModel) and model.config.architecture == "partcatseg"
-    assert model.background_text_embedding.abs().sum() > 0  # init_weights: the official N(0, E^-1/2)
+    assert model.background_text_embedding.abs().sum() > 0  # init_weights: the official N(0, text_width^-1/2)
 
 
 def test_catseg_save_and_from_pretrained_round_trip(tiny, tmp_path):

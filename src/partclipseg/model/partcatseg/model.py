@@ -120,9 +120,10 @@ class PartCATSeg(PartSegmentationModel):
             p.requires_grad_(False)
 
     def init_weights(self) -> None:
-        """A new model: the background embedding ~ N(0, E^-1/2) as the official ``non_object_embedding``
-        (every other module keeps its constructor's random initialisation)."""
-        nn.init.normal_(self.background_text_embedding, std=self.config.clip.embed_dim ** -0.5)
+        """A new model: the background embedding ~ N(0, text_width^-1/2) as the official
+        ``non_object_embedding`` (``clip_model.transformer.width ** -0.5``; every other module keeps its
+        constructor's random initialisation)."""
+        nn.init.normal_(self.background_text_embedding, std=self.config.clip.text_width ** -0.5)
         self.clear_text_cache()
 
     def is_trainable(self, name: str, which: str) -> bool:
