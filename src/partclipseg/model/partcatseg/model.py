@@ -195,6 +195,26 @@ class PartCATSeg(PartSegmentationModel):
         """The vocabulary of ``text`` encoded (its token ids are not used: see ``encode_vocabulary``)."""
         return self.encode_vocabulary(text.vocabulary)
 
+    def oracle_classes(self, vocabulary: Vocabulary, object_names: Sequence[str]) -> list[int]:
+        """Oracle-Obj's kept classes, by the official evaluator's rule when ``official.oracle_substring_match``
+        (a class is kept when a given object name occurs anywhere in its name: ``"car"`` keeps
+        ``"cart's wheel"``; ``postprocess.oracle_masked_classes``), else the exact object rule. A name
+        that keeps no class raises ``VocabularyError``."""
+        if not self.config.official.oracle_substring_match:
+            return super().oracle_classes(vocabulary, object_names)
+        from ...errors import VocabularyError
+        from .postprocess import oracle_masked_classes
+
+        names = vocabulary.object_specific_classes
+        kept: set[int] = set()
+        for name in object_names:
+            kept_here = set(range(len(names))) - set(oracle_masked_classes(names, name, substring_match=True))
+            if not kept_here:
+                raise VocabularyError(f"object {name!r} has no part classes in the vocabulary (objects: "
+                                      f"{list(vocabulary.objects)})")
+            kept |= kept_here
+        return sorted(kept)
+
     # ------------------------------------------------------------------ image
     def preprocess(self, images: Sequence[Any]) -> PartCATSegPixels:
         """uint8 RGB images ([3, H, W] tensors or [H, W, 3] arrays) -> ``PartCATSegPixels`` (``preprocess.py``)."""
