@@ -22,8 +22,9 @@ set_image + Pred-All predict), ``pascal_part_116_cold`` (text cache emptied befo
 targets (``target_s``, ``target_rss_mb``, ``meets_target``); ``--quick`` reports no targets.
 
 ``partcatseg_pascal_part_116``: the full-size PartCATSeg (``partcatseg-voc``: CLIP ViT-B/16 + DINOv2
-ViT-S/14, random weights, official switches on, so fp16 text features) with the Pascal-Part-116
-vocabulary: ``text_s`` (the one-time encoding, then cached per vocabulary), and per run ``set_image``
+ViT-S/14, random weights, official switches on except the text features: float32 unless
+``--partcatseg-text-fp16``) with the Pascal-Part-116 vocabulary: ``text_s`` (the one-time encoding,
+then cached per vocabulary), and per run ``set_image``
 (both towers, once per image), the first ``predict`` after it (aggregation + decoder + Pred-All) and a
 warm ``predict`` (same image and vocabulary: post-processing only); ``min_s`` / ``median_s`` are the
 first predict's. ``--save FILE`` also writes the records (with the load average before and after) as
@@ -54,6 +55,9 @@ CASES = ("vision", "pascal_part_116_warm", "pascal_part_116_cold", "ade20k_part_
 TARGET_S = {"pascal_part_116_warm": 1.5, "pascal_part_116_cold": 2.0, "ade20k_part_234_warm": 3.5}
 TARGET_RSS_MB = 1536.0
 THREADS = 2
+#: the PartCATSeg case's text features: float32 (the official fp16 path runs float16 matmuls, very slow on a
+#: CPU; only ``text_s``, the one-time encoding per vocabulary, depends on it); ``--partcatseg-text-fp16`` sets it
+PARTCATSEG_TEXT_FP16 = False
 WIDTH, HEIGHT = 500, 375
 QUICK_SIZE = (128, 96)  # --quick: tiny-fast model and a small image
 STATS: dict = {}  # filled by time_runs
@@ -140,6 +144,7 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
     image = synthetic_image(*size)
     vocab = Vocabulary.from_benchmark("pascal_part_116")
     config = get_partcatseg_config("partcatseg-tiny" if quick else "partcatseg-voc")
+    config.official.text_features_fp16 = PARTCATSEG_TEXT_FP16
     t0 = time.perf_counter()
     torch.manual_seed(0)
     predictor = Predictor(build_model(config).eval())
@@ -279,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=64, help="Predictor(chunk_size=...); 0: no chunking")
     parser.add_argument("--profile", action="store_true", help="profile one warm pascal_part_116 call instead")
     parser.add_argument("--save", help="also write the records and the load average to this JSON file")
+    parser.add_argument("--partcatseg-text-fp16", action="store_true",
+                        help="PartCATSeg case: fp16 text features as the official code (slow on a CPU)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -287,6 +294,8 @@ def main(argv=None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    global PARTCATSEG_TEXT_FP16
+    PARTCATSEG_TEXT_FP16 = args.partcatseg_text_fp16
     if args.profile or args.child:
         for name in cases if args.child else ():
             child(name, args.runs, args.quick, args.chunk_size or None)
@@ -295,7 +304,7 @@ def main(argv=None) -> int:
     records, load_before = [], _loadavg()
     for name in cases:  # one fresh process per case, so peak RSS is the case's own
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--cases", name, "--runs", str(args.runs),
-               "--chunk-size", str(args.chunk_size)]
+               "--chunk-size", str(args.chunk_size)] + (["--partcatseg-text-fp16"] if args.partcatseg_text_fp16 else [])
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode or not lines:

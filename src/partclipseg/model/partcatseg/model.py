@@ -101,6 +101,8 @@ class PartCATSeg(PartSegmentationModel):
     """PartCATSeg behind the common interface (see the module docstring)."""
 
     config_class = PartCATSegConfig
+    #: prompts per text-tower batch in ``encode_class_names`` (whole names: at least one name's prompts)
+    text_batch_prompts = 1024
 
     def __init__(self, config: PartCATSegConfig, templates: Sequence[str] | None = None) -> None:
         super().__init__(config)
@@ -137,17 +139,20 @@ class PartCATSeg(PartSegmentationModel):
 
         With ``config.official.text_features_fp16`` the CLIP text tower and the per-template
         normalisation run in float16, as the official ``__init__`` does. Each name's features are
-        cached (a name shared by several vocabularies is encoded once); the prompts of all
-        uncached names are encoded in one batch.
+        cached (a name shared by several vocabularies is encoded once); uncached names are encoded
+        in batches of about ``text_batch_prompts`` prompts (memory: the full-size tower holds
+        ~10 GB of activations for Pascal-Part-116's 14,000 prompts in one batch).
         """
         device = self.background_text_embedding.device
         fp16 = self.config.official.text_features_fp16
         todo = [n for n in dict.fromkeys(names) if (n, fp16) not in self._name_cache]
-        if todo:
-            ids, counts = prompt_token_ids(todo, self.templates, self.config.clip.context_length)
+        per_batch = max(1, self.text_batch_prompts // len(self.templates))  # names per text-tower batch
+        for start in range(0, len(todo), per_batch):
+            batch = todo[start:start + per_batch]
+            ids, counts = prompt_token_ids(batch, self.templates, self.config.clip.context_length)
             encoded = self.clip_text(ids.to(device), dtype=torch.float16 if fp16 else torch.float32)
             features = per_template_features(encoded, counts, len(self.templates)).float()
-            self._name_cache.update({(n, fp16): f for n, f in zip(todo, features)})
+            self._name_cache.update({(n, fp16): f for n, f in zip(batch, features)})
         bg = self.background_text_embedding / self.background_text_embedding.norm(dim=-1, keepdim=True)
         bg = bg.expand(1, len(self.templates), -1).float()
         return torch.cat([torch.stack([self._name_cache[(n, fp16)] for n in names]), bg], dim=0)
