@@ -200,6 +200,10 @@ def test_catseg_initial_model_from_served_catseg_base_and_dinov2(tiny_files, tmp
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             ["manifest.json", WEIGHT_FILES[name].filename.replace(".pth", ".safetensors")])
         assert json.loads((folder / "manifest.json").read_text())["download"]["bytes"] > 0
+    from partclipseg.cli import main
+
+    assert main(["download", "catseg_base", "--to", str(tmp_path / "copy")]) == 0  # cached: no network
+    assert (tmp_path / "copy" / "model_final_base.safetensors").is_file()
     again = build_from_catseg_base_and_dinov2(config, progress=False)
     assert torch.equal(again.state_dict()["clip_image.proj"], ours["clip_image.proj"])
     text = again.text_features(["cat's head", "dog's leg"])  # the text tower works from CAT-Seg's weights
