@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..config import PartCLIPSegConfig
+from ..config import PartCLIPSegConfig, get_config
 from ..errors import CheckpointError
 from ..vocabulary import Vocabulary
 from .loading import load_pretrained, save_pretrained
@@ -146,6 +146,41 @@ class SegmentationOutput:
         return self.object_part_logits is not None
 
 
+class TrainPreprocessor:
+    """Training-image preprocessing of one architecture (``PartSegmentationModel.train_preprocessor``).
+
+    ``sample(image)``: one augmented HWC uint8 RGB array -> a per-sample item (in a loader worker);
+    ``collate(items)``: the items of a batch -> ``forward``'s first argument (anything with ``.to(device)``).
+    Picklable: it travels to the data loader's worker processes.
+    """
+
+    def sample(self, image: Any) -> Any:
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ResizeNormalise(TrainPreprocessor):
+    """The CLIPSeg family's training input: ``partclipseg.preprocess`` (resize to ``size`` x ``size``,
+    normalise; ``channel_order="BGR"`` reverses the channels first, the official training quirk) ->
+    [3, S, S] per image, stacked to [B, 3, S, S]."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str
+
+    def sample(self, image: Any) -> torch.Tensor:
+        from ..preprocess import preprocess
+
+        return preprocess(image, self.size, mean=self.mean, std=self.std, channel_order=self.channel_order)[0]
+
+    def collate(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(items))
+
+
 class PartSegmentationModel(nn.Module):
     """Base class of every architecture (an ``nn.Module`` built from a config).
 
@@ -156,6 +191,8 @@ class PartSegmentationModel(nn.Module):
 
     model_type: ClassVar[str] = ""  # set by @register_architecture; equals config.architecture
     config_class: ClassVar[type] = PartCLIPSegConfig
+    #: the recipe ``trainable`` values ``is_trainable`` understands (``partclipseg train`` refuses others)
+    trainable_sets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()
@@ -252,8 +289,31 @@ class PartSegmentationModel(nn.Module):
         raise NotImplementedError
 
     def is_trainable(self, name: str, which: str) -> bool:
-        """Whether parameter ``name`` is trained under the recipe's ``trainable`` setting ``which``."""
+        """Whether parameter ``name`` is trained under the recipe's ``trainable`` setting ``which``
+        (one of ``trainable_sets``)."""
         raise NotImplementedError
+
+    @classmethod
+    def preset_config(cls, name: str, image_size: int | None) -> Any:
+        """The config of a new model for ``init=random:<name>`` with the recipe's ``image_size``
+        (``None``: the preset's). Default: the CLIPSeg-family presets (``partclipseg.config.CONFIGS``)."""
+        config = get_config(name, cls.model_type)
+        if image_size is not None:
+            config.image_size = image_size
+        config.validate()
+        return config
+
+    def set_processing_size(self, image_size: int | None) -> None:
+        """Use the recipe's ``image_size`` (``None``: keep the model's) when fine-tuning a saved model."""
+        if image_size is not None:
+            self.config.image_size = image_size
+
+    def train_preprocessor(self, channel_order: str) -> "TrainPreprocessor":
+        """What turns augmented training images into ``forward``'s first argument (runs in the data
+        loader's workers, so it holds settings only, never the model). Default: ``preprocess`` at
+        ``config.image_size`` with the model's statistics."""
+        return ResizeNormalise(self.config.image_size, tuple(self.config.image_mean), tuple(self.config.image_std),
+                               channel_order)
 
     def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         """Start from converted CLIPSeg weights (``weights.init_from_clipseg``); only the CLIPSeg family can."""

@@ -1,0 +1,124 @@
+"""PartCATSeg through the common training interface: the loss of ``model.loss`` (the loop's label
+format) against the official training losses of the reference fixtures, batch semantics, trainable
+sets, and ``partclipseg train`` end to end (one process and two torchrun processes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from partclipseg.errors import ConfigError
+from partclipseg.losses import LossConfig
+from test_catseg_reference import ATOL, _close, _train_batch, _vocabulary, catseg_ref  # noqa: F401 (fixture)
+
+OFFICIAL = LossConfig(use_attention=False)
+
+
+def _loop_labels(ref):
+    """The fixture's training GT in the loop's format: -1 ignore, dataset object ids, object_to_model."""
+    _, classes, objects = _train_batch(ref)
+    info = ref["config"]["vocab"]["train"]
+    vocab = _vocabulary(ref["config"], "train")
+    parts = [torch.where(c == 255, -1, c) for c in classes]
+    objs = [torch.where(o == 255, -1, o) for o in objects]
+    object_to_model = torch.tensor(vocab.object_label_map(info["obj_classes"]))
+    return vocab, parts, objs, object_to_model
+
+
+def _interface_forward(model, ref, images):
+    """The loop's path: train_preprocessor (sample + collate) -> forward(**text.forward_kwargs())."""
+    vocab = _vocabulary(ref["config"], "train")
+    prep = model.train_preprocessor("RGB")
+    pixels = prep.collate([prep.sample(im.permute(1, 2, 0).numpy()) for im in images])
+    text = model.tokenize_vocabulary(vocab)
+    return model(pixels, **text.forward_kwargs()), text, pixels
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("per_image", [False, True])
+def test_catseg_interface_loss_matches_official_training_losses(catseg_ref, per_image):
+    model, expected = catseg_ref["model"], catseg_ref["outputs"]
+    images, _, _ = _train_batch(catseg_ref)
+    vocab, parts, objs, object_to_model = _loop_labels(catseg_ref)
+    lambdas = catseg_ref["config"]["lambdas"]
+    config = LossConfig(use_attention=False, per_image=per_image, part_lambda=lambdas["part"],
+                        obj_lambda=lambdas["obj"], jsd_lambda=lambdas["jsd"])
+    with torch.no_grad():
+        out, text, pixels = _interface_forward(model, catseg_ref, images)
+        losses = model.loss(out, parts, objs, text, object_to_model, config)
+    for key in ("clip_input", "dino_input"):
+        if f"train.{key}" in catseg_ref["inputs"]:
+            _close(f"train.{key}", pixels[key], catseg_ref["inputs"][f"train.{key}"])
+    b = len(images)
+    compared = [k for k in ("total", "specific_part", "part", "obj", "jsd") if f"loss.{k}" in expected]
+    assert len(compared) == 5
+    for key in compared:
+        if per_image and b > 1:  # the official number is the pooled one; per image = mean of single-image calls
+            continue
+        _close(f"loss.{key}", losses[key], expected[f"loss.{key}"])
+    if not per_image:  # the pooled loss also exposes every official BCE call
+        calls = catseg_ref["summary"]["train_losses"]["bce_calls_in_order"]
+        for call in calls:
+            key = next(k for k in losses if k.startswith("bce.") and k.split(".", 2)[2] == call["name"])
+            assert abs(losses[key].item() - call["value"]) <= ATOL, key
+
+
+@pytest.mark.reference
+def test_catseg_loss_batch_semantics(catseg_ref):
+    """per_image: the mean of single-image losses; pooled: one loss over the batch (a batch of the same
+    image twice equals the single image; two different images do not equal their mean)."""
+    model = catseg_ref["model"]
+    images, _, _ = _train_batch(catseg_ref)
+    vocab, parts, objs, object_to_model = _loop_labels(catseg_ref)
+    image, part, obj = images[0], parts[0], objs[0]
+    flipped = (image.flip(-1), part.flip(-1)[:, :110], obj.flip(-1)[:, :110])  # another size: per_image only
+    with torch.no_grad():
+        single, text, _ = _interface_forward(model, catseg_ref, [image])
+        one = model.loss(single, [part], [obj], text, object_to_model, OFFICIAL)
+        other_out, _, _ = _interface_forward(model, catseg_ref, [flipped[0][:, :, :110]])
+        other = model.loss(other_out, [flipped[1]], [flipped[2]], text, object_to_model, OFFICIAL)
+        pair, _, _ = _interface_forward(model, catseg_ref, [image, flipped[0][:, :, :110]])
+        both = model.loss(pair, [part, flipped[1]], [obj, flipped[2]], text, object_to_model, OFFICIAL)
+        twice, _, _ = _interface_forward(model, catseg_ref, [image, image])
+        pooled = model.loss(twice, [part, part], [obj, obj], text, object_to_model,
+                            LossConfig(use_attention=False, per_image=False))
+    # the pair is padded to the batch's size, which moves its logits: compare with the pair's own rows
+    with torch.no_grad():
+        rows = [model.loss(type(pair)(pair.logits[i:i + 1], pair.object_part_logits[i:i + 1],
+                                      costs={k: v[i:i + 1] for k, v in pair.costs.items()}),
+                           [[part, flipped[1]][i]], [[obj, flipped[2]][i]], text, object_to_model, OFFICIAL)
+                for i in range(2)]
+    for key in ("total", "jsd", "obj"):
+        torch.testing.assert_close(both[key], (rows[0][key] + rows[1][key]) / 2)
+        torch.testing.assert_close(pooled[key], one[key], atol=1e-6, rtol=1e-5)
+    assert abs(one["total"].item() - other["total"].item()) > 1e-4  # the two images differ
+    with pytest.raises(ConfigError, match="one size"):
+        model.loss(pair, [part, flipped[1]], [obj, flipped[2]], text, object_to_model,
+                   LossConfig(use_attention=False, per_image=False))
+
+
+def test_catseg_trainable_sets():
+    from partclipseg.model.partcatseg import PartCATSeg, get_partcatseg_config
+    from partclipseg.train.loop import set_trainable
+
+    with torch.device("meta"):
+        model = PartCATSeg(get_partcatseg_config("partcatseg-voc"))
+    official = set(set_trainable(model, "official"))
+    assert official and not any(n.startswith(("clip_image.", "clip_text.")) for n in official)
+    assert "background_text_embedding" not in official  # no gradient path (official: never updated)
+    assert any(n.startswith("dino.") for n in official) and any(n.startswith("aggregator.") for n in official)
+    attention = set(set_trainable(model, "clip-attention")) - official
+    assert "clip_image.positional_embedding" in attention
+    assert "clip_image.transformer.resblocks.11.attn.in_proj_weight" in attention
+    assert not any(".mlp." in n or n.startswith("clip_text.") for n in attention)
+    full = set(set_trainable(model, "clip-image")) - official
+    assert attention < full and all(n.startswith("clip_image.") for n in full)
+    with pytest.raises(ConfigError, match="trainable"):
+        model.is_trainable("aggregator.x", "VA+L+F+D")
