@@ -122,3 +122,97 @@ def test_catseg_trainable_sets():
     assert attention < full and all(n.startswith("clip_image.") for n in full)
     with pytest.raises(ConfigError, match="trainable"):
         model.is_trainable("aggregator.x", "VA+L+F+D")
+
+
+# --------------------------------------------------------------------------- recipes
+def test_catseg_recipes_hold_the_official_settings():
+    from partclipseg.train import load_recipe
+
+    for name, dataset in (("partcatseg_pascal_part_116", "pascal_part_116"),
+                          ("partcatseg_ade20k_part_234", "ade20k_part_234"), ("partcatseg_partimagenet", "partimagenet")):
+        cfg = load_recipe(name, ["root=/data"])
+        cfg.validate()
+        assert (cfg.dataset, cfg.architecture, cfg.trainable, cfg.image_size) == (dataset, "partcatseg", "official", None)
+        assert (cfg.iterations, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.grad_clip) == (20000, 4, 2e-4, 1e-4, 0.01)
+        assert cfg.lr_schedule == "cosine" and cfg.warmup_iters == 0 and cfg.lr_multipliers == {"dino.": 0.01}
+        assert cfg.channel_order == "RGB" and cfg.pad_to == 384 and cfg.seed == 12345678
+        assert not cfg.loss.use_attention and cfg.loss.background_weight == 0.05 and cfg.loss.per_image
+        assert cfg.loss.jsd_lambda == cfg.loss.part_lambda == cfg.loss.obj_lambda == 1.0
+        assert cfg.init == "catseg_base"  # the registry name of the CAT-Seg base + DINOv2 start weights
+    voc = load_recipe("partcatseg_pascal_part_116")
+    assert (voc.augmentation, voc.min_size, voc.max_size, voc.crop_size, voc.color_aug) == ("resize_flip", 384, 768, 384, True)
+    pin = load_recipe("partcatseg_partimagenet")
+    assert (pin.augmentation, pin.crop_size, pin.color_aug) == ("none", 0, False)
+    text = (Path(__file__).parents[1] / "src/partclipseg/resources/recipes/partcatseg_pascal_part_116.json").read_text()
+    sources = json.loads(text)["_sources"]
+    assert set(sources) == set(json.loads(text)) - {"_comment", "_sources"}  # every value names its origin
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["image_size=384"], "image_size=null"),
+    (["trainable=VA+L+F+D"], "trainable must be one of"),
+    (["loss.use_attention=true"], "use_attention=false"),
+    (['lr_multipliers={"clip_image.": 0.1}'], "match no trained parameter"),
+    (["lr_schedule=step"], "lr_schedule must be one of"),
+    (["lr_multipliers=[1]"], "must be a JSON object"),
+    (["crop_size=-1"], "crop_size must be an integer"),
+])
+def test_catseg_recipe_errors_name_the_problem(tmp_path, overrides, message):
+    from partclipseg.data import synthetic
+    from partclipseg.train import load_recipe, train
+
+    root = synthetic.make_pascal_part(tmp_path / "voc", n_train=2, n_val=1)
+    with pytest.raises(ConfigError, match=message):
+        train(load_recipe("partcatseg_pascal_part_116", [f"root={root}", "init=random:partcatseg-toy",
+                                                         "iterations=1", "num_workers=0", *overrides]),
+              tmp_path / "run", progress=False)
+
+
+def test_catseg_cosine_schedule_and_warmup():
+    from partclipseg.train import load_recipe
+    from partclipseg.train.loop import scheduled_lr
+
+    cfg = load_recipe("partcatseg_pascal_part_116", ["iterations=100"])
+    assert scheduled_lr(cfg, 0) == pytest.approx(2e-4) and scheduled_lr(cfg, 50) == pytest.approx(1e-4)
+    assert scheduled_lr(cfg, 100) == pytest.approx(0.0, abs=1e-12)
+    warm = load_recipe("partcatseg_pascal_part_116", ["iterations=100", "warmup_iters=10", "warmup_factor=0.1"])
+    end = 2e-4 * 0.5 * (1 + np.cos(np.pi * 0.1))
+    assert scheduled_lr(warm, 0) == pytest.approx(2e-5) and scheduled_lr(warm, 5) == pytest.approx((2e-5 + end) / 2)
+    assert scheduled_lr(warm, 10) == pytest.approx(end)
+
+
+# --------------------------------------------------------------------------- partclipseg train
+FAST = ["init=random:partcatseg-toy", "iterations=2", "batch_size=2", "num_workers=0", "log_period=1",
+        "eval_period=1000", "lr=1e-3", "grad_clip=1.0", "min_size=64", "max_size=128", "crop_size=64", "pad_to=64",
+        "trainable=clip-attention"]
+
+
+@pytest.mark.slow
+def test_catseg_two_process_ddp_equals_single_process(tmp_path):
+    """torchrun x 2 (gloo) = one process with the same global batch (per-image loss, lr multipliers,
+    colour jitter and crops drawn per sample position)."""
+    from partclipseg.data import synthetic
+    from partclipseg.train import load_recipe, train
+    from partclipseg.train import loop as train_loop
+
+    root = synthetic.make_pascal_part(tmp_path / "voc", n_train=4, n_val=1)
+    args = [f"root={root}", *FAST]
+    train(load_recipe("partcatseg_pascal_part_116", args), tmp_path / "single", progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "-m",
+           "partclipseg", "train", "partcatseg_pascal_part_116", *args, "--out", str(tmp_path / "ddp"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+    init = train_loop.build_initial_model(load_recipe("partcatseg_pascal_part_116", args)).state_dict()
+    moved = {k: (a[k] - init[k]).abs().max().item() for k in a}
+    assert max(v for k, v in moved.items() if k.startswith("aggregator.")) > 1e-4
+    assert max(v for k, v in moved.items() if k.startswith("dino.")) > 0  # trained at lr x 0.01
+    assert max(v for k, v in moved.items() if k.startswith("clip_text.")) == 0  # frozen
+    assert moved["clip_image.positional_embedding"] > 0 and moved["clip_image.transformer.resblocks.0.mlp.c_fc.weight"] == 0
+    losses = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses] == [1, 2] and all(np.isfinite(r["total"]) for r in losses)

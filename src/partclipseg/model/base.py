@@ -17,9 +17,14 @@ Inference data flow (the Predictor)::
 
 Training data flow (one call, so that DistributedDataParallel sees ``forward``)::
 
+    prep   = model.train_preprocessor(channel_order)                 # in the data loader's workers:
+    inputs = prep.collate([prep.sample(image) for image in batch])   #   augmented uint8 images -> inputs
     text   = model.tokenize_vocabulary(vocabulary, tokenizer).to(device)
-    output = ddp_model(pixel_values, **text.forward_kwargs(), **model.loss_forward_options(loss_config))
+    output = ddp_model(inputs, **text.forward_kwargs(), **model.loss_forward_options(loss_config))
     losses = model.loss(output, part_labels, object_labels, text, object_to_model, loss_config)
+
+A recipe picks the trained parameters by one of the class's ``trainable_sets`` (``is_trainable``);
+``preset_config`` / ``set_processing_size`` apply the recipe's ``init=random:<preset>`` / ``image_size``.
 """
 from __future__ import annotations
 

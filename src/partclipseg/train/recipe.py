@@ -263,6 +263,9 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
     data.pop("_comment", None)
+    sources = data.pop("_sources", {})  # documentation: the official file and key behind each value
+    if not isinstance(sources, dict) or set(sources) - set(data):
+        raise ConfigError(f"{source}: _sources must be an object whose keys are recipe keys of this recipe")
     if data.get("kind") == "pretrain":
         raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")
     config = apply_overrides(TrainConfig(), data, source)

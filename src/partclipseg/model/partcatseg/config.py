@@ -9,7 +9,7 @@ Presets (``PARTCATSEG_CONFIGS``):
 * ``"partcatseg-tiny"`` — the shape of the official golden fixtures (``tiny/`` of the reference
   folder): CLIP embed 32 (128 x 2), DINOv2 32 x 2, hidden 32.
 * ``"partcatseg-toy"`` — trains on the toy world in CPU minutes (``toy_world_partcatseg`` recipe):
-  192 px CLIP input, 12 x 12 cost grid, 4 templates.
+  128 px CLIP input, 8 x 8 cost grid, 4 templates.
 
 Sizes that the official code hard-codes (CLIP input 384, DINOv2 input 448 = 32 x 32 patches, the
 guidance maps 96 / 48 / 24, the 24 x 24 cost grid) are fields here so that they have one home.
@@ -349,17 +349,17 @@ TOY_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a rendering of a {}.
 
 
 def _toy() -> PartCATSegConfig:
-    """CPU-minutes size for the toy world (not an official shape): CLIP 192 px input, 16 px patches (a
-    12 x 12 cost grid, 48 x 48 logits), 64-wide 2-layer towers, DINOv2 32 x 2 at 168 px (12 x 12
-    patches), aggregator hidden 32, 4 prompt templates, float32 text features."""
+    """CPU-minutes size for the toy world (not an official shape): CLIP 128 px input, 16 px patches (an
+    8 x 8 cost grid, 32 x 32 logits), 64-wide 2-layer towers, DINOv2 32 x 2 at 112 px (8 x 8 patches),
+    aggregator hidden 32 (8 x 8 windows), 4 prompt templates, float32 text features."""
     return PartCATSegConfig(
-        clip=CLIPTowersConfig(embed_dim=32, image_resolution=192, vision_width=64, vision_layers=2, vision_heads=2,
+        clip=CLIPTowersConfig(embed_dim=32, image_resolution=128, vision_width=64, vision_layers=2, vision_heads=2,
                               text_width=64, text_layers=2, text_heads=2),
-        dino=DinoV2Config(embed_dim=32, depth=2, num_heads=2, img_size=168),
+        dino=DinoV2Config(embed_dim=32, depth=2, num_heads=2, img_size=112),
         aggregator=AggregatorConfig(text_guidance_proj_dim=16, appearance_guidance_proj_dim=16, decoder_dims=(32, 16),
-                                    decoder_guidance_proj_dims=(8, 4), num_heads=2, hidden_dim=32,
-                                    feature_resolution=(12, 12), num_templates=len(TOY_TEMPLATES)),
-        clip_resolution=192, dino_resolution=168, guidance_sizes=(48, 24, 12), templates=TOY_TEMPLATES,
+                                    decoder_guidance_proj_dims=(8, 4), num_heads=2, hidden_dim=32, window_size=8,
+                                    feature_resolution=(8, 8), num_templates=len(TOY_TEMPLATES)),
+        clip_resolution=128, dino_resolution=112, guidance_sizes=(32, 16, 8), templates=TOY_TEMPLATES,
         official=PartCATSegOfficialCompat(text_features_fp16=False))
 
 

@@ -39,7 +39,7 @@ from .clip import CLIPImageTower, CLIPTextTower
 from .config import PartCATSegConfig, get_partcatseg_config
 from .dinov2 import DinoV2Backbone
 from .init import copy_part_object_branch, init_clip_towers, init_dinov2
-from .preprocess import preprocess_images
+from .preprocess import PartCATSegPixels, preprocess_images
 from .templates import IMAGENET_TEMPLATES
 from .text import per_template_features, prompt_token_ids, prompts_of
 from .training import (TRAINABLE_SETS, PartCATSegTextInputs, PartCATSegTrainPreprocessor, is_trainable,
@@ -83,30 +83,6 @@ class PartCATSegImage:
             sizes = [self.image_sizes[i] for i in range(len(self.image_sizes))[index]] \
                 if isinstance(index, slice) else [self.image_sizes[int(i)] for i in index]
         return PartCATSegImage(self.features[index], tuple(g[index] for g in self.guidance), sizes, self.padded_size)
-
-
-class PartCATSegPixels(dict):
-    """``preprocess``'s output: ``clip_input`` [B, 3, Rc, Rc], ``dino_input`` [B, 3, Rd, Rd], the padded
-    batches ``clip_padded`` / ``dino_padded`` [B, 3, Hp, Wp] and ``image_sizes`` [B, 2] int64 (each
-    image's (H, W); the ``image_sizes`` property lists them) — all tensors, so that
-    DistributedDataParallel's input scattering (which rebuilds a dict subclass from its items) keeps it
-    whole; ``padded_size`` = (Hp, Wp)."""
-
-    def __init__(self, tensors: Any, image_sizes: Sequence[tuple[int, int]] | None = None) -> None:
-        super().__init__(tensors)
-        if image_sizes is not None:
-            self["image_sizes"] = torch.tensor([list(s) for s in image_sizes], dtype=torch.int64).view(-1, 2)
-
-    @property
-    def image_sizes(self) -> list[tuple[int, int]]:
-        return [(int(h), int(w)) for h, w in self["image_sizes"].tolist()]
-
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        return tuple(int(x) for x in self["clip_padded"].shape[-2:])
-
-    def to(self, device: str | torch.device) -> "PartCATSegPixels":
-        return PartCATSegPixels({k: v.to(device) for k, v in self.items()})
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ...errors import ConfigError
 from ..base import TextInputs, TrainPreprocessor
 from .config import PartCATSegConfig
 from .losses import IGNORE, partcatseg_loss
+from .preprocess import PartCATSegPixels, preprocess_images
 from .text import class_ids_to_parts
 
 #: recipe ``trainable`` values (``PartCATSeg.is_trainable``). CLIP's text tower is frozen in all of them
@@ -93,9 +94,6 @@ class PartCATSegTrainPreprocessor(TrainPreprocessor):
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def collate(self, items: Sequence[torch.Tensor]) -> Any:
-        from .model import PartCATSegPixels
-        from .preprocess import preprocess_images
-
         items = list(items)
         return PartCATSegPixels(preprocess_images(items, self.config),
                                 [(int(t.shape[-2]), int(t.shape[-1])) for t in items])
