@@ -216,3 +216,24 @@ def test_catseg_two_process_ddp_equals_single_process(tmp_path):
     assert moved["clip_image.positional_embedding"] > 0 and moved["clip_image.transformer.resblocks.0.mlp.c_fc.weight"] == 0
     losses = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses] == [1, 2] and all(np.isfinite(r["total"]) for r in losses)
+
+
+def test_official_partcatseg_augmentations():
+    from partclipseg.train.data import _hsv_to_rgb, _rgb_to_hsv, color_aug_ssd, pad_or_crop_to, random_crop
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    labels = rng.integers(-1, 5, (50, 70))
+    padded = pad_or_crop_to(image, 64)
+    assert padded.shape == (64, 64, 3) and (padded[50:] == 128).all() and np.array_equal(padded[:50, :64], image[:, :64])
+    cut = pad_or_crop_to(labels, 40, -1)  # the official F.pad with a negative size cuts at the bottom/right
+    assert np.array_equal(cut, labels[:40, :40])
+    assert (pad_or_crop_to(labels, 64, -1)[50:] == -1).all()
+    crops = {random_crop(image, labels, labels, 32, np.random.default_rng(s))[0].tobytes() for s in range(5)}
+    assert len(crops) > 1 and all(len(c) == 32 * 32 * 3 for c in crops)
+    assert random_crop(image, labels, labels, 64, rng)[0].shape == (50, 64, 3)  # min(size, side)
+    # round trip: a few grey levels at most (2-degree hue steps, as with uint8 HSV in OpenCV)
+    assert np.abs(_hsv_to_rgb(_rgb_to_hsv(image)).astype(int) - image).max() <= 5
+    jittered = [color_aug_ssd(image, np.random.default_rng(s)) for s in range(8)]
+    assert all(j.shape == image.shape and j.dtype == np.uint8 for j in jittered)
+    assert len({j.tobytes() for j in jittered}) > 4

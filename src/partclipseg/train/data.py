@@ -139,7 +139,7 @@ def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float
     """detectron2's ``ColorAugSSDTransform`` (SSD photometric distortion) on an HWC uint8 RGB image: brightness
     +-32, then contrast x[0.5, 1.5] before or after saturation x[0.5, 1.5] and hue +-18 (OpenCV's 0..179 hue
     units), each applied with probability 1/2. The HSV round trip is our own float conversion (not OpenCV's
-    uint8 one: values may differ by a grey level; OpenCV is not a dependency)."""
+    uint8 one: values may differ by a few grey levels; OpenCV is not a dependency)."""
     def convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
         return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
