@@ -170,16 +170,6 @@ def _copy(ours: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
         ours[key].copy_(value.to(dtype=ours[key].dtype, device=ours[key].device))
 
 
-def copy_fresh_part_object_modules(model: torch.nn.Module) -> None:
-    """The official ``__init__`` copies: ``specific_cost_embed <- part_object_cost_embed`` and
-    ``specific_layers <- part_object_layers`` (call on a freshly initialised model)."""
-    ours = model.state_dict()
-    for target, origin in (("aggregator.specific_cost_embed.", "aggregator.part_object_cost_embed."),
-                           ("aggregator.specific_layers.", "aggregator.part_object_layers.")):
-        for key in [k for k in ours if k.startswith(target)]:
-            _copy(ours, key, ours[origin + key[len(target):]])
-
-
 def load_dinov2_hub(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "DINOv2 checkpoint",
                     report: InitReport | None = None) -> InitReport:
     """Copy a DINOv2 hub state dict into ``dino.dinov2.*`` (strict: every DINOv2 tensor of ours must come,
@@ -245,9 +235,10 @@ def load_catseg_base(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
 def start_from_catseg_base_and_dinov2(model: torch.nn.Module, catseg: Mapping[str, torch.Tensor],
                                       dinov2: Mapping[str, torch.Tensor], *, catseg_source: str = "CAT-Seg (B)",
                                       dinov2_source: str = "DINOv2 ViT-S/14") -> InitReport:
-    """The official starting point on a freshly built and initialised model (see the module docstring):
-    the ``__init__`` copies, DINOv2's hub weights, then CAT-Seg (B)'s. Returns the ``InitReport``."""
-    copy_fresh_part_object_modules(model)
+    """The official starting point on a freshly built and initialised model (``build_model``: its
+    ``init_weights`` already made the official ``__init__`` copies, conv2 <- conv1 and
+    layers_specific_part <- layers, ``init.copy_part_object_branch``): DINOv2's hub weights, then CAT-Seg
+    (B)'s (see the module docstring). Returns the ``InitReport``."""
     report = load_dinov2_hub(model, dinov2, dinov2_source)
     load_catseg_base(model, catseg, catseg_source, report)
     filled = set(report.from_catseg) | set(report.from_dinov2)
