@@ -295,7 +295,6 @@ def test_browser_end_to_end(page, tmp_path):
 
 
 # ---------------------------------------------------------------------------- PartCATSeg behind the demo
-@pytest.mark.slow  # 80-template text features of a tiny CLIP: ~2 min on this shared CPU
 def test_catseg_model_folder_runs_through_the_demo(images, tmp_path):
     """``partclipseg demo --model <saved tiny PartCATSeg folder>``: the page builds and the handlers segment
     with it (Pred-All, Oracle-Obj by PartCATSeg's official rule); asking for an attention map (PartCATSeg
