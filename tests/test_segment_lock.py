@@ -24,25 +24,33 @@ from partclipseg.errors import OutputError
 PARTS = "dog's head, dog's leg, cat's head"
 IMAGES = 6
 
-# A real segment job (``partclipseg segment`` through the CLI) with two hooks into its processing:
-# HOLD=1 stops it before its first batch until a line arrives on stdin (it prints "holding" then: the
-# job has planned, locked and prepared its output); KILL_AFTER=k sends it SIGKILL after its k-th batch.
+# A real segment job (``partclipseg segment`` through the CLI, or a torchrun script) with two hooks:
+# HOLD=<path> stops it once it holds the output (before its first batch; under Ray before Ray starts),
+# writes <path>.holding and waits until <path> exists; KILL_AFTER=k sends it SIGKILL after its k-th batch.
 JOB = """
-import os, signal, sys
+import os, signal, sys, time
 import partclipseg.segment_job as sj
+import partclipseg.engines.ray_engine as re
 from partclipseg.cli import main
-real = sj.ItemProcessor.process
+hold = os.environ.get("HOLD")
+def wait():
+    open(hold + ".holding", "w").close()
+    while not os.path.exists(hold):
+        time.sleep(0.05)
+real, real_connect = sj.ItemProcessor.process, re._connect
 batches = [0]
 def process(self, items, **kw):
     batches[0] += 1
-    if batches[0] == 1 and os.environ.get("HOLD"):
-        print("holding", flush=True)
-        sys.stdin.readline()
+    if batches[0] == 1 and hold and "--engine" not in sys.argv:
+        wait()
     result = real(self, items, **kw)
     if batches[0] == int(os.environ.get("KILL_AFTER", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
     return result
-sj.ItemProcessor.process = process
+def connect(*args):
+    wait()
+    return real_connect(*args)
+sj.ItemProcessor.process, re._connect = process, connect
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -62,9 +70,21 @@ def _args(model_dir, images, out, *extra) -> list[str]:
             "--batch-size", "2", "--no-overlay", *extra]
 
 
-def _job(args, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", JOB, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+def _job(tmp_path, args, torchrun=False, **env) -> subprocess.Popen:
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
+        else [sys.executable]
+    return subprocess.Popen([*launcher, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def _wait_for(path: Path, job: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
 
 
 def _out_dir(out: str) -> Path:
@@ -79,26 +99,40 @@ def out(request, tmp_path) -> str:
     return str(tmp_path / "out")
 
 
-def test_a_second_job_on_an_output_in_use_is_refused_and_writes_nothing(capsys, model_dir, images, out):
-    first = _job(_args(model_dir, images, out), HOLD="1")
+@pytest.mark.parametrize("engine", ["local", pytest.param("torchrun", marks=pytest.mark.slow),
+                                    pytest.param("ray", marks=pytest.mark.slow)])
+def test_a_second_job_on_an_output_in_use_is_refused_and_writes_nothing(capsys, model_dir, images, out, engine,
+                                                                        tmp_path):
+    """``engine`` runs the first job (its ranks / workers share its lock), a local job comes second."""
+    if engine == "ray":
+        pytest.importorskip("ray.data")
+    if engine != "local" and out.startswith("file://"):
+        pytest.skip("the heartbeat lock is exercised with the local engine")
+    hold = tmp_path / "go"
+    extra = ("--engine", "ray", "--workers", "2") if engine == "ray" else ()
+    first = _job(tmp_path, _args(model_dir, images, out, *extra), torchrun=engine == "torchrun", HOLD=str(hold))
     try:
-        assert first.stdout.readline().strip() == "holding", first.stderr.read()
+        _wait_for(hold.with_suffix(".holding"), first)
         before = read_tree(_out_dir(out))
         record = json.loads(before[storage.LOCK_FILE])
-        assert record["pid"] == first.pid and record["host"] == socket.gethostname()
+        holder = record["pid"]
+        if engine == "torchrun":  # rank 0, a child of the launcher
+            assert int(Path(f"/proc/{holder}/stat").read_text().rsplit(")", 1)[1].split()[1]) == first.pid
+        else:
+            assert holder == first.pid
+        assert record["host"] == socket.gethostname()
         capsys.readouterr()
         code = main(_args(model_dir, images, out, "--resume"))
         err = capsys.readouterr().err
         assert code == 2, err
         assert err.count("\n") == 1 and "Traceback" not in err
-        assert f"is in use by another segment job (pid {first.pid} on {socket.gethostname()}" in err
+        assert f"is in use by another segment job (pid {holder} on {socket.gethostname()}" in err
         assert read_tree(_out_dir(out)) == before  # nothing written, not even the job file
-        first.stdin.write("go\n")
-        first.stdin.flush()
-        stdout, stderr = first.communicate(timeout=120)
+        hold.touch()
+        stdout, stderr = first.communicate(timeout=240)
     finally:
         first.kill()
-    assert first.returncode == 0, stderr
+    assert first.returncode == 0, stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1])["processed"] == IMAGES
     assert not (_out_dir(out) / storage.LOCK_FILE).exists()  # released at the end
     code = main(_args(model_dir, images, out, "--resume"))  # free again
@@ -106,7 +140,7 @@ def test_a_second_job_on_an_output_in_use_is_refused_and_writes_nothing(capsys, 
 
 
 def test_a_killed_jobs_lock_is_taken_over_and_resume_finishes_its_work(capsys, model_dir, images, out, tmp_path):
-    killed = _job(_args(model_dir, images, out), KILL_AFTER="2")
+    killed = _job(tmp_path, _args(model_dir, images, out), KILL_AFTER="2")
     _, stderr = killed.communicate(timeout=120)
     assert killed.returncode == -9, stderr
     left = _out_dir(out)

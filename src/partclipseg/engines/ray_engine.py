@@ -83,7 +83,7 @@ def _connect(ray, address: str | None, log: Log) -> bool:
         kwargs["num_cpus"] = os.cpu_count() or 1
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  ray.init raises many kinds (a raylet that died on start, a bad address)
         raise PartCLIPSegError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
     return True
 
