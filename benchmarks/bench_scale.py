@@ -146,7 +146,7 @@ def main() -> int:
                 outputs = tree(work / "o_big")
                 reference = reference or outputs
                 run = {"model": model_name, "engine": engine if engine == "local" else f"{engine} x2",
-                       "processed": summary["processed"], "wall_s": round(wall, 2), "wall_small_s": round(wall_small, 2),
+                       "images": args.images, "small": args.small, "processed": summary["processed"], "wall_s": round(wall, 2), "wall_small_s": round(wall_small, 2),
                        "images_per_s": round(args.images / wall, 3),
                        "steady_images_per_s": (round((args.images - args.small) / (wall - wall_small), 3)
                                                if wall > wall_small else None),  # None: start-up noise dominates
