@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from ..losses import LossConfig
 
-TRAINABLE_SETS = ("VA+L+F+D", "all", "all-but-text")
+TRAINABLE_SETS = ("VA+L+F+D", "all", "all-but-text", "all-but-text-layers")
 AUGMENTATIONS = ("resize_flip", "flip", "none")
 
 
@@ -29,14 +29,20 @@ class TrainConfig:
       partclipseg folder to fine-tune, a named model (``partclipseg models``: fetched on first use), or
       ``"random:<preset>"`` (a config preset with random weights).
     * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
-      both heads), ``"all"`` (every parameter that reaches the loss) or ``"all-but-text"`` (all but the
+      both heads), ``"all"`` (every parameter that reaches the loss), ``"all-but-text"`` (all but the
       text tower: after toy language-image pretraining, the names of unseen objects keep the meaning
-      pretraining gave them, as with CLIP's frozen text tower).
+      pretraining gave them, as with CLIP's frozen text tower) or ``"all-but-text-layers"`` (the same,
+      but the text token embeddings train: the part names, which no pretraining caption holds, get
+      input vectors of their own; words of no training prompt get no gradient).
     * ``batch_size`` is the *global* batch (split over torchrun processes); the loss is per image
       (``loss.per_image``), as the official 8 GPUs x 1 image.
     * ``augmentation``: ``"resize_flip"`` (short side ``min_size``, long side <= ``max_size``, then
       h-flip with ``flip_prob``; Pascal/ADE), ``"flip"``, or ``"none"`` (PartImageNet, official).
     * ``channel_order``: ``"BGR"`` reproduces the official training input (detectron2 default format).
+    * ``skip_unseen_images``: False (official) keeps training images in which an unseen object appears
+      (the mapper turns its pixels into background, so the background channel learns to fire on unseen
+      objects); True skips them (the strict inductive zero-shot setting of ZS3Net, Bucher et al. 2019:
+      no training image shows an unseen object).
     """
 
     dataset: str = "pascal_part_116"
@@ -62,6 +68,7 @@ class TrainConfig:
     max_size: int = 1333
     flip_prob: float = 0.5
     channel_order: str = "BGR"
+    skip_unseen_images: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
@@ -80,14 +87,9 @@ class TrainConfig:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.eval_protocol not in ("pred-all", "oracle-obj"):
             raise ConfigError(f"eval_protocol must be 'pred-all' or 'oracle-obj', got {self.eval_protocol!r}")
-        for name in ("iterations", "batch_size", "image_size", "checkpoint_period", "eval_period", "log_period",
-                     "keep_checkpoints"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        check_run_settings(self)
         if not self.root:
             raise ConfigError("root (the dataset folder) is not set: add root=/path/to/dataset")
         if not self.init:
@@ -133,6 +135,53 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_run_settings(config: Any) -> None:
+    """The settings every training or pretraining recipe shares: positive step counts, sizes and periods,
+    and the channel order. ``config`` is a ``TrainConfig`` or a ``PretrainConfig``."""
+    if config.channel_order not in ("RGB", "BGR"):
+        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {config.channel_order!r}")
+    for name in ("iterations", "batch_size", "image_size", "checkpoint_period", "eval_period", "log_period",
+                 "keep_checkpoints"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """(the recipe's keys without ``_comment``, where it came from) of a shipped recipe by name
+    (``resources/recipes/NAME.json``) or a JSON file; unreadable or unknown recipes raise ``ConfigError``."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    elif name_or_path in recipe_names():
+        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
+                                                                   f"{name_or_path}.json").read_text())
+        source = f"recipe {name_or_path!r}"
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
+    data.pop("_comment", None)
+    return data, source
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{"key": "value"}`` (values are coerced by the loader)."""
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value
+    return parsed
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -199,31 +248,8 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """A shipped recipe by name, or a JSON file, then ``key=value`` overrides."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"recipe file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
-        source = str(path)
-    elif name_or_path in recipe_names():
-        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
-                                                                   f"{name_or_path}.json").read_text())
-        source = f"recipe {name_or_path!r}"
-    else:
-        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
-    data.pop("_comment", None)
+    data, source = read_recipe(name_or_path)
     if data.get("kind") == "pretrain":
         raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")
     config = apply_overrides(TrainConfig(), data, source)
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        parsed[key.strip()] = value
-    return apply_overrides(config, parsed, "overrides")
+    return apply_overrides(config, parse_overrides(overrides), "overrides")
