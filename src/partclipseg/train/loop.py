@@ -77,7 +77,7 @@ def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
 
     The model decides (``is_trainable``): ``"VA+L+F+D"`` = the official rule (visual adapter, text input
     embeddings, FiLM and decoder); ``"all"`` = every parameter that reaches the loss; ``"all-but-text"``
-    = the same without the text tower.
+    = the same without the text tower; ``"all-but-text-layers"`` = the same with the text token embeddings.
     """
     names = []
     for name, param in model.named_parameters():
