@@ -195,6 +195,7 @@ def test_object_crops_pair_one_object_with_its_own_caption(toy: Path):
 def test_skip_unseen_images_keeps_unseen_objects_out_of_part_training(tmp_path: Path):
     from PIL import Image
 
+    from partclipseg.model.base import ResizeNormalise
     from partclipseg.train.data import TrainDataset
 
     root = generate_toy_world(tmp_path / "toy", n_train=24, n_val=0, size_range=(48, 64), seed=5)
@@ -207,7 +208,7 @@ def test_skip_unseen_images_keeps_unseen_objects_out_of_part_training(tmp_path: 
     shown = {}
     for skip in (False, True):
         config = load_recipe("toy_world", [f"root={root}", f"skip_unseen_images={str(skip).lower()}"])
-        dataset = TrainDataset(config, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
         shown[skip] = {dataset[(k, k)].record_id for k in range(len(dataset))}
     with_unseen = {r for r in shown[False] if objects(r) & unseen}
     assert with_unseen  # the official setting trains on images with a cow or a bus (as background)

@@ -46,6 +46,7 @@ class CLIPSegCore(PartSegmentationModel):
                           "class_head.", "object_part_head.")
     # modules a CLIPSeg checkpoint does not hold (init_from_clipseg keeps their fresh values)
     new_vs_clipseg = ("visual_adapter.", "non_object_embedding", "object_part_head.")
+    trainable_sets = ("VA+L+F+D", "all", "all-but-text", "all-but-text-layers")
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)

@@ -118,6 +118,8 @@ class PretrainConfig:
         if self.pool not in ("mean", "cls"):
             raise ConfigError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         check_run_settings(self)
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
+            raise ConfigError(f"image_size must be a positive integer, got {self.image_size!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (the loss contrasts the images of a batch)")
         for name in ("describe_prob", "crop_prob", "flip_prob"):
