@@ -58,12 +58,17 @@ class TrainDataset(torch.utils.data.Dataset):
         self.object_table = _remap_table(remap["object"], len(info["object_classes"]))
         self.vocabulary = Vocabulary.from_benchmark(config.dataset, "train")
         self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["seen_object_classes"]))
+        unseen = [info["object_classes"].index(name) for name in info["unseen_object_classes"]]
+        self.unseen_objects = np.asarray(unseen if config.skip_unseen_images else [], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The remapped sample, or None when it shows an unseen object and the recipe skips such images."""
         image, part, obj = self.reader.load_train_sample(self.records[index])
+        if self.unseen_objects.size and np.isin(obj, self.unseen_objects).any():
+            return None
         part = self.part_table[np.where(part == IGNORE, -1, part)]
         obj = self.object_table[np.where(obj == IGNORE, -1, obj)]
         return image, part, obj
@@ -71,13 +76,16 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> TrainSample:
         position, index = item
         # the official mapper draws another random image when no seen part is labelled; we take the next
+        # (also past images with an unseen object, with skip_unseen_images)
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
-            image, part, obj = self._load(i)
-            if (part != IGNORE).any():
+            sample = self._load(i)
+            if sample is not None and (sample[1] != IGNORE).any():
+                image, part, obj = sample
                 break
         else:
-            raise ValueError(f"no training image of {self.config.dataset} has a seen part label")
+            raise ValueError(f"no training image of {self.config.dataset} has a seen part label"
+                             + (" and no unseen object" if self.unseen_objects.size else ""))
         rng = np.random.default_rng([self.config.seed, position])
         image, part, obj = augment(image, part, obj, self.config, rng)
         return TrainSample(self.preprocessor.sample(image), torch.from_numpy(part), torch.from_numpy(obj), position,

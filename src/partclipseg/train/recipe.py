@@ -34,9 +34,11 @@ class TrainConfig:
       whose CLIP / DINOv2 input sizes are model-config fields, requires ``null``).
     * ``trainable``: one of the architecture's ``trainable_sets``. PartCLIPSeg: ``"VA+L+F+D"`` (official:
       visual adapter, text input embeddings, FiLMs, decoder and both heads), ``"all"`` (every parameter
-      that reaches the loss) or ``"all-but-text"`` (all but the text tower: after toy language-image
+      that reaches the loss), ``"all-but-text"`` (all but the text tower: after toy language-image
       pretraining, the names of unseen objects keep the meaning pretraining gave them, as with CLIP's
-      frozen text tower). PartCATSeg: ``"official"``, ``"clip-attention"``, ``"clip-image"``
+      frozen text tower) or ``"all-but-text-layers"`` (the same, but the text token embeddings train:
+      the part names, which no pretraining caption holds, get input vectors of their own; words of no
+      training prompt get no gradient). PartCATSeg: ``"official"``, ``"clip-attention"``, ``"clip-image"``
       (``model/partcatseg/training.py``).
     * Schedule: ``lr_schedule`` ``"poly"`` (detectron2/DeepLab ``WarmupPolyLR``: ``lr * (1 - step/iterations)
       ** poly_power``) or ``"cosine"`` (detectron2 ``WarmupCosineLR`` to 0); ``warmup_iters`` steps of
@@ -52,6 +54,10 @@ class TrainConfig:
       ``color_aug`` (SSD colour jitter before the flip), ``pad_to`` (> 0: pad with 128 / ignore, or cut,
       at the bottom/right to exactly ``pad_to`` square: the official PartCATSeg mappers).
     * ``channel_order``: ``"BGR"`` reproduces the official training input (detectron2 default format).
+    * ``skip_unseen_images``: False (official) keeps training images in which an unseen object appears
+      (the mapper turns its pixels into background, so the background channel learns to fire on unseen
+      objects); True skips them (the strict inductive zero-shot setting of ZS3Net, Bucher et al. 2019:
+      no training image shows an unseen object).
     """
 
     dataset: str = "pascal_part_116"
@@ -85,6 +91,7 @@ class TrainConfig:
     color_aug: bool = False
     pad_to: int = 0
     channel_order: str = "BGR"
+    skip_unseen_images: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
@@ -108,13 +115,9 @@ class TrainConfig:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.eval_protocol not in ("pred-all", "oracle-obj"):
             raise ConfigError(f"eval_protocol must be 'pred-all' or 'oracle-obj', got {self.eval_protocol!r}")
-        for name in ("iterations", "batch_size", "checkpoint_period", "eval_period", "log_period", "keep_checkpoints"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        check_run_settings(self)
         if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) <= 0):
             raise ConfigError(f"image_size must be positive or null (the model's own), got {self.image_size!r}")
         if not self.root:
@@ -177,6 +180,56 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_run_settings(config: Any) -> None:
+    """The settings every training or pretraining recipe shares: positive step counts, batch and periods,
+    and the channel order. ``config`` is a ``TrainConfig`` or a ``PretrainConfig`` (each checks its
+    ``image_size``: a part-training recipe may leave it to the model)."""
+    if config.channel_order not in ("RGB", "BGR"):
+        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {config.channel_order!r}")
+    for name in ("iterations", "batch_size", "checkpoint_period", "eval_period", "log_period", "keep_checkpoints"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """(the recipe's keys without ``_comment`` and ``_sources``, where it came from) of a shipped recipe by
+    name (``resources/recipes/NAME.json``) or a JSON file; unreadable or unknown recipes raise ``ConfigError``."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    elif name_or_path in recipe_names():
+        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
+                                                                   f"{name_or_path}.json").read_text())
+        source = f"recipe {name_or_path!r}"
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
+    data.pop("_comment", None)
+    sources = data.pop("_sources", {})  # documentation: the official file and key behind each value
+    if not isinstance(sources, dict) or set(sources) - set(data):
+        raise ConfigError(f"{source}: _sources must be an object whose keys are recipe keys of this recipe")
+    return data, source
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{"key": "value"}`` (values are coerced by the loader)."""
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value
+    return parsed
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -245,34 +298,8 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """A shipped recipe by name, or a JSON file, then ``key=value`` overrides."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"recipe file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
-        source = str(path)
-    elif name_or_path in recipe_names():
-        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
-                                                                   f"{name_or_path}.json").read_text())
-        source = f"recipe {name_or_path!r}"
-    else:
-        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
-    data.pop("_comment", None)
-    sources = data.pop("_sources", {})  # documentation: the official file and key behind each value
-    if not isinstance(sources, dict) or set(sources) - set(data):
-        raise ConfigError(f"{source}: _sources must be an object whose keys are recipe keys of this recipe")
+    data, source = read_recipe(name_or_path)
     if data.get("kind") == "pretrain":
         raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")
     config = apply_overrides(TrainConfig(), data, source)
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        parsed[key.strip()] = value
-    return apply_overrides(config, parsed, "overrides")
+    return apply_overrides(config, parse_overrides(overrides), "overrides")
