@@ -20,6 +20,16 @@ set_image + Pred-All predict), ``pascal_part_116_cold`` (text cache emptied befo
 ``pascal_part_116_warm_bf16`` (bfloat16 model; also score/label agreement with float32) and
 ``text_pascal_part_116`` (encode_vocabulary with an empty cache). Float32 cases carry the issue's
 targets (``target_s``, ``target_rss_mb``, ``meets_target``); ``--quick`` reports no targets.
+
+``partcatseg_pascal_part_116``: the full-size PartCATSeg (``partcatseg-voc``: CLIP ViT-B/16 + DINOv2
+ViT-S/14, random weights, official switches on except the text features: float32 unless
+``--partcatseg-text-fp16``) with the Pascal-Part-116 vocabulary: ``text_s`` (the one-time encoding, then cached per vocabulary; measured on every
+8th name and scaled, the other names get random unit features, unless ``--partcatseg-text-all``), and per
+run ``set_image``
+(both towers, once per image), the first ``predict`` after it (aggregation + decoder + Pred-All) and a
+warm ``predict`` (same image and vocabulary: post-processing only); ``min_s`` / ``median_s`` are the
+first predict's. ``--save FILE`` also writes the records (with the load average before and after) as
+JSON.
 """
 from __future__ import annotations
 
@@ -41,10 +51,19 @@ if os.path.isdir(_SRC) and _SRC not in sys.path:  # runs without PYTHONPATH=src 
     sys.path.insert(0, _SRC)
 
 CASES = ("vision", "pascal_part_116_warm", "pascal_part_116_cold", "ade20k_part_234_warm",
-         "pascal_part_116_oracle_warm", "pascal_part_116_warm_bf16", "text_pascal_part_116")
+         "pascal_part_116_oracle_warm", "pascal_part_116_warm_bf16", "text_pascal_part_116",
+         "partcatseg_pascal_part_116")
 TARGET_S = {"pascal_part_116_warm": 1.5, "pascal_part_116_cold": 2.0, "ade20k_part_234_warm": 3.5}
 TARGET_RSS_MB = 1536.0
 THREADS = 2
+#: the PartCATSeg case's text features: float32 (the official fp16 path runs float16 matmuls, very slow on a
+#: CPU; only ``text_s``, the one-time encoding per vocabulary, depends on it); ``--partcatseg-text-fp16`` sets it
+PARTCATSEG_TEXT_FP16 = False
+#: the PartCATSeg case encodes every ~(names / PARTCATSEG_TEXT_SAMPLE)-th name with the text tower and times
+#: it (``text_s`` is scaled to all names); the others get random unit features (``--partcatseg-text-all``:
+#: encode every name; the full Pascal-Part-116 set is 174 names x 80 prompts)
+PARTCATSEG_TEXT_SAMPLE = 8
+PARTCATSEG_TEXT_ALL = False
 WIDTH, HEIGHT = 500, 375
 QUICK_SIZE = (128, 96)  # --quick: tiny-fast model and a small image
 STATS: dict = {}  # filled by time_runs
@@ -119,11 +138,80 @@ def _vm_hwm_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
+def run_partcatseg_case(runs: int, quick: bool) -> dict:
+    """The full-size PartCATSeg with Pascal-Part-116 (see the module docstring); ``--quick``: partcatseg-tiny."""
+    from partclipseg.model import build_model
+    from partclipseg.model.partcatseg import get_partcatseg_config
+    from partclipseg.predictor import Predictor
+    from partclipseg.vocabulary import Vocabulary
+
+    torch.set_num_threads(THREADS)
+    size = QUICK_SIZE if quick else (WIDTH, HEIGHT)
+    image = synthetic_image(*size)
+    vocab = Vocabulary.from_benchmark("pascal_part_116")
+    config = get_partcatseg_config("partcatseg-tiny" if quick else "partcatseg-voc")
+    config.official.text_features_fp16 = PARTCATSEG_TEXT_FP16
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(config).eval())
+    build_s = time.perf_counter() - t0
+    STATS["setup_peak_rss_mb"] = _vm_hwm_mb()
+    model = predictor.model
+    names = list(dict.fromkeys([*vocab.parts, *vocab.objects, *vocab.object_specific_classes]))
+    sample = names if PARTCATSEG_TEXT_ALL else names[::max(1, len(names) // PARTCATSEG_TEXT_SAMPLE)]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.encode_class_names(sample)  # the text tower on a sample of the names (cached per name)
+    text_sample_s = time.perf_counter() - t0
+    fp16 = config.official.text_features_fp16
+    if not PARTCATSEG_TEXT_ALL:  # the rest: random unit vectors of the right shape (the timed stages never
+        e = config.clip.embed_dim  # depend on the text values)
+        generator = torch.Generator().manual_seed(0)
+        for name in [n for n in names if (n, fp16) not in model._name_cache]:
+            row = torch.randn(len(model.templates), e, generator=generator)
+            model._name_cache[(name, fp16)] = row / row.norm(dim=-1, keepdim=True)
+    predictor.encode_vocabulary(vocab)  # the vocabulary's features from the per-name cache
+    text_s = text_sample_s * len(names) / len(sample)
+    busy, own = _busy_cpu_s(), sum(os.times()[:2])
+    stages: dict[str, list[float]] = {"set_image": [], "first_predict": [], "warm_predict": []}
+    for i in range(runs + 1):  # the first round warms up
+        marks = [time.perf_counter()]
+        predictor.set_image(image)
+        marks.append(time.perf_counter())
+        predictor.predict(vocab)
+        marks.append(time.perf_counter())
+        predictor.predict(vocab)
+        marks.append(time.perf_counter())
+        if i:
+            for k, stage in enumerate(stages):
+                stages[stage].append(marks[k + 1] - marks[k])
+    STATS["foreign_cpu_s"] = round(max(0.0, _busy_cpu_s() - busy - (sum(os.times()[:2]) - own)), 2)
+    STATS["timed_peak_rss_mb"] = _vm_hwm_mb()
+    first = stages["first_predict"]
+    return {"case": "partcatseg_pascal_part_116", "min_s": round(min(first), 4),
+            "median_s": round(statistics.median(first), 4), "runs": runs,
+            "stage_min_s": {k: round(min(v), 4) for k, v in stages.items()},
+            "stage_median_s": {k: round(statistics.median(v), 4) for k, v in stages.items()},
+            "times_s": {k: [round(t, 4) for t in v] for k, v in stages.items()},
+            "text_s": round(text_s, 2), "text_s_measured_on": f"{len(sample)} of {len(names)} names"
+            + ("" if PARTCATSEG_TEXT_ALL else " (scaled by the name count; the other names' features are random "
+               "unit vectors)"), "text_sample_s": round(text_sample_s, 2),
+            "build_s": round(build_s, 2), "image_wh": list(size), "dtype": "float32",
+            "config": "partcatseg-tiny" if quick else "partcatseg-voc",
+            "text_features_fp16": config.official.text_features_fp16, "num_text_classes": len(vocab),
+            "num_part_object_classes": vocab.num_parts + vocab.num_objects + 1, **STATS,
+            "official_forward_s": None,
+            "official_forward_note": "not measured: the shared fixtures' README has no PartCATSeg timings and the "
+                                     "official runner's environment was not built"}
+
+
 def run_case(name: str, runs: int, quick: bool, chunk_size: int | None = 64) -> dict:
     """Time one case in this process; returns its JSON record (without the process peak RSS)."""
     from partclipseg.predictor import Predictor
     from partclipseg.vocabulary import Vocabulary
 
+    if name == "partcatseg_pascal_part_116":
+        return run_partcatseg_case(runs, quick)
     torch.set_num_threads(THREADS)
     size = QUICK_SIZE if quick else (WIDTH, HEIGHT)
     image, mask = synthetic_image(*size), object_mask(size[1], size[0])
@@ -203,7 +291,7 @@ def child(name: str, runs: int, quick: bool, chunk_size: int) -> None:
                                 round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
     record.update(machine=f"{platform.platform()} / {platform.machine()} / {os.cpu_count()} cpus",
                   torch=torch.__version__, threads=THREADS, quick=quick)
-    if not quick and not name.endswith("bf16"):  # the issue's targets (float32, full-size model)
+    if not quick and not name.endswith("bf16") and not name.startswith("partcatseg"):  # the issue's targets
         record.update(target_rss_mb=TARGET_RSS_MB, **({"target_s": TARGET_S[name]} if name in TARGET_S else {}))
         record["meets_target"] = (record["peak_rss_mb"] <= TARGET_RSS_MB
                                   and record["median_s"] <= record.get("target_s", float("inf")))
@@ -217,6 +305,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny-fast config: a smoke run in seconds")
     parser.add_argument("--chunk-size", type=int, default=64, help="Predictor(chunk_size=...); 0: no chunking")
     parser.add_argument("--profile", action="store_true", help="profile one warm pascal_part_116 call instead")
+    parser.add_argument("--save", help="also write the records and the load average to this JSON file")
+    parser.add_argument("--partcatseg-text-fp16", action="store_true",
+                        help="PartCATSeg case: fp16 text features as the official code (slow on a CPU)")
+    parser.add_argument("--partcatseg-text-all", action="store_true",
+                        help="PartCATSeg case: encode every name of the vocabulary (default: a sample, scaled)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -225,14 +318,18 @@ def main(argv=None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    global PARTCATSEG_TEXT_FP16, PARTCATSEG_TEXT_ALL
+    PARTCATSEG_TEXT_FP16, PARTCATSEG_TEXT_ALL = args.partcatseg_text_fp16, args.partcatseg_text_all
     if args.profile or args.child:
         for name in cases if args.child else ():
             child(name, args.runs, args.quick, args.chunk_size or None)
         return profile(args.quick, args.chunk_size or None) if args.profile else 0
     failed = 0
+    records, load_before = [], _loadavg()
     for name in cases:  # one fresh process per case, so peak RSS is the case's own
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--cases", name, "--runs", str(args.runs),
-               "--chunk-size", str(args.chunk_size)]
+               "--chunk-size", str(args.chunk_size)] + (["--partcatseg-text-fp16"] if args.partcatseg_text_fp16 else [])
+        cmd += ["--partcatseg-text-all"] if args.partcatseg_text_all else []
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode or not lines:
@@ -242,7 +339,23 @@ def main(argv=None) -> int:
             sys.stderr.write(proc.stderr)
         else:
             print(lines[-1], flush=True)
+            records.append(json.loads(lines[-1]))
+    if args.save:
+        from partclipseg.io import atomic_write_text, json_text
+
+        atomic_write_text(args.save, json_text({"records": records, "loadavg_before": load_before,
+                                                "loadavg_after": _loadavg(), "nproc": os.cpu_count()},
+                                               indent=1) + "\n")
     return 1 if failed else 0
+
+
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg), None off Linux."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_catseg_is_a_registered_architecture():
     assert "partcatseg" in ARCHITECTURES and architecture_class("partcatseg") is PartCATSeg
     model = build_model(get_partcatseg_config("partcatseg-tiny"))
     assert isinstance(model, PartSegmentationModel) and model.config.architecture == "partcatseg"
-    assert model.background_text_embedding.abs().sum() > 0  # init_weights: the official N(0, E^-1/2)
+    assert model.background_text_embedding.abs().sum() > 0  # init_weights: the official N(0, text_width^-1/2)
 
 
 def test_catseg_save_and_from_pretrained_round_trip(tiny, tmp_path):
@@ -237,3 +237,50 @@ def test_catseg_is_not_configured_by_a_partclipseg_config():
 
     with pytest.raises(ConfigError, match="PartCATSegConfig"):
         PartCLIPSegConfig(architecture="partcatseg")
+
+
+def test_catseg_predictor_oracle_obj_uses_the_model_rule_where_exact_and_substring_differ(tiny):
+    """Official PartCATSeg Oracle-Obj keeps every class whose name contains the object's name ("cat" keeps
+    "bobcat's tail"); the Predictor asks the model (``oracle_classes``), so it does too, and the exact rule
+    returns with ``official.oracle_substring_match = False``."""
+    from partclipseg.errors import VocabularyError
+    from partclipseg.model.partcatseg.postprocess import oracle_obj
+    from partclipseg.predictor import Predictor
+    from partclipseg.vocabulary import Vocabulary
+
+    model = tiny["model"]
+    vocab = Vocabulary.from_names(["cat's head", "bobcat's tail", "dog's leg"])
+    image = _image(tiny)
+    size = image.shape[:2]
+    predictor = Predictor(model)
+    predictor.set_image(image)
+    with torch.no_grad():
+        logits = model.run([tiny["inputs"]["infer.image"]], vocab)[1][0]
+    official = oracle_obj(logits, vocab.object_specific_classes, "cat", size, size)  # [T, H, W], masked = -1
+    assert [t for t in range(len(vocab)) if bool((official[t] >= 0).all())] == [0, 1]
+
+    result = predictor.predict(vocab, object_name="cat", return_scores=True)
+    scores = torch.as_tensor(result.part_scores)
+    assert (scores[:2] - official[:2]).abs().max().item() <= ATOL
+    assert float(scores[2:].abs().max()) == 0.0
+    top2 = official.topk(2, dim=0).values
+    clear = (top2[0] - top2[1] > 10 * ATOL).numpy()  # labels compared where the two kept classes do not tie
+    assert clear.mean() > 0.9
+    assert np.array_equal(result.part_labels[clear], official.argmax(0).numpy()[clear])
+    assert set(np.unique(result.part_labels)) == {0, 1}
+    assert result.selected_object == "bobcat, cat"
+
+    model.config.official.oracle_substring_match = False
+    try:
+        exact = predictor.predict(vocab, object_name="cat", return_scores=True)
+        assert model.oracle_classes(vocab, ["cat"]) == [0]
+        with pytest.raises(VocabularyError, match="'ca'"):
+            predictor.predict(vocab, object_name="ca")
+    finally:
+        model.config.official.oracle_substring_match = True
+    exact_scores = torch.as_tensor(exact.part_scores)
+    assert float(exact_scores[1:].abs().max()) == 0.0 and exact.selected_object == "cat"
+    assert set(np.unique(exact.part_labels)) == {0}  # the rules give different segmentations here
+    assert model.oracle_classes(vocab, ["ca"]) == [0, 1]  # substring rule: "ca" is inside "cat" and "bobcat"
+    with pytest.raises(VocabularyError, match="'bird'"):
+        predictor.predict(vocab, object_name="bird")

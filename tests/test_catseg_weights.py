@@ -122,3 +122,26 @@ def test_catseg_detectron2_checkpoint_file_loads_and_bad_files_are_refused(tmp_p
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_official_partcatseg_weights(a, tmp_path / "junk.pth")
+
+
+def test_catseg_and_partclipseg_configs_load_strictly_through_one_helper(tmp_path):
+    """Both config classes read files and sections through ``config.strict_from_dict`` /
+    ``read_config_file``: the same messages for the same mistakes."""
+    from partclipseg.config import PartCLIPSegConfig, get_config
+
+    cases = [(PartCATSegConfig, get_partcatseg_config("partcatseg-tiny").to_dict(), "aggregator", "PartCATSeg "),
+             (PartCLIPSegConfig, get_config("tiny-fast").to_dict(), "decoder", "")]
+    for kind, data, section, label in cases:
+        with pytest.raises(ConfigError, match=f"config file not found: {re.escape(str(tmp_path / 'none.json'))}"):
+            kind.load(tmp_path / "none.json")
+        (tmp_path / "bad.json").write_text("{not json")
+        with pytest.raises(ConfigError, match="is not valid JSON"):
+            kind.load(tmp_path / "bad.json")
+        with pytest.raises(ConfigError, match=rf"unknown field\(s\) \['mystery'\] in config section '{section}'"):
+            kind.from_dict(dict(data, **{section: dict(data[section], mystery=1)}))
+        with pytest.raises(ConfigError, match=f"config field '{section}' must be an object, got int"):
+            kind.from_dict(dict(data, **{section: 3}))
+        with pytest.raises(ConfigError, match=re.escape(f"unknown {label}config field(s) ['zzz']")):
+            kind.from_dict(dict(data, zzz=1))
+        loaded = kind.from_dict(json.loads(json.dumps(data)))  # JSON lists come back as tuples
+        assert loaded == kind.from_dict(data)

@@ -292,3 +292,31 @@ def test_browser_end_to_end(page, tmp_path):
     expect(status).to_contain_text("Attention of")  # the first page is untouched
     assert {p["label"] for p in page.request.get(link.get_attribute("href")).json()["parts"]} == set(found)
     other.close()
+
+
+# ---------------------------------------------------------------------------- PartCATSeg behind the demo
+def test_catseg_model_folder_runs_through_the_demo(images, tmp_path):
+    """``partclipseg demo --model <saved tiny PartCATSeg folder>``: the page builds and the handlers segment
+    with it (Pred-All, Oracle-Obj by PartCATSeg's official rule); asking for an attention map (PartCATSeg
+    has none) gives a readable message."""
+    from partclipseg.model.partcatseg import get_partcatseg_config
+
+    torch.manual_seed(0)
+    config = get_partcatseg_config("partcatseg-tiny")
+    config.official.text_features_fp16 = False  # fp16 matmuls are slow on a CPU; the rule is the same
+    folder = tmp_path / "tiny_partcatseg"
+    build_model(config).save_pretrained(folder)
+    assert isinstance(demo_mod.build_demo(str(folder)), gr.Blocks)  # what `partclipseg demo --model` serves
+    app = DemoApp(demo_mod._predictor_factory(str(folder)))
+    parts = "cat's head, cat's leg, dog's head"
+    state, overlay, table, status, attn_choices, _, files = run(app, None, images["a"], parts)
+    assert type(state.predictor.model).__name__ == "PartCATSeg"
+    assert overlay is not None and "Found" in status, status
+    assert set(table["part"]) <= {"cat's head", "cat's leg", "dog's head"}
+    assert [Path(f).name for f in files] == ["a.labels.png", "a.json"]
+    state, overlay, table, status, *_ = run(app, state, images["a"], parts, protocol=ORACLE_OBJ, obj="cat")
+    assert overlay is not None and "Found" in status, status
+    assert set(table["part"]) <= {"cat's head", "cat's leg"} and len(table) >= 1
+    heat, note = app.attention(state, table["part"][0])
+    assert heat is None and "no token-to-token attention maps" in note.replace("\\", "") and "unexpected" not in note
+    state.close()

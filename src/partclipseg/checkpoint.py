@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import PartCLIPSegConfig, get_config
+from .config import PartCLIPSegConfig, get_config, read_config_file
 from .errors import CheckpointError, ConfigError, DownloadError
 from .io import atomic_path, atomic_write_text, json_text
 
@@ -252,14 +252,8 @@ def inspect_checkpoint(source: str | os.PathLike, *, download: bool = True,
 
 
 def read_config_json(path: Path) -> dict:
-    """The JSON object of a ``config.json``; ``ConfigError`` when it is not one."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} does not hold a JSON object")
-    return data
+    """The JSON object of a ``config.json``; ``ConfigError`` when it is not one (``config.read_config_file``)."""
+    return read_config_file(Path(path), require_object=True)
 
 
 def read_saved(path: Path) -> tuple[PartCLIPSegConfig, dict[str, torch.Tensor]]:

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                    **helpful)
     dl = sub.add_parser("download", help="fetch a named model into the cache (or into --to DIR, for offline machines)",
                         **helpful)
-    dl.add_argument("name", help="a model name from `partclipseg models`")
+    dl.add_argument("name", help="a model name from `partclipseg models`, or a training start file "
+                                 "(catseg_base, dinov2_vits14)")
     dl.add_argument("--to", type=Path, default=None,
                     help="also copy the verified model folder here; use it elsewhere with --model DIR")
     return parser

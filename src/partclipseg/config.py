@@ -181,20 +181,8 @@ class PartCLIPSegConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PartCLIPSegConfig":
         data = dict(data)
         data.pop("format", None)
-        sub = {"vision": VisionConfig, "text": TextConfig, "decoder": DecoderConfig, "official": OfficialCompat}
-        kwargs: dict[str, Any] = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}")
-        for key, value in data.items():
-            if key in sub:
-                kwargs[key] = _sub_from_dict(sub[key], value, key)
-            elif key in ("image_mean", "image_std") and isinstance(value, list):
-                kwargs[key] = tuple(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        sections = {"vision": VisionConfig, "text": TextConfig, "decoder": DecoderConfig, "official": OfficialCompat}
+        return strict_from_dict(cls, data, sections)
 
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
@@ -204,14 +192,7 @@ class PartCLIPSegConfig:
     @classmethod
     def load(cls, path: str | Path) -> "PartCLIPSegConfig":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} does not hold a JSON object")
+        data = read_config_file(path, require_object=True)
         try:
             if data.get("format") == "partclipseg":
                 return cls.from_dict(data)
@@ -260,18 +241,50 @@ def check_field_types(config: Any, where: str = "") -> None:
             raise ConfigError(f"config field {name} {problem}, got {value!r}")
 
 
-def _sub_from_dict(kind: type, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise ConfigError(f"config field {where!r} must be an object, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(value) - known)
+# ---------------------------------------------------------------------------- strict loading (every config class)
+def read_config_file(path: Path, require_object: bool = False) -> Any:
+    """The parsed JSON of a config file. ``ConfigError``: missing file, not JSON, or (``require_object``)
+    not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if require_object and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} does not hold a JSON object")
+    return data
+
+
+def strict_from_dict(kind: type, data: Any, sections: dict[str, type] | None = None, *, label: str = "",
+                     where: str | None = None) -> Any:
+    """Dataclass ``kind`` from a JSON object, strictly (the one home of the rules for every config class).
+
+    Unknown fields raise ``ConfigError`` (top level: ``unknown {label}config field(s) [...]``; in section
+    ``where``: ``unknown field(s) [...] in config section 'where'``); a section that is not an object
+    raises too. ``sections`` maps field names to their dataclasses (read the same way). JSON lists
+    become tuples for tuple-typed fields. A constructor ``TypeError`` becomes ``malformed {label}config``
+    / ``malformed config section 'where'``; ``kind``'s own checks (``__post_init__``) raise as they do.
+    """
+    if where is not None and not isinstance(data, dict):
+        raise ConfigError(f"config field {where!r} must be an object, got {type(data).__name__}")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown field(s) {unknown} in config section {where!r}")
-    value = dict(value)
-    for f in dataclasses.fields(kind):
-        if f.name in value and str(f.type).startswith("tuple[") and isinstance(value[f.name], list):
-            value[f.name] = tuple(value[f.name])
-    return kind(**value)
+        raise ConfigError(f"unknown {label}config field(s) {unknown}" if where is None else
+                          f"unknown field(s) {unknown} in config section {where!r}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if sections and key in sections:
+            value = strict_from_dict(sections[key], value, where=key)
+        elif isinstance(value, list) and "tuple[" in fields[key]:
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return kind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"malformed {label}config: {exc}" if where is None else
+                          f"malformed config section {where!r}: {exc}") from None
 
 
 def from_official_config(data: dict[str, Any], *, image_size: int | None = None,

@@ -16,6 +16,7 @@ a running argmax. Each channel is upsampled exactly as in one big call, so the l
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -169,17 +170,23 @@ def pred_all_classes(object_part_logits: torch.Tensor, text_to_part: torch.Tenso
 
 def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
                        num_parts: int, size: tuple[int, int], objects: list[int],
-                       region: torch.Tensor | None = None, keep_scores: bool = False) -> ProtocolOutput:
+                       region: torch.Tensor | None = None, keep_scores: bool = False,
+                       classes: Sequence[int] | None = None) -> ProtocolOutput:
     """Oracle-Obj (SPEC §4.1) and the prompt modes: parts of the given objects only.
 
-    Classes whose object is not in ``objects`` get score 0 and the background channel is dropped, so
-    every pixel gets the best part of the given object(s), as the official Oracle-Obj. Only the
-    allowed channels are upsampled; where all of them are 0 the official argmax gives class 0, and so
-    does this. Pixels outside ``region`` (bool [H, W], e.g. the object mask) are then background (``T``).
+    Classes whose object is not in ``objects`` (or, when ``classes`` is given, the classes not in it:
+    the model's Oracle-Obj rule, ``PartSegmentationModel.oracle_classes``) get score 0 and the
+    background channel is dropped, so every pixel gets the best allowed part, as the official
+    Oracle-Obj. Only the allowed channels are upsampled; where all of them are 0 the official argmax
+    gives class 0, and so does this. Pixels outside ``region`` (bool [H, W], e.g. the object mask) are
+    then background (``T``).
     """
     num_objects = logits.shape[0] - num_parts - 1
     t = object_part_logits.shape[0] - 1
-    allowed = torch.isin(text_to_object, text_to_object.new_tensor(objects)).nonzero().flatten()
+    if classes is not None:
+        allowed = torch.as_tensor(sorted(classes), dtype=torch.long, device=text_to_object.device)
+    else:
+        allowed = torch.isin(text_to_object, text_to_object.new_tensor(objects)).nonzero().flatten()
     given = torch.as_tensor(objects, device=logits.device)
     allowed_scores = obj_scores = None
     if keep_scores:
@@ -206,17 +213,22 @@ def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, t
 
 def single_head(logits: torch.Tensor, text_to_part: torch.Tensor, text_to_object: torch.Tensor, num_parts: int,
                 num_objects: int, size: tuple[int, int], objects: list[int] | None = None,
-                region: torch.Tensor | None = None, keep_scores: bool = False) -> ProtocolOutput:
+                region: torch.Tensor | None = None, keep_scores: bool = False,
+                classes: Sequence[int] | None = None) -> ProtocolOutput:
     """Protocols of a model without an object head (the CLIPSeg baseline, SPEC §7).
 
     ``logits`` [T+1, s, s] (object-specific classes, background last). Pred-All (``objects`` None): a
     plain argmax over the T+1 sigmoid scores. Oracle-Obj (``objects`` given): the classes of other
-    objects and the background score 0; pixels outside ``region`` (bool [H, W]) are then background.
+    objects (or the classes not in ``classes``, when given) and the background score 0; pixels outside
+    ``region`` (bool [H, W]) are then background.
     The object and generalized-part maps are read off the winning class.
     """
     t = logits.shape[0] - 1
     allowed = None
-    if objects is not None:
+    if classes is not None:  # the model's Oracle-Obj rule (``oracle_classes``)
+        allowed = torch.zeros(t, dtype=torch.bool, device=logits.device)
+        allowed[torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)] = True
+    elif objects is not None:
         allowed = torch.isin(text_to_object, torch.tensor(objects, device=logits.device))
     scores = None
     if keep_scores:

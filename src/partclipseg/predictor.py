@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import PartCLIPSegError, VocabularyError
+from .errors import PartCLIPSegError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
 from .postprocess import (ProtocolOutput, box_region, mean_scores_inside, object_conditioned, object_labels_of,
@@ -151,7 +151,7 @@ class Predictor:
         if not out.has_object_head:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
             if mode == "oracle-obj":
-                selected = ", ".join(vocab.objects[o] for o in _given_objects(vocab, object_name))
+                selected = ", ".join(vocab.objects[o] for o in self._oracle(vocab, object_name)[1])
         elif mode == "pred-all" and out.pred_all_rule == "class-argmax":
             result = pred_all_classes(object_part_logits, encoded.text_to_part, encoded.text_to_object,
                                       vocab.num_parts, vocab.num_objects, size, return_scores)
@@ -160,9 +160,10 @@ class Predictor:
         else:
             objects, region, rule = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name,
                                                              box, point)
+            classes = self._oracle(vocab, object_name)[0] if mode == "oracle-obj" else None
             selected = ", ".join(vocab.objects[o] for o in objects)
             result = object_conditioned(logits, object_part_logits, encoded.text_to_object,
-                                        vocab.num_parts, size, objects, region, return_scores)
+                                        vocab.num_parts, size, objects, region, return_scores, classes)
         segmentation = _to_result(result, vocab, image, mode, selected, rule)
         for name in attention_for or ():
             segmentation.attention[name] = self._attention_map(encoded, name, segmentation, image_index)
@@ -184,7 +185,7 @@ class Predictor:
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
         if mode == "oracle-obj":
-            return _given_objects(vocab, object_name), region, "whole-image" if region is None else "mask"
+            return self._oracle(vocab, object_name)[1], region, "whole-image" if region is None else "mask"
         object_logits = logits[vocab.num_parts:-1]  # [O, s, s] (no background); upsampled in bounded chunks
         if mode == "mask":
             if not bool(region.any()):
@@ -215,14 +216,20 @@ class Predictor:
         if mode not in PROTOCOLS:
             raise PartCLIPSegError(f"this model ({type(self.model).__name__}) has no object head: '{mode}' prompts "
                                    f"need a model with one (e.g. PartCLIPSeg)")
-        objects = region = None
+        objects = region = classes = None
         if mode == "oracle-obj":
-            names = [object_name] if isinstance(object_name, str) else list(object_name)
-            objects = [_object_index(vocab, n) for n in names]
+            classes, objects = self._oracle(vocab, object_name)
             if object_mask is not None:
                 region = _mask_tensor(object_mask, size, self.device)
         return single_head(logits, encoded.text_to_part, encoded.text_to_object, vocab.num_parts, vocab.num_objects,
-                           size, objects, region, keep_scores)
+                           size, objects, region, keep_scores, classes)
+
+    def _oracle(self, vocab: Vocabulary, object_name: str | Sequence[str]) -> tuple[list[int], list[int]]:
+        """Oracle-Obj's (kept classes, their objects) by the model's rule (``model.oracle_classes``: exact
+        object names for the PartCLIPSeg family, the official substring rule for PartCATSeg)."""
+        names = [object_name] if isinstance(object_name, str) else list(object_name)
+        classes = self.model.oracle_classes(vocab, names)
+        return classes, sorted({vocab.text_to_object[t] for t in classes})
 
     @torch.inference_mode()
     def _attention_map(self, encoded: EncodedVocabulary, name: str, seg: PartSegmentation, image_index: int):
@@ -278,18 +285,6 @@ def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     if protocol == "pred-all" and mode != "pred-all":
         raise PartCLIPSegError(f"the pred-all protocol takes no prompt (got {mode})")
     return mode
-
-
-def _given_objects(vocab: Vocabulary, object_name: str | Sequence[str]) -> list[int]:
-    """Sorted object indices of Oracle-Obj's ``object_name`` (one name or several)."""
-    names = [object_name] if isinstance(object_name, str) else list(object_name)
-    return sorted({_object_index(vocab, n) for n in names})
-
-
-def _object_index(vocab: Vocabulary, name: str) -> int:
-    if name not in vocab.objects:
-        raise VocabularyError(f"object {name!r} has no part classes in the vocabulary (objects: {list(vocab.objects)})")
-    return vocab.objects.index(name)
 
 
 def _mask_tensor(mask, size, device) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .registry import MODELS, ModelEntry, format_table, get_entry
+from .registry import MODELS, WEIGHT_FILES, ModelEntry, WeightFile, format_table, get_entry
 from .resolve import looks_like_path, resolve_model
 from .store import cache_home, is_cached, model_dir
 
@@ -23,14 +23,20 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def download(name: str, to: str | Path | None = None, progress: bool = True) -> Path:
-    """Fetch named model ``name`` into the cache (and copy it to ``to``); returns the folder."""
+    """Fetch named model ``name`` (or foreign weight file, ``registry.WEIGHT_FILES``) into the cache (and
+    copy it to ``to``); returns the folder."""
     from ..errors import PartCLIPSegError
     from .fetch import ensure_model
     from .store import copy_model
 
     entry = get_entry(name)
+    if entry is None and name in WEIGHT_FILES:  # a training start file (``registry.WEIGHT_FILES``)
+        from .fetch import ensure_weight_file
+
+        folder = ensure_weight_file(WEIGHT_FILES[name], progress=progress).parent
+        return folder if to is None else copy_model(folder, Path(to).expanduser())
     if entry is None:
-        raise PartCLIPSegError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise PartCLIPSegError(f"unknown model {name!r}; known: {', '.join([*MODELS, *WEIGHT_FILES])}")
     if entry.source == "builtin":
         from .registry import BUILTIN_MODEL_DIR
 
@@ -39,5 +45,5 @@ def download(name: str, to: str | Path | None = None, progress: bool = True) -> 
     return folder if to is None else copy_model(folder, Path(to).expanduser())
 
 
-__all__ = ["MODELS", "ModelEntry", "list_models", "format_table", "get_entry", "resolve_model", "looks_like_path",
+__all__ = ["MODELS", "WEIGHT_FILES", "ModelEntry", "WeightFile", "list_models", "format_table", "get_entry", "resolve_model", "looks_like_path",
            "cache_home", "model_dir", "download"]

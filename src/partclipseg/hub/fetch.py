@@ -10,6 +10,11 @@
   are honoured); a ``pytorch_model.bin`` is converted to ``model.safetensors`` once.
 
 Either way ``manifest.json`` (sizes and sha256) is written last, under the model's file lock.
+
+Foreign weight files (``registry.WEIGHT_FILES``: the checkpoints a new model starts training from)
+come the same ways (a hub file through ``hf_hub_download``, a plain URL through ``gdown``'s resumable
+download) into ``$PARTCLIPSEG_HOME/weights/<name>/``; ``ensure_weight_file`` converts the ``.pth`` once
+into ``<stem>.safetensors`` (the file's own key names; ``torch.load(weights_only=True)``) and records it.
 Any failure becomes a ``DownloadError`` saying the URL, the manual way and the folder to use.
 
 ``PARTCLIPSEG_GDRIVE_URL`` (a template with ``{id}``) replaces the Drive download address: it is how
@@ -24,8 +29,8 @@ import sys
 from pathlib import Path
 
 from ..errors import DownloadError, PartCLIPSegError
-from .registry import GDRIVE_URL, GDRIVE_VIEW_URL, ModelEntry
-from .store import MANIFEST, lock_for, model_dir, read_manifest, sha256_of, verify, write_manifest
+from .registry import GDRIVE_URL, GDRIVE_VIEW_URL, ModelEntry, WeightFile
+from .store import MANIFEST, lock_for, model_dir, read_manifest, sha256_of, verify, weights_dir, write_manifest
 
 GDRIVE_URL_ENV = "PARTCLIPSEG_GDRIVE_URL"
 RETRIES_ENV = "PARTCLIPSEG_DOWNLOAD_RETRIES"
@@ -200,6 +205,96 @@ def _bin_to_safetensors(bin_path: Path) -> None:
     with atomic_path(bin_path.with_name("model.safetensors")) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     bin_path.unlink()
+
+
+# ---------------------------------------------------------------------------- foreign weight files
+def ensure_weight_file(entry: WeightFile, progress: bool = True) -> Path:
+    """The verified ``<stem>.safetensors`` of ``entry`` in the cache, fetched and converted first if needed."""
+    folder = weights_dir(entry.name)
+    converted = folder / (Path(entry.filename).stem + ".safetensors")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        from filelock import Timeout
+
+        lock = lock_for(folder)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting for another process that is fetching {entry.name!r} (lock {lock.lock_file})",
+                  file=sys.stderr)
+            lock.acquire()
+        try:
+            if read_manifest(folder) is None:  # another process may have finished while we waited
+                folder.mkdir(parents=True, exist_ok=True)
+                raw = folder / entry.filename
+                if not raw.is_file():  # a file put there by hand is taken as is
+                    _download_weight_file(entry, folder, progress)
+                _convert_weight_file(entry, raw, converted)
+        finally:
+            lock.release()
+    verify(folder)
+    return converted
+
+
+def _download_weight_file(entry: WeightFile, folder: Path, progress: bool) -> None:
+    target = folder / entry.filename
+    try:
+        if entry.source == "hub":
+            from huggingface_hub import hf_hub_download
+
+            staging = folder / ".hub"
+            hf_hub_download(entry.hub_repo, entry.filename, revision=entry.hub_revision, local_dir=staging,
+                            endpoint=os.environ.get("HF_ENDPOINT") or None)
+            os.replace(staging / entry.filename, target)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            import gdown
+
+            gdown.download(url=entry.url, output=str(target), quiet=not progress, resume=True,
+                           retries=int(os.environ.get(RETRIES_ENV, "3")), timeout=(15, 60))
+    except KeyboardInterrupt:
+        raise
+    except ImportError:
+        raise DownloadError(_manual_weight_file(entry, folder, "the gdown package is not installed "
+                                                               "(pip install gdown)")) from None
+    except Exception as exc:  # network, HTTP, hub and gdown errors: one message, no traceback
+        if entry.source == "hub":
+            _drop_hub_staging(folder / ".hub", folder)
+        else:
+            _drop_empty_partials(folder, entry.filename)
+        raise DownloadError(_manual_weight_file(entry, folder, _reason(exc))) from None
+    size = target.stat().st_size
+    problem = None
+    if entry.bytes is not None and size != entry.bytes:
+        problem = f"{target.name} has {size} bytes, expected {entry.bytes}"
+    elif entry.sha256 is not None and sha256_of(target) != entry.sha256:
+        problem = f"{target.name} has a sha256 other than the registry's {entry.sha256}"
+    if problem:
+        target.unlink()
+        raise DownloadError(_manual_weight_file(entry, folder, problem + " (the file was removed)"))
+
+
+def _convert_weight_file(entry: WeightFile, raw: Path, converted: Path) -> None:
+    """``.pth`` (a state dict, or detectron2's ``{"model": ...}``) -> ``.safetensors`` with the same keys."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import read_torch_checkpoint
+    from ..io import atomic_path
+
+    download = {"file": entry.filename, "bytes": raw.stat().st_size, "sha256": sha256_of(raw), "url": entry.url}
+    state = {k: v.contiguous().clone() for k, v in read_torch_checkpoint(raw).items()}  # no shared storage
+    with atomic_path(converted) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "key_format": entry.key_format})
+    write_manifest(converted.parent, [converted.name], name=entry.name, source=entry.source_text,
+                   key_format=entry.key_format, download=download)
+    raw.unlink()  # converted: later uses read the safetensors only
+    print(f"converted {raw.name} into {converted} (sha256 recorded in {MANIFEST})", file=sys.stderr)
+
+
+def _manual_weight_file(entry: WeightFile, folder: Path, reason: str) -> str:
+    return (f"could not download {entry.name!r} ({entry.size}) from {entry.url}: {reason}. To get it by hand: "
+            f"download {entry.url} on a machine with network, put it as {folder / entry.filename} and run the "
+            f"command again; it is checked and converted on first use.")
 
 
 # ---------------------------------------------------------------------------- messages

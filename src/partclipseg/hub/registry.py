@@ -118,6 +118,65 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in [
 DEFAULT_MODEL = "toy"
 
 
+@dataclass(frozen=True)
+class WeightFile:
+    """A foreign checkpoint a new model starts training from (not a model: ``partclipseg models`` does not
+    list it). ``source``: ``"hub"`` (``hub_repo`` / ``filename`` on the Hugging Face hub, through
+    ``huggingface_hub``; ``HF_ENDPOINT`` honoured) or ``"url"`` (a plain HTTPS file, ``file_url``).
+    ``key_format`` names the key table that reads it (``model/partcatseg/initial_weights.py``). The
+    fetched ``.pth`` is converted once into ``<stem>.safetensors`` (its own key names kept) and deleted.
+    """
+
+    name: str
+    description: str
+    source: str
+    filename: str
+    key_format: str
+    size: str
+    licence: str
+    hub_repo: str | None = None
+    hub_revision: str = "main"
+    file_url: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.source == "hub":
+            return f"{HUB_URL.format(repo=self.hub_repo)}/resolve/{self.hub_revision}/{self.filename}"
+        return str(self.file_url)
+
+    @property
+    def source_text(self) -> str:
+        return f"HF hub {self.hub_repo}/{self.filename}" if self.source == "hub" else self.url
+
+
+#: the foreign checkpoints of the official training recipes (sizes: not measured, no download was possible
+#: while this table was written; the sha256 of what arrives is recorded and re-checked on every later use)
+WEIGHT_FILES: dict[str, WeightFile] = {w.name: w for w in [
+    WeightFile(
+        name="catseg_base", description="CAT-Seg (B): CLIP ViT-B/16 (image attention fine-tuned) + ResNet-101 "
+        "guidance + cost aggregation, trained on COCO-Stuff; PartCATSeg's MODEL.WEIGHTS",
+        source="hub", hub_repo="hamacojr/CAT-Seg", filename="model_final_base.pth", key_format="catseg_base",
+        size="not measured", licence="CAT-Seg authors' release (KU-CVLAB/CAT-Seg, MIT code); no weight licence "
+        "stated"),
+    WeightFile(
+        name="dinov2_vits14", description="DINOv2 ViT-S/14 (LVD-142M), the torch.hub facebookresearch/dinov2 "
+        "'dinov2_vits14' weights", source="url", filename="dinov2_vits14_pretrain.pth", key_format="dinov2_hub",
+        file_url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+        size="not measured", licence="Apache-2.0 (facebookresearch/dinov2)"),
+]}
+
+
+def get_weight_file(name: str) -> WeightFile:
+    from ..errors import PartCLIPSegError
+
+    try:
+        return WEIGHT_FILES[name]
+    except KeyError:
+        raise PartCLIPSegError(f"unknown weight file {name!r}; known: {', '.join(WEIGHT_FILES)}") from None
+
+
 def get_entry(name: str) -> ModelEntry | None:
     return MODELS.get(name)
 

@@ -36,6 +36,11 @@ def model_dir(entry: ModelEntry | str) -> Path:
     return cache_home() / "models" / name
 
 
+def weights_dir(name: str) -> Path:
+    """The cache folder of foreign weight file ``name`` (``registry.WEIGHT_FILES``)."""
+    return cache_home() / "weights" / name
+
+
 def lock_for(folder: Path):
     """An inter-process lock beside ``folder`` (``<folder>.lock``)."""
     from filelock import FileLock

@@ -246,6 +246,21 @@ class PartSegmentationModel(nn.Module):
         """``TextInputs`` -> ``EncodedVocabulary`` (differentiable)."""
         raise NotImplementedError
 
+    def oracle_classes(self, vocabulary: Vocabulary, object_names: Sequence[str]) -> list[int]:
+        """Sorted indices of the object-specific classes Oracle-Obj keeps for the named object(s).
+
+        Default (the PartCLIPSeg family's evaluator): the classes whose object is one of
+        ``object_names`` (exact names; an unknown name raises ``VocabularyError``). An architecture
+        whose official evaluator matches otherwise overrides this.
+        """
+        from ..errors import VocabularyError
+
+        for name in object_names:
+            if name not in vocabulary.objects:
+                raise VocabularyError(f"object {name!r} has no part classes in the vocabulary (objects: "
+                                      f"{list(vocabulary.objects)})")
+        return [t for t, o in enumerate(vocabulary.text_to_object) if vocabulary.objects[o] in object_names]
+
     # ------------------------------------------------------------------ image side and decoding
     def preprocess(self, images: Sequence[Any]) -> Any:
         """HWC uint8 RGB arrays (``partclipseg.preprocess.load_image``) -> what ``encode_image`` takes

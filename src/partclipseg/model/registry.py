@@ -3,6 +3,11 @@
 An architecture registers its class with ``@register_architecture("name")``; ``build_model(config)``
 builds a randomly initialised model of ``config.architecture``. Nothing outside ``model/`` needs to
 know which classes exist.
+
+Named starting points: an architecture registers ``builder(config, progress=True) -> model`` under a
+name with ``@register_initial_weights(name, architecture)`` (e.g. PartCATSeg's
+``"catseg_base+dinov2_vits14"``: the official recipe's CAT-Seg (B) + DINOv2 ViT-S/14 weights); a
+training recipe's ``init=<name>`` is looked up with ``initial_weights_builder(name)``.
 """
 from __future__ import annotations
 
@@ -45,3 +50,29 @@ def build_model(config: PartCLIPSegConfig) -> Any:
     model = architecture_class(config.architecture)(config)
     model.init_weights()
     return model
+
+
+_INITIAL_WEIGHTS: dict[str, tuple[str, Callable[..., Any]]] = {}
+
+
+def register_initial_weights(name: str, architecture: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``builder(config, progress=True)`` builds a new ``architecture`` model started from the
+    foreign weights that ``name`` stands for."""
+
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _INITIAL_WEIGHTS and _INITIAL_WEIGHTS[name][1] is not builder:
+            raise ValueError(f"initial weights {name!r} are already registered")
+        _INITIAL_WEIGHTS[name] = (architecture, builder)
+        return builder
+
+    return register
+
+
+def initial_weights_builder(name: str) -> tuple[str, Callable[..., Any]] | None:
+    """``(architecture, builder)`` registered under ``name``, or ``None``."""
+    return _INITIAL_WEIGHTS.get(name)
+
+
+def initial_weights_names() -> tuple[str, ...]:
+    """The registered names of starting points (``init=<name>`` in a recipe)."""
+    return tuple(_INITIAL_WEIGHTS)

@@ -20,11 +20,11 @@ Loading is strict: unknown fields raise ``ConfigError``. ``from_reference_fixtur
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...config import read_config_file, strict_from_dict
 from ...errors import ConfigError
 
 from .templates import IMAGENET_TEMPLATES
@@ -213,28 +213,14 @@ class PartCATSegConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PartCATSegConfig":
+        """Strict (``partclipseg.config.strict_from_dict``: unknown fields and malformed sections raise)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a PartCATSeg config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         data.pop("format", None)
-        sub = {"clip": CLIPTowersConfig, "dino": DinoV2Config, "aggregator": AggregatorConfig,
-               "official": PartCATSegOfficialCompat}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown PartCATSeg config field(s) {unknown}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sub:
-                kwargs[key] = _section(sub[key], value, key)
-            elif isinstance(value, list):
-                kwargs[key] = tuple(value)
-            else:
-                kwargs[key] = value
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"malformed PartCATSeg config: {exc}") from None
+        sections = {"clip": CLIPTowersConfig, "dino": DinoV2Config, "aggregator": AggregatorConfig,
+                    "official": PartCATSegOfficialCompat}
+        return strict_from_dict(cls, data, sections, label="PartCATSeg ")
 
     def save(self, path: str | Path) -> None:
         from ...io import atomic_write_text, json_text
@@ -243,30 +229,10 @@ class PartCATSegConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "PartCATSegConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        data = read_config_file(Path(path))
         if isinstance(data, dict) and "cfg" in data and "clip_arch" in data:
             return from_reference_fixture(data)
         return cls.from_dict(data)
-
-
-def _section(kind: type, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise ConfigError(f"config field {where!r} must be an object, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"unknown field(s) {unknown} in config section {where!r}")
-    value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    try:
-        return kind(**value)
-    except TypeError as exc:
-        raise ConfigError(f"malformed config section {where!r}: {exc}") from None
 
 
 def from_reference_fixture(data: dict[str, Any]) -> PartCATSegConfig:
