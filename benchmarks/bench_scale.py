@@ -10,7 +10,11 @@ and on ``--images`` images (default 200; synthetic 320x240 JPEGs in nested folde
 
 The full-size config (``clipseg-rd64-refined``, ViT-B/16 at 352 px, random weights: speed only) and the
 built-in model both use the ``toy_world`` vocabulary (35 classes). The outputs of the three engines are
-compared byte for byte (``identical_outputs``). One JSON document goes to ``--out`` (and stdout).
+compared byte for byte (``identical_outputs``). Every process runs ``OMP_NUM_THREADS`` threads (default 1:
+the local engine uses one core, the 2-process engines two). Each run records the load average
+(``/proc/loadavg``) before and after it: on a shared machine the numbers are only as good as that.
+One JSON document goes to ``--out`` (rewritten after every run, so an interrupted benchmark keeps what
+it measured) and to stdout.
 
     .venv/bin/python benchmarks/bench_scale.py --out benchmarks/results/bench_scale.json
     .venv/bin/python benchmarks/bench_scale.py --smoke --out /tmp/bench_scale.json    # seconds-scale check
@@ -71,6 +75,25 @@ def timed(cmd: list[str], env: dict) -> tuple[float, dict]:
     return wall, json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (None where /proc/loadavg does not exist)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def write_results(results: dict, out: Path | None) -> str:
+    sys.path.insert(0, str(ROOT / "src"))
+    from partclipseg.io import atomic_write_text, json_text
+
+    text = json_text(results, indent=1)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text + "\n")
+    return text
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -82,17 +105,20 @@ def main() -> int:
     parser.add_argument("--models", default="builtin,full")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                        help="OMP_NUM_THREADS of every process (default: this one's, else 1)")
     parser.add_argument("--smoke", action="store_true", help="6 images, built-in model, local engine only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.smoke:
         args.images, args.small, args.models, args.engines = 6, 2, "builtin", "local"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": str(args.threads)}
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
                "images": args.images, "small": args.small, "batch_size": args.batch_size, "vocabulary": "toy_world",
-               "image_size": "320x240", "note": "numbers from a shared machine: other jobs ran at the same time",
-               "runs": []}
+               "image_size": "320x240", "threads_per_process": args.threads, "nice": os.nice(0),
+               "full_model_weights": "random (speed only)", "load_average_at_start": load_average(), "runs": []}
     try:
         make_images(work / "big", args.images)
         make_images(work / "small", args.small)
@@ -114,27 +140,28 @@ def main() -> int:
         for model_name, model in models.items():
             reference = None
             for engine in args.engines.split(","):
+                load_before = load_average()
                 wall_small, _ = timed(command(engine, work / "small", model, work / "o_small", args.batch_size), env)
                 wall, summary = timed(command(engine, work / "big", model, work / "o_big", args.batch_size), env)
                 outputs = tree(work / "o_big")
                 reference = reference or outputs
                 run = {"model": model_name, "engine": engine if engine == "local" else f"{engine} x2",
-                       "processed": summary["processed"], "wall_s": round(wall, 2), "wall_small_s": round(wall_small, 2),
+                       "images": args.images, "small": args.small, "processed": summary["processed"], "wall_s": round(wall, 2), "wall_small_s": round(wall_small, 2),
                        "images_per_s": round(args.images / wall, 3),
                        "steady_images_per_s": (round((args.images - args.small) / (wall - wall_small), 3)
                                                if wall > wall_small else None),  # None: start-up noise dominates
-                       "identical_outputs": outputs == reference}
+                       "identical_outputs": outputs == reference,
+                       "load_average_before": load_before, "load_average_after": load_average()}
                 results["runs"].append(run)
-                print(json.dumps(run), file=sys.stderr, flush=True)
+                write_results(results, args.out)
+                print(f"{model_name} {run['engine']}: {run['images_per_s']} images/s, load {run['load_average_after']}",
+                      file=sys.stderr, flush=True)
                 shutil.rmtree(work / "o_small")
                 shutil.rmtree(work / "o_big")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(results, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    results["load_average_at_end"] = load_average()
+    print(write_results(results, args.out))
     return 0
 
 

@@ -11,6 +11,7 @@ min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
     python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
+    python benchmarks/toy_table.py --out runs/toy_table --partcatseg          # + a PartCATSeg row (own recipe)
 
 The toy world is generated into ``OUT/data`` unless ``--data`` points at an existing one; the towers
 are pretrained into ``OUT/pretrain`` unless ``--towers`` names a pretraining run's ``final/``. A killed
@@ -30,6 +31,9 @@ VARIANTS = [
     ("PartCLIPSeg (no attention losses)", "partclipseg", ["loss.use_attention=false"]),
     ("PartCLIPSeg + L_sep + L_enh", "partclipseg", ["loss.use_attention=true"]),
 ]
+#: ``--partcatseg``: one more row, PartCATSeg with its own recipe (``toy_world_partcatseg``, the
+#: ``partcatseg-toy`` preset from random weights: the pretrained towers do not fit its OpenAI-layout CLIP)
+PARTCATSEG_VARIANT = ("PartCATSeg (toy preset, random towers)", "partcatseg", [])
 PROTOCOLS = ("pred-all", "oracle-obj")
 KEYS = ("mIoU-base", "mIoU-unbase", "h-IoU")
 
@@ -67,14 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, numbers mean nothing")
+    parser.add_argument("--partcatseg", action="store_true", help="add a PartCATSeg row (toy_world_partcatseg recipe)")
     args = parser.parse_args(argv)
-    pretrain_overrides, size = [], []
+    pretrain_overrides, size, catseg_size = [], [], []
     if args.smoke:
         args.iterations, args.batch_size, args.train_images, args.val_images = 2, 2, 6, 4
         args.seeds = args.seeds[:3]
         pretrain_overrides = ["iterations=2", "batch_size=4", "image_size=64", "checkpoint_period=2", "eval_period=2",
                               "warmup=1"]
         size = ["image_size=64"]
+        catseg_size = ["min_size=64", "max_size=128", "crop_size=64", "pad_to=64"]
     elif args.pretrain_iterations is not None:
         pretrain_overrides = [f"iterations={args.pretrain_iterations}"]
 
@@ -105,14 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "model.safetensors").is_file():
             export_towers(towers, folder, arch)
 
+    variants = VARIANTS + ([PARTCATSEG_VARIANT] if args.partcatseg else [])
     runs = []
-    for name, arch, overrides in VARIANTS:
+    for name, arch, overrides in variants:
         for seed in args.seeds:
             run = args.out / "runs" / f"{name.split(' ')[0].lower()}{'_attn' if 'L_sep' in name else ''}" / f"seed{seed}"
-            config = load_recipe("toy_world", [f"root={root}", f"init={inits[arch]}", f"seed={seed}",
-                                               f"iterations={args.iterations}", f"batch_size={args.batch_size}",
-                                               f"eval_period={10 ** 9}", f"checkpoint_period={args.iterations}",
-                                               *size, *overrides])
+            recipe, start = ("toy_world_partcatseg", catseg_size) if arch == "partcatseg" else \
+                ("toy_world", [f"init={inits[arch]}", *size])
+            config = load_recipe(recipe, [f"root={root}", f"seed={seed}", f"iterations={args.iterations}",
+                                          f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
+                                          f"checkpoint_period={args.iterations}", *start, *overrides])
             tic = time.perf_counter()
             final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
                 config, run, resume=True, progress=False)
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(row)
             print(json.dumps(row), flush=True)
     summary_rows = []
-    for name, _, _ in VARIANTS:
+    for name, _, _ in variants:
         mine = [r for r in runs if r["variant"] == name]
         summary_rows.append({"variant": name, "seeds": [r["seed"] for r in mine],
                              **{f"{p}_{k}": summarise([r[f"{p}_{k}"] for r in mine]) for p in PROTOCOLS for k in KEYS}})

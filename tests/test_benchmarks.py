@@ -38,6 +38,20 @@ def test_toy_table_smoke(tmp_path):
         assert all(torch_equal(init[k], towers[k]) for k in towers if k.startswith(("vision.", "text.")))
 
 
+@pytest.mark.slow
+def test_toy_table_partcatseg_row_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_table.py"), "--out", str(tmp_path), "--smoke",
+                           "--partcatseg", "--seeds", "0"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "toy_table.json").read_text())
+    assert [r["variant"] for r in summary["summary"]][-1] == "PartCATSeg (toy preset, random towers)"
+    row = summary["runs"][-1]
+    assert row["variant"].startswith("PartCATSeg") and row["oracle-obj_mIoU-base"] is not None
+    config = json.loads((Path(row["model"]) / "config.json").read_text())
+    assert config["model_type"] == "partcatseg"
+    assert (tmp_path / "toy_table.md").read_text().count("\n") == 6
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

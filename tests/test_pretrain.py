@@ -95,7 +95,8 @@ def test_pretrain_recipe_and_overrides():
 
 def test_part_recipe_starts_from_towers_and_freezes_text():
     cfg = load_recipe("toy_world")
-    assert cfg.trainable == "all-but-text" and cfg.init == "random:toy2" and cfg.eval_protocol == "pred-all"
+    assert cfg.trainable == "all-but-text-layers" and cfg.init == "random:toy2" and cfg.eval_protocol == "pred-all"
+    assert cfg.skip_unseen_images
     assert cfg.keep_checkpoints * cfg.checkpoint_period >= cfg.iterations  # the best checkpoint survives
 
 
@@ -136,20 +137,82 @@ def test_pretrain_learns_resumes_and_hands_over_towers(toy: Path, tmp_path: Path
         if name.startswith(("vision.", "text.")):
             assert torch.equal(value, towers[name]), name
     assert "image_projection.weight" in towers and "logit_scale" in towers
-    # part training from the towers: the text tower stays as pretrained, the vision tower moves
+    # part training from the towers: the text layers stay as pretrained, the vision tower moves; of the
+    # token embeddings only the rows of words in the training prompts move (not the unseen objects' names)
     run = train(load_recipe("toy_world", [f"root={toy}", f"init={full}", "image_size=32", "iterations=2",
                                           "batch_size=2", "checkpoint_period=1", "eval_period=1", "eval_limit=2",
                                           "log_period=1"]), tmp_path / "parts", progress=False)
     trained = load_pretrained(run)
     moved = False
     for name, value in trained.state_dict().items():
+        if name == "text.token_embedding.weight":
+            continue
         if name.startswith("text."):
             assert torch.equal(value, towers[name]), name
         elif name.startswith("vision.") and not torch.equal(value, towers[name]):
             moved = True
     assert moved
+    from partclipseg.tokenizer import get_tokenizer
+
+    ids, _ = get_tokenizer()(["cow", "bus", "head", "wheel"], padding="longest")  # [BOS, word, EOS]
+    before, after = towers["text.token_embedding.weight"], trained.state_dict()["text.token_embedding.weight"]
+    unseen_rows, part_rows = ids[:2, 1], ids[2:, 1]
+    assert torch.equal(after[unseen_rows], before[unseen_rows])
+    assert not torch.equal(after[part_rows], before[part_rows])
     folder, record = best_checkpoint(tmp_path / "parts")
     assert folder.name in ("step_0000001", "step_0000002") and "harmonic" in record
+
+
+def test_object_crops_pair_one_object_with_its_own_caption(toy: Path):
+    from partclipseg.train.pretrain import CaptionSampler, _square_box
+
+    mask = np.zeros((40, 60), bool)
+    mask[10:20, 5:25] = True  # a 10 x 20 box: a square of side 24 around it, inside the image
+    y0, y1, x0, x1 = _square_box(mask)
+    assert (y1 - y0, x1 - x0) == (24, 24) and y0 <= 10 and y1 >= 20 and x0 <= 5 and x1 >= 25
+    mask[:] = False
+    mask[0:40, 50:60] = True  # taller than wide at the border: cut to the image, shifted inside
+    y0, y1, x0, x1 = _square_box(mask)
+    assert (y0, y1) == (0, 40) and x1 == 60 and x1 - x0 == 48
+    assert _square_box(np.zeros((8, 8), bool)) is None
+    config = load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", "image_size=32", "batch_size=6",
+                                                          "crop_prob=1"])
+    sampler = CaptionSampler(toy, "train", config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    words = json.loads((toy / "captions" / "train.json").read_text())
+    assert len(sampler.crops) == sum(len({w["object"] for w in ws}) for ws in words.values())
+    assert all(len(w) == 1 for w in sampler.crop_words)
+    pixels, texts = sampler.batch(0)
+    assert pixels.shape == (6, 3, 32, 32)
+    names = set(OBJECT_PARTS) | set(OBJECTS_WITHOUT_PARTS)
+    for text in texts:  # one object per caption
+        assert len(set(re.findall(r"[a-z]+", text)) & names) == 1, text
+    scenes = CaptionSampler(toy, "train", load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", "image_size=32",
+                                                                                      "crop_prob=0"]),
+                            (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert len(scenes.crops) == 0  # crop_prob 0: no crops cut (and the scene sampling of before)
+
+
+def test_skip_unseen_images_keeps_unseen_objects_out_of_part_training(tmp_path: Path):
+    from PIL import Image
+
+    from partclipseg.model.base import ResizeNormalise
+    from partclipseg.train.data import TrainDataset
+
+    root = generate_toy_world(tmp_path / "toy", n_train=24, n_val=0, size_range=(48, 64), seed=5)
+    vocab = json.loads((ROOT / "src" / "partclipseg" / "resources" / "vocab" / "toy_world.json").read_text())
+    unseen = {vocab["object_classes"].index(name) for name in vocab["unseen_object_classes"]}
+
+    def objects(record_id: str) -> set[int]:
+        return set(np.unique(np.asarray(Image.open(root / "annotations_detectron2_obj" / f"{record_id}.png")))) - {255}
+
+    shown = {}
+    for skip in (False, True):
+        config = load_recipe("toy_world", [f"root={root}", f"skip_unseen_images={str(skip).lower()}"])
+        dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
+        shown[skip] = {dataset[(k, k)].record_id for k in range(len(dataset))}
+    with_unseen = {r for r in shown[False] if objects(r) & unseen}
+    assert with_unseen  # the official setting trains on images with a cow or a bus (as background)
+    assert shown[True] and not any(objects(r) & unseen for r in shown[True])
 
 
 def test_best_checkpoint_picks_highest_harmonic(tmp_path: Path):

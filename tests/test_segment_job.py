@@ -282,6 +282,7 @@ def test_ray_knobs_without_the_ray_engine_are_refused(capsys, model_dir, tmp_pat
 
 
 # ---------------------------------------------------------------------------- torchrun
+@pytest.mark.slow  # two process groups of 1 and 2 processes: > 10 s on 2 shared cores
 def test_torchrun_two_processes_equal_one_process(capsys, model_dir, tmp_path):
     inputs = make_toy_image_tree(tmp_path / "images")
     args = [*inputs, "--model", str(model_dir), "--parts", PARTS, "--batch-size", "3"]

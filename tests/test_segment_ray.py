@@ -20,6 +20,7 @@ from partclipseg.engines.ray_engine import SegmentWorker, run_ray  # noqa: E402
 from partclipseg.segment_job import SegmentOptions  # noqa: E402
 
 PARTS = "dog's head, dog's leg, cat's head"
+pytestmark = pytest.mark.slow  # a local Ray cluster and one model per actor: 10-70 s per test on 2 shared cores
 
 
 @pytest.fixture(scope="module")

@@ -75,18 +75,18 @@ def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
 def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatch):
     args = [f"root={voc_root}", "iterations=8", "checkpoint_period=3", *FAST]
     train(load_recipe("pascal_part_116", args), tmp_path / "full", progress=False)
-    real_poly = train_loop.poly_lr
+    real_schedule = train_loop.scheduled_lr
 
     def killed_at_step_7(config, step):
         if step == 7:
             raise KeyboardInterrupt("simulated kill")
-        return real_poly(config, step)
+        return real_schedule(config, step)
 
-    monkeypatch.setattr(train_loop, "poly_lr", killed_at_step_7)
+    monkeypatch.setattr(train_loop, "scheduled_lr", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
     assert len(_losses(tmp_path / "killed")) == 7
-    monkeypatch.setattr(train_loop, "poly_lr", real_poly)
+    monkeypatch.setattr(train_loop, "scheduled_lr", real_schedule)
     with pytest.raises(ConfigError, match="--resume"):
         train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
     train(load_recipe("pascal_part_116", args), tmp_path / "killed", resume=True, progress=False)

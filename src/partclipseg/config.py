@@ -13,7 +13,7 @@ Presets (``CONFIGS``):
 * ``"tiny-fast"`` — a smaller tiny model (ViT width 64) for fast tests.
 * ``"toy"`` — the first built-in default model's shape (8 px patches, 96 px input, no pretraining).
 * ``"toy2"`` — the built-in default model: 16 px patches at 192 px, towers pretrained contrastively on
-  the toy world (``partclipseg pretrain``) before part training.
+  the toy world (``partclipseg pretrain``) before part training; the official object-index bug off.
 """
 from __future__ import annotations
 
@@ -352,13 +352,16 @@ def _toy2() -> PartCLIPSegConfig:
     """The built-in default model's shape since the toy world grew up (320-640 px images, language-image
     pretraining): 16 px patches at a 192 px input (a 12 x 12 token grid, the decoder cost of ``toy``
     while every token sees 4x the pixels), a 64-wide text tower for the pretraining captions, and a
-    2-head decoder (16-wide heads: the CPU attention kernels run ~2.5x faster than with 8-wide heads)."""
+    2-head decoder (16-wide heads: the CPU attention kernels run ~2.5x faster than with 8-wide heads).
+    The object-specific head reads the object's own text embedding (``object_text_index_offset_bug``
+    off): the official index bug would hand it a generalized part's embedding, so the pretrained
+    meaning of an unseen object's name would never reach that head."""
     return PartCLIPSegConfig(
         vision=VisionConfig(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=192, image_size=192,
                             patch_size=16),
         text=TextConfig(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=128),
         decoder=DecoderConfig(reduce_dim=32, num_heads=2, intermediate_size=64, extract_layers=(1, 2, 3)),
-        projection_dim=64, image_size=192)
+        projection_dim=64, image_size=192, official=OfficialCompat(object_text_index_offset_bug=False))
 
 
 CONFIGS = {

@@ -41,6 +41,9 @@ class LossConfig:
       object when the image has no ignore pixel, §8.2.7). False: only the ignore value is dropped.
     * ``official_nan_to_zero``: an empty background term makes the sample's loss NaN -> 0 (the whole
       sample is dropped, §8.2.8). False: only the empty term is skipped.
+    * ``jsd_lambda``: PartCATSeg's composition JSD weight (``part_lambda`` / ``obj_lambda`` /
+      ``background_weight`` / ``per_image`` apply to PartCATSeg too; the attention settings do not, and
+      PartCATSeg refuses ``use_attention=true``).
     """
 
     obj_lambda: float = 1.0
@@ -54,6 +57,7 @@ class LossConfig:
     per_image: bool = True
     official_unique_drop_last: bool = True
     official_nan_to_zero: bool = True
+    jsd_lambda: float = 1.0
 
     def __post_init__(self) -> None:
         levels = (self.attn_levels,) if isinstance(self.attn_levels, int) else tuple(int(v) for v in self.attn_levels)

@@ -9,7 +9,9 @@
    land on an input: a clash is refused before anything is written. Files under the inputs that are
    outputs of an earlier run (``N.labels.png`` / ``N.overlay.png`` / ``N.attention.<k>.png`` next to
    ``N`` or ``N.json``) are not inputs.
-2. **Prepare the output** (``prepare_output``): the folder/URI must be writable; the job's identity
+2. **Prepare the output** (``start_job``, ``prepare_output``): the folder/URI must be writable and
+   free: the job takes its lock (``storage.LOCK_FILE``; a second job on the same output is refused, a
+   killed job's lock is taken over) and holds it until the report is written; the job's identity
    (model weights fingerprint, dtype, vocabulary, prompts, output options) is kept in
    ``partclipseg-job.json``. ``--resume`` into an output made by another job is refused, naming what
    differs; a run without ``--resume`` redoes every image (it first removes their ``N.json``, the
@@ -45,7 +47,8 @@ import numpy as np
 
 from .errors import PartCLIPSegError
 from .io import json_text
-from .storage import OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store, read_input_bytes
+from .storage import (LOCK_FILE, JobLock, OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store,
+                      read_input_bytes)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 JOB_FILE = "partclipseg-job.json"
@@ -357,7 +360,7 @@ def check_no_input_overwritten(plan: Plan, options: SegmentOptions, out: str) ->
                 inside[Path(os.path.relpath(real, out_root)).as_posix()] = it
     if not inside:
         return
-    for reserved in (JOB_FILE, FAILURES_FILE):
+    for reserved in (JOB_FILE, FAILURES_FILE, LOCK_FILE):
         if reserved in inside:
             raise PartCLIPSegError(f"input {inside[reserved].source} has the name of the job file {reserved} in "
                                    f"--out {out}: choose another --out")
@@ -428,11 +431,12 @@ class StartedJob:
     store: OutputStore
     todo: list
     skipped: int
+    lock: JobLock  # held until the engine has written the report; release() it (also on errors)
 
 
 def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict, job: str, *, resume: bool,
               log: Log = _stderr) -> StartedJob:
-    """Plan the inputs, check and prepare the output, and find what is left to do."""
+    """Plan the inputs, take the output's job lock, check and prepare the output, find what is left to do."""
     plan = plan_inputs(specs, out)
     for _, message in plan.problems:
         log(f"error: {message}")
@@ -440,12 +444,18 @@ def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict
         log(f"note: {plan.earlier_outputs} file(s) among the inputs are outputs of an earlier run; not segmented")
     check_no_input_overwritten(plan, options, out)
     store = open_store(out)
-    prepare_output(store, key, plan.items, resume=resume, log=log, model_source=options.model)
-    todo = [it for it in plan.items if not (resume and output_complete(store, it.name, job))]
+    store.prepare()
+    lock = store.lock(log)
+    try:
+        prepare_output(store, key, plan.items, resume=resume, log=log, model_source=options.model)
+        todo = [it for it in plan.items if not (resume and output_complete(store, it.name, job))]
+    except BaseException:
+        lock.release()
+        raise
     skipped = len(plan.items) - len(todo)
     if skipped:
         log(f"resume: {skipped} image(s) already done")
-    return StartedJob(plan, store, todo, skipped)
+    return StartedJob(plan, store, todo, skipped, lock)
 
 
 # ============================================================================ process

@@ -7,19 +7,41 @@
   file in the same folder, fsync, rename) or a ``pyarrow`` filesystem (temporary object, then move;
   object stores publish an object whole, so a reader never sees half a file there either).
 
+* One job at a time: ``OutputStore.lock()`` takes the output's job lock (``partclipseg-job.lock`` in the
+  root), held by the process that plans the job (the local process, torchrun's rank 0, Ray's driver)
+  until its report is written; the other ranks and Ray's workers write under it. A second job on the
+  same output is refused (``OutputError``: one line, exit code 2) naming the holder (pid, host, since).
+  A local folder uses ``fcntl.flock``: the kernel drops the lock when its process dies, so a killed
+  job's lock is taken over at once. A ``pyarrow`` filesystem has no locks: the lock is a file holding
+  the owner and a heartbeat the holder refreshes every ``LOCK_HEARTBEAT_S`` seconds; it is stale (taken
+  over, with a note) when its heartbeat is older than ``LOCK_STALE_S`` or its process is gone from this
+  host. Object stores have no compare-and-swap: a taker writes its record, waits ``LOCK_SETTLE_S`` and
+  reads it back (two jobs starting within milliseconds of each other can still both win; a holder
+  that finds another owner in the file stops at its next batch).
+
 ``pyarrow`` is imported only for URIs (it comes with the ``ray`` extra).
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
+import socket
 import stat
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from .errors import ImageError, OutputError, PartCLIPSegError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, json_text
+
+LOCK_FILE = "partclipseg-job.lock"
+LOCK_HEARTBEAT_S = 15.0  # a pyarrow-filesystem lock's holder rewrites its heartbeat this often
+LOCK_STALE_S = 120.0  # ... and a lock whose heartbeat is older than this is a dead job's
+LOCK_SETTLE_S = 1.0  # a taker reads its record back after this long (object stores have no compare-and-swap)
 
 
 def is_uri(text: str) -> bool:
@@ -116,6 +138,182 @@ class OutputStore:
         """Create the root; raise ``OutputError`` when it is not a writable folder."""
         raise NotImplementedError
 
+    def lock(self, log: Callable[[str], None] | None = None) -> "JobLock":
+        """Take the output's job lock (after ``prepare``); ``OutputError`` when another job holds it."""
+        raise NotImplementedError
+
+
+# ============================================================================ job lock
+def lock_record(owner: str) -> dict:
+    """Who holds a job lock: a random ``owner`` id, pid, host, start time and heartbeat (epoch seconds)."""
+    now = time.time()
+    return {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "started": now, "heartbeat": now}
+
+
+def parse_lock_record(data: bytes | None) -> dict | None:
+    try:
+        record = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def describe_holder(record: dict | None) -> str:
+    if not record:
+        return "another segment job"
+    since = record.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+    return f"another segment job (pid {record.get('pid', '?')} on {record.get('host', '?')}, since {when})"
+
+
+def in_use_error(root: str, record: dict | None) -> OutputError:
+    return OutputError(f"--out {root} is in use by {describe_holder(record)}: wait for it to finish or choose "
+                       f"another --out")
+
+
+def process_gone(record: dict) -> bool:
+    """True when ``record``'s process was on this host and no longer runs."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it runs under another user
+        return False
+    return False
+
+
+class JobLock:
+    """A held job lock; ``release()`` (or ``with``) gives it back, ``check()`` raises if it was lost."""
+
+    root: str
+
+    def check(self) -> None:
+        pass
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "JobLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FlockJobLock(JobLock):
+    """``fcntl.flock`` on ``<root>/partclipseg-job.lock`` (the kernel releases it when the process dies)."""
+
+    def __init__(self, root: str, path: Path, log: Callable[[str], None] | None):
+        import fcntl
+
+        self.root, self.path = root, path
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise output_error(root, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                record = parse_lock_record(_read_fd(fd))
+                os.close(fd)
+                raise in_use_error(root, record) from None
+            except OSError as exc:  # a filesystem without flock
+                os.close(fd)
+                raise output_error(root, exc) from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        earlier = parse_lock_record(_read_fd(fd))
+        if earlier and log:  # the file stays only when its job ended without releasing (killed)
+            log(f"note: {describe_holder(earlier)} ended without releasing {LOCK_FILE} in {root}; taking it over")
+        data = (json_text(lock_record(uuid.uuid4().hex)) + "\n").encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()  # before unlocking: a job that opened this file re-checks the inode
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_fd(fd: int) -> bytes:
+    try:
+        return os.pread(fd, 1 << 16, 0)
+    except OSError:
+        return b""
+
+
+class HeartbeatJobLock(JobLock):
+    """A lock file with an owner and a heartbeat, for filesystems without locks (see the module docstring)."""
+
+    def __init__(self, store: OutputStore, log: Callable[[str], None] | None):
+        self.root, self.store = store.root, store
+        self.owner = uuid.uuid4().hex
+        self.lost: str | None = None
+        current = parse_lock_record(store.read_bytes(LOCK_FILE))
+        if current is not None:
+            age = time.time() - float(current.get("heartbeat") or 0)
+            if not (age > LOCK_STALE_S or process_gone(current)):
+                raise in_use_error(self.root, current)
+            if log:
+                log(f"note: {describe_holder(current)} left {LOCK_FILE} in {self.root} (last heartbeat "
+                    f"{age:.0f} s ago); taking it over")
+        self.record = lock_record(self.owner)
+        self._write()
+        time.sleep(LOCK_SETTLE_S)
+        now = parse_lock_record(store.read_bytes(LOCK_FILE))
+        if not now or now.get("owner") != self.owner:
+            raise in_use_error(self.root, now)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="partclipseg-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        self.store.write_bytes(LOCK_FILE, (json_text(self.record) + "\n").encode())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                now = parse_lock_record(self.store.read_bytes(LOCK_FILE))
+                if not now or now.get("owner") != self.owner:
+                    self.lost = describe_holder(now) if now else "a job that removed it"
+                    return
+                self.record["heartbeat"] = time.time()
+                self._write()
+            except (OSError, PartCLIPSegError):
+                continue  # a passing network error: try again at the next beat
+
+    def check(self) -> None:
+        if self.lost:
+            raise OutputError(f"--out {self.root}: {self.lost} took over the job lock ({LOCK_FILE}); "
+                              f"stopping this job")
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            now = parse_lock_record(self.store.read_bytes(LOCK_FILE))
+            if now and now.get("owner") == self.owner:
+                self.store.delete(LOCK_FILE)
+        except (OSError, PartCLIPSegError):
+            pass
+
 
 class LocalStore(OutputStore):
     def __init__(self, root: str | os.PathLike):
@@ -136,6 +334,13 @@ class LocalStore(OutputStore):
             raise output_error(self.root, exc) from None
         if not os.access(root, os.W_OK | os.X_OK):
             raise OutputError(f"cannot write to --out {self.root}: permission denied")
+
+    def lock(self, log: Callable[[str], None] | None = None) -> JobLock:
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:  # no flock (Windows): the heartbeat lock
+            return HeartbeatJobLock(self, log)
+        return FlockJobLock(self.root, self.local_path(LOCK_FILE), log)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self.local_path(name)
@@ -182,6 +387,9 @@ class ArrowStore(OutputStore):
             self.filesystem.create_dir(self.base, recursive=True)
         except OSError as exc:
             raise output_error(self.root, exc) from None
+
+    def lock(self, log: Callable[[str], None] | None = None) -> JobLock:
+        return HeartbeatJobLock(self, log)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)

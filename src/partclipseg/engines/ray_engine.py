@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import PartCLIPSegError
 from ..segment_job import (Item, ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, key_hash,
                            load_model, model_fingerprint, start_job)
-from ..storage import OutputError, open_store
+from ..storage import JobLock, OutputError, open_store
 
 MAX_BATCH_RETRIES = 3
 _COLUMNS = ("name", "source", "status", "error", "note")
@@ -83,7 +83,7 @@ def _connect(ray, address: str | None, log: Log) -> bool:
         kwargs["num_cpus"] = os.cpu_count() or 1
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  ray.init raises many kinds (a raylet that died on start, a bad address)
         raise PartCLIPSegError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
     return True
 
@@ -100,21 +100,22 @@ def run_ray(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: 
     key = options.job_key(model_fingerprint(load_model(options.model, log)))
     job_hash = key_hash(key)
     job = start_job(specs, out, options, key, job_hash, resume=resume, log=log)
-    statuses: list[dict[str, Any]] = []
-    if job.todo:
-        started = _connect(ray, address, log)
-        try:
-            statuses = _run_dataset(ray, job.todo, out, options, job_hash, workers, gpus_per_worker, progress,
-                                    worker_class, log)
-        finally:
-            if started:
-                ray.shutdown()
-    report = finish_report(job.store, job.plan, statuses, job.skipped, engine="ray")
-    return report
+    with job.lock:  # the driver holds the output's job lock; the workers write under it
+        statuses: list[dict[str, Any]] = []
+        if job.todo:
+            started = _connect(ray, address, log)
+            try:
+                statuses = _run_dataset(ray, job.todo, out, options, job_hash, workers, gpus_per_worker, progress,
+                                        worker_class, log, job.lock)
+            finally:
+                if started:
+                    ray.shutdown()
+        return finish_report(job.store, job.plan, statuses, job.skipped, engine="ray")
 
 
 def _run_dataset(ray, todo: list[Item], out: str, options: SegmentOptions, job: str, workers: int | None,
-                 gpus_per_worker: float | None, progress: bool, worker_class: type, log: Log) -> list[dict]:
+                 gpus_per_worker: float | None, progress: bool, worker_class: type, log: Log,
+                 lock: JobLock) -> list[dict]:
     resources = ray.cluster_resources()
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
@@ -145,6 +146,7 @@ def _run_dataset(ray, todo: list[Item], out: str, options: SegmentOptions, job: 
     bar = tqdm(total=len(todo), unit="img", disable=not progress or len(todo) < 2, file=sys.stderr)
     try:
         for row in results.iter_rows():
+            lock.check()
             bar.update(1)
             status = {c: (str(row[c]) or None) for c in _COLUMNS}
             if status["status"] == "fatal":

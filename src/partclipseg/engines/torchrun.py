@@ -1,6 +1,7 @@
 """The torchrun engine: ``torchrun --nproc_per_node=N -m partclipseg segment ...``.
 
-Rank 0 plans the job and prepares the output; the plan goes to every rank, and rank r segments
+Rank 0 plans the job, takes the output's job lock (held until the report is written: the ranks of
+one job write under it, another job is refused) and prepares the output; the plan goes to every rank, and rank r segments
 items ``r, r + W, r + 2W, ...`` of the sorted list (one GPU per rank when present: ``cuda:LOCAL_RANK``).
 The statuses come back to rank 0, which writes the report. A failure to plan or an unwritable
 output on any rank ends every rank with the same message.
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 from ..errors import PartCLIPSegError
 from ..segment_job import ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, start_job
-from ..storage import OutputError, open_store
+from ..storage import JobLock, OutputError, open_store
 
 
 def run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log = _stderr,
@@ -34,16 +35,28 @@ def run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, res
         raise PartCLIPSegError(next(e for e in errors if e))
 
     shared: list[Any] = [None]
+    lock = None
     if info.rank == 0:
         try:
             job = start_job(specs, out, options, processor.key, processor.job, resume=resume, log=log)
             shared[0] = {"job": processor.job, "plan": job.plan, "todo": job.todo, "skipped": job.skipped}
+            lock = job.lock
         except PartCLIPSegError as exc:
             shared[0] = {"error": str(exc)}
-    dist.broadcast_object_list(shared, src=0)
-    state = shared[0]
+    try:
+        dist.broadcast_object_list(shared, src=0)
+        return _run_share(shared[0], processor, info, options, out, progress, log, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_share(state: dict, processor: ItemProcessor, info, options: SegmentOptions, out: str, progress: bool,
+               log: Log, lock: JobLock | None) -> Report:
+    """This rank's items; rank 0 (``lock``: the job lock it holds) gathers the statuses and reports."""
     if "error" in state:
         raise PartCLIPSegError(state["error"])
+    error = None
     if state["job"] != processor.job:
         error = f"rank {info.rank} loaded other weights than rank 0 (model {options.model or '(built-in)'})"
     store = open_store(out)
@@ -58,6 +71,8 @@ def run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, res
     for start in range(0, len(mine), options.batch_size) if fatal is None else ():
         batch = mine[start:start + options.batch_size]
         try:
+            if lock is not None:
+                lock.check()
             statuses += processor.process(batch, skip_complete=False)
         except OutputError as exc:
             fatal = str(exc)

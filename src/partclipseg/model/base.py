@@ -18,9 +18,14 @@ Inference data flow (the Predictor)::
 
 Training data flow (one call, so that DistributedDataParallel sees ``forward``)::
 
+    prep   = model.train_preprocessor(channel_order)                 # in the data loader's workers:
+    inputs = prep.collate([prep.sample(image) for image in batch])   #   augmented uint8 images -> inputs
     text   = model.tokenize_vocabulary(vocabulary, tokenizer).to(device)
-    output = ddp_model(pixel_values, **text.forward_kwargs(), **model.loss_forward_options(loss_config))
+    output = ddp_model(inputs, **text.forward_kwargs(), **model.loss_forward_options(loss_config))
     losses = model.loss(output, part_labels, object_labels, text, object_to_model, loss_config)
+
+A recipe picks the trained parameters by one of the class's ``trainable_sets`` (``is_trainable``);
+``preset_config`` / ``set_processing_size`` apply the recipe's ``init=random:<preset>`` / ``image_size``.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..config import PartCLIPSegConfig
+from ..config import PartCLIPSegConfig, get_config
 from ..errors import CheckpointError
 from ..vocabulary import Vocabulary
 from .loading import load_pretrained, save_pretrained
@@ -222,6 +227,41 @@ class SegmentationOutput:
         return self.object_part_logits is not None
 
 
+class TrainPreprocessor:
+    """Training-image preprocessing of one architecture (``PartSegmentationModel.train_preprocessor``).
+
+    ``sample(image)``: one augmented HWC uint8 RGB array -> a per-sample item (in a loader worker);
+    ``collate(items)``: the items of a batch -> ``forward``'s first argument (anything with ``.to(device)``).
+    Picklable: it travels to the data loader's worker processes.
+    """
+
+    def sample(self, image: Any) -> Any:
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ResizeNormalise(TrainPreprocessor):
+    """The CLIPSeg family's training input: ``partclipseg.preprocess`` (resize to ``size`` x ``size``,
+    normalise; ``channel_order="BGR"`` reverses the channels first, the official training quirk) ->
+    [3, S, S] per image, stacked to [B, 3, S, S]."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str
+
+    def sample(self, image: Any) -> torch.Tensor:
+        from ..preprocess import preprocess
+
+        return preprocess(image, self.size, mean=self.mean, std=self.std, channel_order=self.channel_order)[0]
+
+    def collate(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(items))
+
+
 class PartSegmentationModel(nn.Module):
     """Base class of every architecture (an ``nn.Module`` built from a config).
 
@@ -232,6 +272,8 @@ class PartSegmentationModel(nn.Module):
 
     model_type: ClassVar[str] = ""  # set by @register_architecture; equals config.architecture
     config_class: ClassVar[type] = PartCLIPSegConfig
+    #: the recipe ``trainable`` values ``is_trainable`` understands (``partclipseg train`` refuses others)
+    trainable_sets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()
@@ -334,8 +376,31 @@ class PartSegmentationModel(nn.Module):
         raise NotImplementedError
 
     def is_trainable(self, name: str, which: str) -> bool:
-        """Whether parameter ``name`` is trained under the recipe's ``trainable`` setting ``which``."""
+        """Whether parameter ``name`` is trained under the recipe's ``trainable`` setting ``which``
+        (one of ``trainable_sets``)."""
         raise NotImplementedError
+
+    @classmethod
+    def preset_config(cls, name: str, image_size: int | None) -> Any:
+        """The config of a new model for ``init=random:<name>`` with the recipe's ``image_size``
+        (``None``: the preset's). Default: the CLIPSeg-family presets (``partclipseg.config.CONFIGS``)."""
+        config = get_config(name, cls.model_type)
+        if image_size is not None:
+            config.image_size = image_size
+        config.validate()
+        return config
+
+    def set_processing_size(self, image_size: int | None) -> None:
+        """Use the recipe's ``image_size`` (``None``: keep the model's) when fine-tuning a saved model."""
+        if image_size is not None:
+            self.config.image_size = image_size
+
+    def train_preprocessor(self, channel_order: str) -> "TrainPreprocessor":
+        """What turns augmented training images into ``forward``'s first argument (runs in the data
+        loader's workers, so it holds settings only, never the model). Default: ``preprocess`` at
+        ``config.image_size`` with the model's statistics."""
+        return ResizeNormalise(self.config.image_size, tuple(self.config.image_mean), tuple(self.config.image_std),
+                               channel_order)
 
     def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         """Start from converted CLIPSeg weights (``weights.init_from_clipseg``); only the CLIPSeg family can."""

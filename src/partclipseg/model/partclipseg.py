@@ -47,6 +47,7 @@ class CLIPSegCore(PartSegmentationModel):
                           "class_head.", "object_part_head.")
     # modules a CLIPSeg checkpoint does not hold (init_from_clipseg keeps their fresh values)
     new_vs_clipseg = ("visual_adapter.", "non_object_embedding", "object_part_head.")
+    trainable_sets = ("VA+L+F+D", "all", "all-but-text", "all-but-text-layers")
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)
@@ -65,10 +66,16 @@ class CLIPSegCore(PartSegmentationModel):
     def is_trainable(self, name: str, which: str) -> bool:
         """``"VA+L+F+D"``: the official rule; ``"all"``: every parameter that reaches the loss (ViT blocks
         after the last extracted layer do not); ``"all-but-text"``: the same without the text tower
-        (after toy language-image pretraining the unseen objects' names keep their meaning)."""
-        if which in ("all", "all-but-text"):
+        (after toy language-image pretraining the unseen objects' names keep their meaning);
+        ``"all-but-text-layers"``: the same but the text *token embeddings* train (the "L" of the
+        official set): words no pretraining caption holds (the part names) get their own input
+        vectors, while the rows of words no training prompt holds (the unseen objects' names) get no
+        gradient and keep their pretrained meaning through the frozen text layers."""
+        if which in ("all", "all-but-text", "all-but-text-layers"):
             if which == "all-but-text" and name.startswith("text."):
                 return False
+            if which == "all-but-text-layers" and name.startswith("text."):
+                return name.startswith("text.token_embedding.")
             used_layers = max(self.config.decoder.extract_layers) + 1
             return not (name.startswith("vision.layers.") and int(name.split(".")[2]) >= used_layers)
         return name.startswith(self.official_trainable)

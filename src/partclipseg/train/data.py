@@ -8,13 +8,13 @@ images, flips and crops as an uninterrupted single-process run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data import open_dataset
 from ..data.common import IGNORE, DatasetError, nearest_resize, resize_shortest_edge_shape
-from ..preprocess import preprocess
 from ..resample import resize_bilinear
 from ..vocabulary import Vocabulary, load_benchmark_info
 from .recipe import TrainConfig
@@ -22,10 +22,11 @@ from .recipe import TrainConfig
 
 @dataclass
 class TrainSample:
-    """One augmented training sample: pixel values [3,S,S]; part labels [H,W] (seen classes 0..T-1,
-    -1 ignore); object labels [H,W] (seen object ids, -1 ignore)."""
+    """One augmented training sample: ``pixel_values`` = the model's per-sample input (its
+    ``train_preprocessor().sample``: [3,S,S] pixels for the CLIPSeg family); part labels [H,W] (seen
+    classes 0..T-1, -1 ignore); object labels [H,W] (seen object ids, -1 ignore)."""
 
-    pixel_values: torch.Tensor
+    pixel_values: Any
     part_labels: torch.Tensor
     object_labels: torch.Tensor
     position: int
@@ -40,11 +41,12 @@ def _remap_table(mapping: dict[str, int], size: int) -> np.ndarray:
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    """Items are ``(position, record index)`` pairs produced by :class:`StepSampler`."""
+    """Items are ``(position, record index)`` pairs produced by :class:`StepSampler`; ``preprocessor``
+    (``model.train_preprocessor(config.channel_order)``) turns augmented images into model inputs."""
 
-    def __init__(self, config: TrainConfig, image_size: int, mean, std) -> None:
+    def __init__(self, config: TrainConfig, preprocessor: Any) -> None:
         self.config = config
-        self.image_size, self.mean, self.std = image_size, mean, std
+        self.preprocessor = preprocessor
         self.reader = open_dataset(config.dataset, config.root, "train")
         self.reader.check(full=False)  # a missing or malformed dataset folder: a DatasetError naming it
         self.records = self.reader.train_records()
@@ -56,12 +58,17 @@ class TrainDataset(torch.utils.data.Dataset):
         self.object_table = _remap_table(remap["object"], len(info["object_classes"]))
         self.vocabulary = Vocabulary.from_benchmark(config.dataset, "train")
         self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["seen_object_classes"]))
+        unseen = [info["object_classes"].index(name) for name in info["unseen_object_classes"]]
+        self.unseen_objects = np.asarray(unseen if config.skip_unseen_images else [], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The remapped sample, or None when it shows an unseen object and the recipe skips such images."""
         image, part, obj = self.reader.load_train_sample(self.records[index])
+        if self.unseen_objects.size and np.isin(obj, self.unseen_objects).any():
+            return None
         part = self.part_table[np.where(part == IGNORE, -1, part)]
         obj = self.object_table[np.where(obj == IGNORE, -1, obj)]
         return image, part, obj
@@ -69,37 +76,132 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> TrainSample:
         position, index = item
         # the official mapper draws another random image when no seen part is labelled; we take the next
+        # (also past images with an unseen object, with skip_unseen_images)
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
-            image, part, obj = self._load(i)
-            if (part != IGNORE).any():
+            sample = self._load(i)
+            if sample is not None and (sample[1] != IGNORE).any():
+                image, part, obj = sample
                 break
         else:
-            raise ValueError(f"no training image of {self.config.dataset} has a seen part label")
+            raise ValueError(f"no training image of {self.config.dataset} has a seen part label"
+                             + (" and no unseen object" if self.unseen_objects.size else ""))
         rng = np.random.default_rng([self.config.seed, position])
         image, part, obj = augment(image, part, obj, self.config, rng)
-        pixels = preprocess(image, self.image_size, mean=self.mean, std=self.std,
-                            channel_order=self.config.channel_order)[0]
-        return TrainSample(pixels, torch.from_numpy(part), torch.from_numpy(obj), position, self.records[i].record_id)
+        return TrainSample(self.preprocessor.sample(image), torch.from_numpy(part), torch.from_numpy(obj), position,
+                           self.records[i].record_id)
+
+    def collate(self, samples: list[TrainSample]) -> dict:
+        """A batch: ``pixel_values`` = the preprocessor's batch input, label maps as lists (sizes may differ)."""
+        return {"pixel_values": self.preprocessor.collate([s.pixel_values for s in samples]),
+                "part_labels": [s.part_labels for s in samples], "object_labels": [s.object_labels for s in samples],
+                "positions": [s.position for s in samples], "record_ids": [s.record_id for s in samples]}
 
 
 def augment(image: np.ndarray, part: np.ndarray, obj: np.ndarray, config: TrainConfig, rng: np.random.Generator):
-    """ResizeShortestEdge (PIL bilinear image, as Pillow 9.5; nearest labels) and/or horizontal flip, per the recipe."""
+    """The recipe's augmentation, in detectron2's order: ResizeShortestEdge (``"resize_flip"``: PIL bilinear
+    image, as Pillow 9.5; nearest labels), random crop (``crop_size``), SSD colour jitter (``color_aug``),
+    horizontal flip (``"resize_flip"``, ``"flip"``), then ``pad_to`` (the official mappers' fixed-size pad)."""
     if config.augmentation == "resize_flip":
         h, w = image.shape[:2]
         size = resize_shortest_edge_shape(h, w, config.min_size, config.max_size)
         if size != (h, w):
             image = resize_bilinear(image, size[0], size[1])  # detectron2's PIL bilinear (Pillow 9.5 bytes)
             part, obj = nearest_resize(part, size), nearest_resize(obj, size)
+    if config.crop_size:
+        image, part, obj = random_crop(image, part, obj, config.crop_size, rng)
+    if config.color_aug:
+        image = color_aug_ssd(image, rng)
     if config.augmentation in ("resize_flip", "flip") and rng.random() < config.flip_prob:
         image, part, obj = image[:, ::-1], part[:, ::-1], obj[:, ::-1]
+    if config.pad_to:
+        image, part, obj = pad_or_crop_to(image, config.pad_to), pad_or_crop_to(part, config.pad_to, IGNORE), \
+            pad_or_crop_to(obj, config.pad_to, IGNORE)
     return np.ascontiguousarray(image), np.ascontiguousarray(part), np.ascontiguousarray(obj)
 
 
-def collate(samples: list[TrainSample]) -> dict:
-    return {"pixel_values": torch.stack([s.pixel_values for s in samples]),
-            "part_labels": [s.part_labels for s in samples], "object_labels": [s.object_labels for s in samples],
-            "positions": [s.position for s in samples], "record_ids": [s.record_id for s in samples]}
+def random_crop(image: np.ndarray, part: np.ndarray, obj: np.ndarray, size: int, rng: np.random.Generator):
+    """detectron2 ``RandomCrop("absolute", (size, size))`` (``SINGLE_CATEGORY_MAX_AREA: 1.0`` = no area
+    constraint): a ``min(size, H) x min(size, W)`` window at a uniform offset."""
+    h, w = image.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+    window = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+    return image[window], part[window], obj[window]
+
+
+def pad_or_crop_to(array: np.ndarray, size: int, value: int = 128) -> np.ndarray:
+    """The official mappers' ``F.pad(x, [0, size - W, 0, size - H], value)``: pad at the bottom/right
+    (image 128, labels ignore) or, for a side longer than ``size``, keep its first ``size`` pixels."""
+    array = array[:size, :size]
+    h, w = array.shape[:2]
+    if (h, w) == (size, size):
+        return array
+    out = np.full((size, size, *array.shape[2:]), value, dtype=array.dtype)
+    out[:h, :w] = array
+    return out
+
+
+def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float = 32, contrast=(0.5, 1.5),
+                  saturation=(0.5, 1.5), hue: int = 18) -> np.ndarray:
+    """detectron2's ``ColorAugSSDTransform`` (SSD photometric distortion) on an HWC uint8 RGB image: brightness
+    +-32, then contrast x[0.5, 1.5] before or after saturation x[0.5, 1.5] and hue +-18 (OpenCV's 0..179 hue
+    units), each applied with probability 1/2. The HSV round trip is our own float conversion (not OpenCV's
+    uint8 one: values may differ by a few grey levels; OpenCV is not a dependency)."""
+    def convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def do_contrast(x):
+        return convert(x, alpha=rng.uniform(*contrast)) if rng.integers(2) else x
+
+    def do_saturation(x):
+        if not rng.integers(2):
+            return x
+        hsv = _rgb_to_hsv(x)
+        hsv[..., 1] = convert(hsv[..., 1], alpha=rng.uniform(*saturation))
+        return _hsv_to_rgb(hsv)
+
+    def do_hue(x):
+        if not rng.integers(2):
+            return x
+        hsv = _rgb_to_hsv(x)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + int(rng.integers(-hue, hue + 1))) % 180
+        return _hsv_to_rgb(hsv)
+
+    if rng.integers(2):
+        image = convert(image, beta=rng.uniform(-brightness, brightness))
+    if rng.integers(2):
+        return do_hue(do_saturation(do_contrast(image)))
+    return do_contrast(do_hue(do_saturation(image)))
+
+
+def _rgb_to_hsv(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV in OpenCV's ranges (H 0..179, S and V 0..255)."""
+    x = image.astype(np.float32) / 255.0
+    v = x.max(-1)
+    delta = v - x.min(-1)
+    s = np.where(v > 0, delta / np.maximum(v, 1e-12), 0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    safe = np.maximum(delta, 1e-12)
+    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = np.where(delta > 0, (h * 60) % 360, 0)
+    return np.stack([np.round(h / 2) % 180, np.round(s * 255), np.round(v * 255)], -1).astype(np.uint8)
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    h = hsv[..., 0].astype(np.float32) * 2 / 60
+    s, v = hsv[..., 1].astype(np.float32) / 255, hsv[..., 2].astype(np.float32) / 255
+    c = v * s
+    x = c * (1 - np.abs(h % 2 - 1))
+    m = v - c
+    sector = np.floor(h).astype(int) % 6
+    zero = np.zeros_like(c)
+    table = [(c, x, zero), (x, c, zero), (zero, c, x), (zero, x, c), (x, zero, c), (c, zero, x)]
+    rgb = np.zeros(hsv.shape, dtype=np.float32)
+    for k, (r, g, b) in enumerate(table):
+        here = sector == k
+        rgb[here] = np.stack([r, g, b], -1)[here]
+    return np.clip(np.round((rgb + m[..., None]) * 255), 0, 255).astype(np.uint8)
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import SAVED, inspect_checkpoint, load_state_dict_checked, read_safetensors
-from ..config import get_config
 from ..dist import DistInfo, barrier, default_device, dist_info, init_distributed
 from ..errors import CheckpointError, ConfigError, PartCLIPSegError
 from ..io import atomic_write_text, json_text
 from ..model import PartSegmentationModel, TextInputs, build_model
+from ..model.registry import architecture_class
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
-from .data import StepSampler, TrainDataset, collate
+from .data import StepSampler, TrainDataset
 from .checkpoint import (check_resume_config, checkpoint_dir, ensure_output_folder, latest_checkpoint,
                          remove_stale_temporaries, save_checkpoint, trim_metrics)
 from .recipe import TrainConfig
@@ -42,9 +42,8 @@ from .recipe import TrainConfig
 def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
     """``random:<preset>``, a saved partclipseg folder (fine-tuning) or CLIPSeg weights (HF layout)."""
     if config.init.startswith("random:"):
-        model_config = get_config(config.init.split(":", 1)[1], config.architecture)
-        model_config.image_size = config.image_size
-        model_config.validate()
+        model_config = architecture_class(config.architecture).preset_config(config.init.split(":", 1)[1],
+                                                                             config.image_size)
         torch.manual_seed(config.seed)
         return build_model(model_config)
     from ..hub.resolve import resolve_model
@@ -56,7 +55,7 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
         if model.config.architecture != config.architecture:
             raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
                               f"{config.architecture}")
-        model.config.image_size = config.image_size
+        model.set_processing_size(config.image_size)
         return model
     torch.manual_seed(config.seed)
     return init_from_clipseg(resolved, config.architecture, config.image_size)
@@ -75,9 +74,8 @@ def _is_saved_model(path: Path) -> bool:
 def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
     """Freeze everything except the recipe's trainable set; returns the trainable parameter names.
 
-    The model decides (``is_trainable``): ``"VA+L+F+D"`` = the official rule (visual adapter, text input
-    embeddings, FiLM and decoder); ``"all"`` = every parameter that reaches the loss; ``"all-but-text"``
-    = the same without the text tower.
+    The model decides (``is_trainable``; the names are its ``trainable_sets``), e.g. PartCLIPSeg's
+    ``"VA+L+F+D"`` = the official rule (visual adapter, text input embeddings, FiLM and decoder).
     """
     names = []
     for name, param in model.named_parameters():
@@ -91,9 +89,11 @@ def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """detectron2-style groups: one per trainable parameter; weight decay 0 for norm layers and
     embedding tables (``weight_decay_norm`` / ``weight_decay_embed``), ``weight_decay`` otherwise
-    (biases included)."""
+    (biases included); ``lr_multiplier`` from ``config.lr_multipliers`` (longest matching name prefix,
+    1 otherwise; a prefix that matches no trained parameter is refused)."""
     groups = []
     seen: set[int] = set()
+    used: set[str] = set()
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
@@ -105,13 +105,48 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
                 decay = config.weight_decay_embed
             else:
                 decay = config.weight_decay
-            groups.append({"params": [param], "weight_decay": decay, "name": f"{module_name}.{name}".lstrip(".")})
+            full = f"{module_name}.{name}".lstrip(".")
+            prefix = max((p for p in config.lr_multipliers if full.startswith(p)), key=len, default=None)
+            if prefix is not None:
+                used.add(prefix)
+            multiplier = 1.0 if prefix is None else float(config.lr_multipliers[prefix])
+            groups.append({"params": [param], "weight_decay": decay, "name": full, "lr_multiplier": multiplier})
+    unused = sorted(set(config.lr_multipliers) - used)
+    if unused:
+        raise ConfigError(f"lr_multipliers prefix(es) {unused} match no trained parameter of this "
+                          f"{type(model).__name__} (trainable={config.trainable!r})")
     return groups
 
 
-def poly_lr(config: TrainConfig, step: int) -> float:
-    """WarmupPolyLR without warm-up: ``lr * (1 - step / iterations) ** poly_power``."""
-    return config.lr * (1.0 - step / config.iterations) ** config.poly_power
+def scheduled_lr(config: TrainConfig, step: int) -> float:
+    """The base learning rate at ``step`` (0-based; a group's lr is this times its ``lr_multiplier``).
+
+    ``"poly"``: DeepLab's ``WarmupPolyLR``, ``lr * warmup(step) * (1 - step / iterations) ** poly_power``,
+    warm-up factor ``warmup_factor`` rising linearly to 1 over ``warmup_iters`` (or constant).
+    ``"cosine"``: detectron2's ``WarmupCosineLR`` (``WarmupParamScheduler(CosineParamScheduler(1, 0))``):
+    ``lr * 0.5 * (1 + cos(pi * step / iterations))``, during warm-up interpolated from ``warmup_factor``
+    times the start value to the value at ``warmup_iters`` (or that start value, constant).
+    """
+    where = step / config.iterations
+    warming = step < config.warmup_iters
+    if config.lr_schedule == "poly":
+        factor = 1.0
+        if warming:
+            alpha = step / config.warmup_iters
+            factor = config.warmup_factor if config.warmup_method == "constant" else \
+                config.warmup_factor * (1 - alpha) + alpha
+        return config.lr * factor * (1.0 - where) ** config.poly_power
+
+    def cosine(t: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    if warming:
+        start = config.warmup_factor * cosine(0.0)
+        if config.warmup_method == "constant":
+            return config.lr * start
+        end = cosine(config.warmup_iters / config.iterations)
+        return config.lr * (start + (end - start) * step / config.warmup_iters)
+    return config.lr * cosine(where)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -155,7 +190,7 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     model = build_initial_model(config)
     set_trainable(model, config.trainable)
     model.to(device)
-    dataset = TrainDataset(config, model.config.image_size, model.config.image_mean, model.config.image_std)
+    dataset = TrainDataset(config, model.train_preprocessor(config.channel_order))
     text = model.tokenize_vocabulary(dataset.vocabulary, get_tokenizer()).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   eps=config.eps)
@@ -168,7 +203,7 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
         net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device != "cpu" else None)
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, start, config.iterations,
                           info.rank, info.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
                                          num_workers=config.num_workers,
                                          persistent_workers=config.num_workers > 0)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
@@ -215,9 +250,9 @@ def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistIn
 def train_step(run: TrainRun, step: int, batch: dict) -> tuple[float, dict]:
     """One optimizer step at ``step`` (0-based): returns (learning rate, loss terms)."""
     config, device = run.config, run.device
-    lr = poly_lr(config, step)
+    lr = scheduled_lr(config, step)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_multiplier", 1.0)
     pixels = batch["pixel_values"].to(device)
     with run.autocast:
         out = run.net(pixels, **run.text.forward_kwargs(), **run.model.loss_forward_options(config.loss))

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from ..losses import LossConfig
 
-TRAINABLE_SETS = ("VA+L+F+D", "all", "all-but-text")
 AUGMENTATIONS = ("resize_flip", "flip", "none")
+LR_SCHEDULES = ("poly", "cosine")
+WARMUP_METHODS = ("linear", "constant")
 
 
 @dataclass
@@ -28,22 +29,42 @@ class TrainConfig:
     * ``init``: CLIPSeg weights in Hugging Face layout (folder or hub id) for a new model, a saved
       partclipseg folder to fine-tune, a named model (``partclipseg models``: fetched on first use), or
       ``"random:<preset>"`` (a config preset with random weights).
-    * ``trainable``: ``"VA+L+F+D"`` (official: visual adapter, text input embeddings, FiLMs, decoder and
-      both heads), ``"all"`` (every parameter that reaches the loss) or ``"all-but-text"`` (all but the
-      text tower: after toy language-image pretraining, the names of unseen objects keep the meaning
-      pretraining gave them, as with CLIP's frozen text tower).
+    * ``architecture``: a registered architecture (``partclipseg``, ``clipseg``, ``partcatseg``).
+    * ``image_size``: the processing size of the CLIPSeg family; ``null`` = the model's own (PartCATSeg,
+      whose CLIP / DINOv2 input sizes are model-config fields, requires ``null``).
+    * ``trainable``: one of the architecture's ``trainable_sets``. PartCLIPSeg: ``"VA+L+F+D"`` (official:
+      visual adapter, text input embeddings, FiLMs, decoder and both heads), ``"all"`` (every parameter
+      that reaches the loss), ``"all-but-text"`` (all but the text tower: after toy language-image
+      pretraining, the names of unseen objects keep the meaning pretraining gave them, as with CLIP's
+      frozen text tower) or ``"all-but-text-layers"`` (the same, but the text token embeddings train:
+      the part names, which no pretraining caption holds, get input vectors of their own; words of no
+      training prompt get no gradient). PartCATSeg: ``"official"``, ``"clip-attention"``, ``"clip-image"``
+      (``model/partcatseg/training.py``).
+    * Schedule: ``lr_schedule`` ``"poly"`` (detectron2/DeepLab ``WarmupPolyLR``: ``lr * (1 - step/iterations)
+      ** poly_power``) or ``"cosine"`` (detectron2 ``WarmupCosineLR`` to 0); ``warmup_iters`` steps of
+      ``warmup_method`` warm-up from ``warmup_factor`` (detectron2's ``SOLVER.WARMUP_*``; 0 = none).
+    * ``lr_multipliers``: ``{parameter-name prefix: factor}``; a parameter's lr is ``lr * factor`` of the
+      longest matching prefix (1 otherwise), e.g. ``{"dino.": 0.01}`` = detectron2's
+      ``BACKBONE_MULTIPLIER`` for PartCATSeg's DINOv2. Every prefix must match a trained parameter.
     * ``batch_size`` is the *global* batch (split over torchrun processes); the loss is per image
       (``loss.per_image``), as the official 8 GPUs x 1 image.
     * ``augmentation``: ``"resize_flip"`` (short side ``min_size``, long side <= ``max_size``, then
-      h-flip with ``flip_prob``; Pascal/ADE), ``"flip"``, or ``"none"`` (PartImageNet, official).
+      h-flip with ``flip_prob``; Pascal/ADE), ``"flip"``, or ``"none"`` (PartImageNet, official). Then, in
+      detectron2's order: ``crop_size`` (> 0: random ``crop_size`` square crop after the resize),
+      ``color_aug`` (SSD colour jitter before the flip), ``pad_to`` (> 0: pad with 128 / ignore, or cut,
+      at the bottom/right to exactly ``pad_to`` square: the official PartCATSeg mappers).
     * ``channel_order``: ``"BGR"`` reproduces the official training input (detectron2 default format).
+    * ``skip_unseen_images``: False (official) keeps training images in which an unseen object appears
+      (the mapper turns its pixels into background, so the background channel learns to fire on unseen
+      objects); True skips them (the strict inductive zero-shot setting of ZS3Net, Bucher et al. 2019:
+      no training image shows an unseen object).
     """
 
     dataset: str = "pascal_part_116"
     root: str = ""
     architecture: str = "partclipseg"
     init: str = "CIDAS/clipseg-rd64-refined"
-    image_size: int = 352
+    image_size: int | None = 352
     iterations: int = 20000
     batch_size: int = 8
     lr: float = 1e-4
@@ -53,6 +74,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     poly_power: float = 0.9
+    lr_schedule: str = "poly"
+    warmup_iters: int = 0
+    warmup_factor: float = 1.0
+    warmup_method: str = "linear"
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
     grad_clip: float = 0.01
     trainable: str = "VA+L+F+D"
     precision: str = "fp32"
@@ -61,7 +87,11 @@ class TrainConfig:
     min_size: int = 800
     max_size: int = 1333
     flip_prob: float = 0.5
+    crop_size: int = 0
+    color_aug: bool = False
+    pad_to: int = 0
     channel_order: str = "BGR"
+    skip_unseen_images: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
@@ -72,22 +102,24 @@ class TrainConfig:
     num_workers: int = 2
 
     def validate(self) -> None:
-        if self.architecture not in ("partclipseg", "clipseg"):
-            raise ConfigError(f"architecture must be 'partclipseg' or 'clipseg', got {self.architecture!r}")
-        if self.trainable not in TRAINABLE_SETS:
-            raise ConfigError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
+        from ..model.registry import architecture_class
+
+        sets = architecture_class(self.architecture).trainable_sets  # an unknown architecture: ConfigError
+        if self.trainable not in sets:
+            raise ConfigError(f"trainable must be one of {sets} for {self.architecture}, got {self.trainable!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_method not in WARMUP_METHODS:
+            raise ConfigError(f"warmup_method must be one of {WARMUP_METHODS}, got {self.warmup_method!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.eval_protocol not in ("pred-all", "oracle-obj"):
             raise ConfigError(f"eval_protocol must be 'pred-all' or 'oracle-obj', got {self.eval_protocol!r}")
-        for name in ("iterations", "batch_size", "image_size", "checkpoint_period", "eval_period", "log_period",
-                     "keep_checkpoints"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        check_run_settings(self)
+        if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) <= 0):
+            raise ConfigError(f"image_size must be positive or null (the model's own), got {self.image_size!r}")
         if not self.root:
             raise ConfigError("root (the dataset folder) is not set: add root=/path/to/dataset")
         if not self.init:
@@ -112,6 +144,20 @@ class TrainConfig:
             number(name, getattr(self, name), 0)
         number("grad_clip", self.grad_clip, 0)  # 0 = no clipping
         number("flip_prob", self.flip_prob, 0, 1)
+        number("warmup_factor", self.warmup_factor, 0, 1, low_open=True)
+        for name in ("warmup_iters", "crop_size", "pad_to"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0 (0: off), got {value!r}")
+        if not isinstance(self.color_aug, bool):
+            raise ConfigError(f"color_aug must be true or false, got {self.color_aug!r}")
+        if not isinstance(self.lr_multipliers, dict):
+            raise ConfigError(f"lr_multipliers must be an object {{parameter-name prefix: factor}}, got "
+                              f"{self.lr_multipliers!r}")
+        for prefix, factor in self.lr_multipliers.items():
+            if not isinstance(prefix, str) or not prefix:
+                raise ConfigError(f"lr_multipliers keys must be non-empty parameter-name prefixes, got {prefix!r}")
+            number(f"lr_multipliers[{prefix!r}]", factor, 0)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
         for k, beta in enumerate(self.betas):
@@ -130,9 +176,60 @@ class TrainConfig:
         for name in ("obj_lambda", "part_lambda", "sep_lambda", "enh_lambda", "background_weight"):
             number(f"loss.{name}", getattr(self.loss, name), 0)
         number("loss.attn_threshold", self.loss.attn_threshold, 0, 1)
+        number("loss.jsd_lambda", self.loss.jsd_lambda, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_run_settings(config: Any) -> None:
+    """The settings every training or pretraining recipe shares: positive step counts, batch and periods,
+    and the channel order. ``config`` is a ``TrainConfig`` or a ``PretrainConfig`` (each checks its
+    ``image_size``: a part-training recipe may leave it to the model)."""
+    if config.channel_order not in ("RGB", "BGR"):
+        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {config.channel_order!r}")
+    for name in ("iterations", "batch_size", "checkpoint_period", "eval_period", "log_period", "keep_checkpoints"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """(the recipe's keys without ``_comment`` and ``_sources``, where it came from) of a shipped recipe by
+    name (``resources/recipes/NAME.json``) or a JSON file; unreadable or unknown recipes raise ``ConfigError``."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    elif name_or_path in recipe_names():
+        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
+                                                                   f"{name_or_path}.json").read_text())
+        source = f"recipe {name_or_path!r}"
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
+    data.pop("_comment", None)
+    sources = data.pop("_sources", {})  # documentation: the official file and key behind each value
+    if not isinstance(sources, dict) or set(sources) - set(data):
+        raise ConfigError(f"{source}: _sources must be an object whose keys are recipe keys of this recipe")
+    return data, source
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{"key": "value"}`` (values are coerced by the loader)."""
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value
+    return parsed
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -159,6 +256,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         return float(value)
     if isinstance(current, tuple) and isinstance(value, list):
         return tuple(value)
+    if isinstance(current, dict) and not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a JSON object, got {value!r}")
     if current is not None and value is not None and not isinstance(value, type(current)):
         raise ConfigError(f"{key} must be a {type(current).__name__}, got {value!r}")
     return value
@@ -199,31 +298,8 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """A shipped recipe by name, or a JSON file, then ``key=value`` overrides."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"recipe file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
-        source = str(path)
-    elif name_or_path in recipe_names():
-        data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
-                                                                   f"{name_or_path}.json").read_text())
-        source = f"recipe {name_or_path!r}"
-    else:
-        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a JSON object of recipe keys, not a {type(data).__name__}")
-    data.pop("_comment", None)
+    data, source = read_recipe(name_or_path)
     if data.get("kind") == "pretrain":
         raise ConfigError(f"{source} is a pretraining recipe: run it with 'partclipseg pretrain'")
     config = apply_overrides(TrainConfig(), data, source)
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        parsed[key.strip()] = value
-    return apply_overrides(config, parsed, "overrides")
+    return apply_overrides(config, parse_overrides(overrides), "overrides")

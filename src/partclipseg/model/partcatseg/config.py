@@ -8,6 +8,8 @@ Presets (``PARTCATSEG_CONFIGS``):
   The ADE20K-Part-234 and PartImageNet checkpoints have the same shapes.
 * ``"partcatseg-tiny"`` — the shape of the official golden fixtures (``tiny/`` of the reference
   folder): CLIP embed 32 (128 x 2), DINOv2 32 x 2, hidden 32.
+* ``"partcatseg-toy"`` — trains on the toy world in CPU minutes (``toy_world_partcatseg`` recipe):
+  128 px CLIP input, 8 x 8 cost grid, 4 templates.
 
 Sizes that the official code hard-codes (CLIP input 384, DINOv2 input 448 = 32 x 32 patches, the
 guidance maps 96 / 48 / 24, the 24 x 24 cost grid) are fields here so that they have one home.
@@ -119,7 +121,8 @@ class PartCATSegOfficialCompat:
 
 @dataclass
 class PartCATSegConfig:
-    """Everything needed to build a PartCATSeg model (``model_type = "partcatseg"``)."""
+    """Everything needed to build a PartCATSeg model (``model_type = "partcatseg"``). The training loss's
+    weights are the recipe's (``TrainConfig.loss``), not the model's."""
 
     clip: CLIPTowersConfig = field(default_factory=CLIPTowersConfig)
     dino: DinoV2Config = field(default_factory=DinoV2Config)
@@ -132,10 +135,6 @@ class PartCATSegConfig:
     clip_pixel_std: tuple[float, float, float] = (68.5005327, 66.6321579, 70.3231630)
     dino_pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     dino_pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    background_bce_weight: float = 0.05
-    lambda_part: float = 1.0
-    lambda_obj: float = 1.0
-    lambda_jsd: float = 1.0
     official: PartCATSegOfficialCompat = field(default_factory=PartCATSegOfficialCompat)
     #: the prompt templates (``None``: the 80 ImageNet templates, ``templates.py``); their number must
     #: equal ``aggregator.num_templates``
@@ -324,8 +323,7 @@ def from_reference_fixture(data: dict[str, Any]) -> PartCATSegConfig:
         kwargs["clip_pixel_std"] = tuple(float(x) for x in model["CLIP_PIXEL_STD"])
         kwargs["dino_pixel_mean"] = tuple(float(x) for x in model["PIXEL_MEAN"])
         kwargs["dino_pixel_std"] = tuple(float(x) for x in model["PIXEL_STD"])
-        lambdas = data.get("lambdas", {})
-        kwargs.update({f"lambda_{k}": float(v) for k, v in lambdas.items()})
+        # data["lambdas"] (the official hard-coded loss weights) belong to training: the recipe's loss section
         if "templates" in data and tuple(data["templates"]["list"]) != IMAGENET_TEMPLATES:
             kwargs["templates"] = tuple(data["templates"]["list"])
         return PartCATSegConfig(clip=clip, dino=dino, aggregator=aggregator, **kwargs)
@@ -346,9 +344,29 @@ def _tiny() -> PartCATSegConfig:
                                     decoder_guidance_proj_dims=(8, 4), num_heads=2, hidden_dim=32))
 
 
+#: the toy preset's prompt templates (the toy pretraining captions' phrasing, ``train/pretrain.py``)
+TOY_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a rendering of a {}.", "there is a {} in the picture.")
+
+
+def _toy() -> PartCATSegConfig:
+    """CPU-minutes size for the toy world (not an official shape): CLIP 128 px input, 16 px patches (an
+    8 x 8 cost grid, 32 x 32 logits), 64-wide 2-layer towers, DINOv2 32 x 2 at 112 px (8 x 8 patches),
+    aggregator hidden 32 (8 x 8 windows), 4 prompt templates, float32 text features."""
+    return PartCATSegConfig(
+        clip=CLIPTowersConfig(embed_dim=32, image_resolution=128, vision_width=64, vision_layers=2, vision_heads=2,
+                              text_width=64, text_layers=2, text_heads=2),
+        dino=DinoV2Config(embed_dim=32, depth=2, num_heads=2, img_size=112),
+        aggregator=AggregatorConfig(text_guidance_proj_dim=16, appearance_guidance_proj_dim=16, decoder_dims=(32, 16),
+                                    decoder_guidance_proj_dims=(8, 4), num_heads=2, hidden_dim=32, window_size=8,
+                                    feature_resolution=(8, 8), num_templates=len(TOY_TEMPLATES)),
+        clip_resolution=128, dino_resolution=112, guidance_sizes=(32, 16, 8), templates=TOY_TEMPLATES,
+        official=PartCATSegOfficialCompat(text_features_fp16=False))
+
+
 PARTCATSEG_CONFIGS = {
     "partcatseg-voc": _voc,
     "partcatseg-tiny": _tiny,
+    "partcatseg-toy": _toy,
 }
 
 

@@ -5,7 +5,7 @@ Inputs at GT resolution H x W after upsampling the logits (bilinear, align_corne
 dataset object ids (255 = background / ignore), ``class_to_part`` / ``object_to_model_object``
 [256] lookup tables (``text.class_ids_to_parts`` / ``text.object_ids_to_model_objects``).
 
-Terms (BCE with per-channel weight 1, ``background_bce_weight`` on the background channel, mean over
+Terms (BCE with per-channel weight 1, ``background_weight`` on the background channel, mean over
 all selected elements):
 
 0. specific [B, T+1] on part-labelled pixels (if any);

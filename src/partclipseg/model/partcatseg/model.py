@@ -30,17 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import PartCLIPSegError
+from ...errors import ConfigError, PartCLIPSegError
 from ...vocabulary import Vocabulary
 from ..base import EncodedVocabulary, PartSegmentationModel, SegmentationOutput, TextInputs
 from ..registry import register_architecture
 from .aggregator import PartCATSegAggregator
 from .clip import CLIPImageTower, CLIPTextTower
-from .config import PartCATSegConfig
+from .config import PartCATSegConfig, get_partcatseg_config
 from .dinov2 import DinoV2Backbone
-from .preprocess import preprocess_images
+from .init import copy_part_object_branch, init_clip_towers, init_dinov2
+from .preprocess import PartCATSegPixels, preprocess_images
 from .templates import IMAGENET_TEMPLATES
 from .text import per_template_features, prompt_token_ids, prompts_of
+from .training import (TRAINABLE_SETS, PartCATSegTextInputs, PartCATSegTrainPreprocessor, is_trainable,
+                       training_loss)
 
 
 @dataclass
@@ -82,18 +85,13 @@ class PartCATSegImage:
         return PartCATSegImage(self.features[index], tuple(g[index] for g in self.guidance), sizes, self.padded_size)
 
 
-class PartCATSegPixels(dict):
-    """``preprocess``'s output: ``clip_input`` [B, 3, Rc, Rc], ``dino_input`` [B, 3, Rd, Rd] (and the
-    padded batches ``clip_padded`` / ``dino_padded`` [B, 3, Hp, Wp]) plus ``image_sizes`` (each image's
-    (H, W)) and ``padded_size`` (Hp, Wp)."""
+@dataclass
+class PartCATSegOutput(SegmentationOutput):
+    """``SegmentationOutput`` plus ``costs``: the aggregator's correlation volumes (``part_obj_cost``
+    [B, Tpl, P+O+1, g, g], ``specific_part_cost`` [B, Tpl, T+1, g, g] and their embeddings), which the
+    training loss's composition JSD reads."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> None:
-        super().__init__(tensors)
-        self.image_sizes = image_sizes
-        self.padded_size = tuple(int(x) for x in tensors["clip_padded"].shape[-2:])
-
-    def to(self, device: str | torch.device) -> "PartCATSegPixels":
-        return PartCATSegPixels({k: v.to(device) for k, v in self.items()}, self.image_sizes)
+    costs: dict[str, torch.Tensor] | None = None
 
 
 @register_architecture("partcatseg")
@@ -101,6 +99,7 @@ class PartCATSeg(PartSegmentationModel):
     """PartCATSeg behind the common interface (see the module docstring)."""
 
     config_class = PartCATSegConfig
+    trainable_sets = TRAINABLE_SETS
 
     def __init__(self, config: PartCATSegConfig, templates: Sequence[str] | None = None) -> None:
         super().__init__(config)
@@ -115,19 +114,19 @@ class PartCATSeg(PartSegmentationModel):
         self.aggregator = PartCATSegAggregator(config)
         self._text_cache: dict[tuple[str, ...], PartCATSegText] = {}
         self._name_cache: dict[tuple[str, bool], torch.Tensor] = {}  # (name, fp16) -> [Tpl, E]
-        # CLIP is frozen in the official recipe (CLIP_FINETUNE: "")
+        # CLIP is frozen in the official recipe (CLIP_FINETUNE: ""; partclipseg train sets what its recipe says)
         for p in (*self.clip_image.parameters(), *self.clip_text.parameters()):
             p.requires_grad_(False)
 
     def init_weights(self) -> None:
-        """A new model: the background embedding ~ N(0, E^-1/2) as the official ``non_object_embedding``
-        (every other module keeps its constructor's random initialisation)."""
-        nn.init.normal_(self.background_text_embedding, std=self.config.clip.embed_dim ** -0.5)
+        """A new model, initialised as the official code builds one (``init.py``): OpenAI CLIP and DINOv2
+        initialisations, the object-specific aggregator branch copied from the part-object branch, the
+        background embedding ~ N(0, text_width^-1/2) as the official ``non_object_embedding``."""
+        init_clip_towers(self.clip_image, self.clip_text)
+        init_dinov2(self.dino.dinov2)
+        copy_part_object_branch(self.aggregator)
+        nn.init.normal_(self.background_text_embedding, std=self.config.clip.text_width ** -0.5)
         self.clear_text_cache()
-
-    def is_trainable(self, name: str, which: str) -> bool:
-        """Official recipe: CLIP frozen, DINOv2, the background embedding and the aggregator trained."""
-        return not name.startswith(("clip_image.", "clip_text."))
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -224,7 +223,8 @@ class PartCATSeg(PartSegmentationModel):
             raise PartCLIPSegError("PartCATSeg.encode_image takes PartCATSeg.preprocess(images) (two normalisations "
                                    "of uint8 images), not a pixel tensor")
         image = self.encode_pixels(pixel_values["clip_input"], pixel_values["dino_input"])
-        image.image_sizes, image.padded_size = list(pixel_values.image_sizes), pixel_values.padded_size
+        if "image_sizes" in pixel_values:
+            image.image_sizes, image.padded_size = pixel_values.image_sizes, pixel_values.padded_size
         return image
 
     # ------------------------------------------------------------------ decode
@@ -268,10 +268,10 @@ class PartCATSeg(PartSegmentationModel):
         text = encoded.extras.get("text")
         if not isinstance(text, PartCATSegText):
             text = self.text_features(encoded.vocabulary)
-        part_object, specific, _ = self.aggregate(image_features, text)
-        return SegmentationOutput(part_object, specific, class_embeddings=encoded.class_embeddings,
-                                  valid_sizes=self.valid_sizes(image_features), resize_scores=True,
-                                  pred_all_rule="class-argmax")
+        part_object, specific, costs = self.aggregate(image_features, text)
+        return PartCATSegOutput(part_object, specific, class_embeddings=encoded.class_embeddings,
+                                valid_sizes=self.valid_sizes(image_features), resize_scores=True,
+                                pred_all_rule="class-argmax", costs=costs)
 
     def attention_map(self, image_features: PartCATSegImage, encoded: EncodedVocabulary,
                       class_index: int) -> torch.Tensor:
@@ -286,14 +286,53 @@ class PartCATSeg(PartSegmentationModel):
                               self.text_features(vocabulary))
 
     def forward(self, pixel_values: PartCATSegPixels, input_ids: Any = None, *args: Any,
-                vocabulary: Vocabulary | None = None, **kwargs: Any) -> SegmentationOutput:
-        """Interface forward: ``preprocess``'s output and a vocabulary (``vocabulary=`` or inferred from
-        nothing else: PartCATSeg's text side is the vocabulary, not token ids) -> ``decode``'s output."""
+                vocabulary: Vocabulary | None = None, **kwargs: Any) -> PartCATSegOutput:
+        """Interface forward: ``preprocess``'s output and ``vocabulary=`` (``tokenize_vocabulary(...).forward_kwargs()``
+        passes it; PartCATSeg's text side is the vocabulary, the token arguments are unused) -> ``decode``'s
+        output with the correlation volumes (``costs``) for the loss."""
         if vocabulary is None:
-            raise PartCLIPSegError("PartCATSeg.forward needs vocabulary= (training integration is not done yet)")
+            raise PartCLIPSegError("PartCATSeg.forward needs vocabulary= (pass **model.tokenize_vocabulary(...)"
+                                   ".forward_kwargs())")
         return self.decode(self.encode_image(pixel_values), self.encode_vocabulary(vocabulary))
+
+    # ------------------------------------------------------------------ training (training.py)
+    def tokenize_vocabulary(self, vocabulary: Vocabulary, tokenizer: Any = None) -> PartCATSegTextInputs:
+        """The vocabulary for ``forward`` (``tokenizer`` unused: the model tokenises its own prompt ensemble)."""
+        empty = torch.zeros(0, self.config.clip.context_length, dtype=torch.int64)
+        return PartCATSegTextInputs(vocabulary, empty, empty.clone(),
+                                    torch.tensor(vocabulary.text_to_part, dtype=torch.long),
+                                    torch.tensor(vocabulary.text_to_object, dtype=torch.long))
+
+    def is_trainable(self, name: str, which: str) -> bool:
+        """See ``training.TRAINABLE_SETS`` (``"official"``: CLIP frozen, DINOv2 and the aggregator trained)."""
+        return is_trainable(name, which)
+
+    @classmethod
+    def preset_config(cls, name: str, image_size: int | None) -> PartCATSegConfig:
+        """``PARTCATSEG_CONFIGS[name]``; the input sizes are the config's (``clip_resolution``,
+        ``dino_resolution``), so ``image_size`` must be ``None``."""
+        _refuse_image_size(image_size)
+        return get_partcatseg_config(name)
+
+    def set_processing_size(self, image_size: int | None) -> None:
+        _refuse_image_size(image_size)
+
+    def train_preprocessor(self, channel_order: str) -> PartCATSegTrainPreprocessor:
+        return PartCATSegTrainPreprocessor(self.config, channel_order)
+
+    def loss_forward_options(self, loss_config: Any) -> dict[str, Any]:
+        """No extra forward outputs; refuses loss settings PartCATSeg has no term for."""
+        if getattr(loss_config, "use_attention", False):
+            raise ConfigError("PartCATSeg has no attention losses: set loss.use_attention=false in the recipe")
+        return {}
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
              object_to_model: torch.Tensor, loss_config: Any) -> dict[str, torch.Tensor]:
-        raise PartCLIPSegError("training PartCATSeg through the common loop is not supported yet "
-                               "(partcatseg.losses.partcatseg_loss holds the official losses)")
+        """The official training loss (``training.training_loss``; exact against the reference fixtures)."""
+        return training_loss(output, part_labels, object_labels, text, object_to_model, loss_config)
+
+
+def _refuse_image_size(image_size: int | None) -> None:
+    if image_size is not None:
+        raise ConfigError(f"PartCATSeg's input sizes come from its config (clip_resolution, dino_resolution), not "
+                          f"image_size={image_size}: set image_size=null in the recipe")

@@ -9,6 +9,7 @@ never removed (the logits are later resized to the unpadded size: official behav
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +56,27 @@ def preprocess_images(images: Sequence[torch.Tensor], config: PartCATSegConfig) 
         out[f"{name}_padded"] = padded
         out[f"{name}_input"] = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False)
     return out
+
+
+class PartCATSegPixels(dict):
+    """``preprocess``'s output: ``clip_input`` [B, 3, Rc, Rc], ``dino_input`` [B, 3, Rd, Rd], the padded
+    batches ``clip_padded`` / ``dino_padded`` [B, 3, Hp, Wp] and ``image_sizes`` [B, 2] int64 (each
+    image's (H, W); the ``image_sizes`` property lists them) — all tensors, so that
+    DistributedDataParallel's input scattering (which rebuilds a dict subclass from its items) keeps it
+    whole; ``padded_size`` = (Hp, Wp)."""
+
+    def __init__(self, tensors: Any, image_sizes: Sequence[tuple[int, int]] | None = None) -> None:
+        super().__init__(tensors)
+        if image_sizes is not None:
+            self["image_sizes"] = torch.tensor([list(s) for s in image_sizes], dtype=torch.int64).view(-1, 2)
+
+    @property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return [(int(h), int(w)) for h, w in self["image_sizes"].tolist()]
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return tuple(int(x) for x in self["clip_padded"].shape[-2:])
+
+    def to(self, device: str | torch.device) -> "PartCATSegPixels":
+        return PartCATSegPixels({k: v.to(device) for k, v in self.items()})
