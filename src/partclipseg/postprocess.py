@@ -12,7 +12,17 @@ Shapes: ``T`` object-specific classes, ``P`` parts, ``O`` objects, ``H x W`` ima
 
 Memory is bounded at any image size and class count: unless per-class scores are asked for, channels
 are upsampled a few at a time (``channels_per_chunk``: about ``CHUNK_BYTES`` per chunk) and merged by
-a running argmax. Each channel is upsampled exactly as in one big call, so the labels are identical.
+a running argmax. Each channel is upsampled exactly as in one big call, so the labels are identical
+(torch's bilinear kernel gives a channel the same numbers whatever the channel count, except for
+3-channel inputs, which ``upsample`` resizes as 4, and for outputs of 4096 pixels or fewer, where
+channels go in groups of 8; such small images are one chunk unless the vocabulary is huge).
+Outputs that live across the chunks are allocated before the loop (a small tensor allocated after a
+chunk's temporaries would pin them in the C heap, and the process keeps growing by one chunk per loop).
+
+The logit arguments are ``[C, s, s]`` tensors, ``model.base.LazyLogits`` (computed when a chunk is
+upsampled) or ``ScoreResizedLogits`` for models whose sigmoid scores, not logits, are resized to the
+image (``SegmentationOutput.resize_scores``); ``upsample`` takes all three, so every protocol resizes
+any of them in the same bounded chunks.
 """
 from __future__ import annotations
 
@@ -43,12 +53,56 @@ def chunked_argmax(logits: torch.Tensor, size: tuple[int, int], sigmoid: bool = 
     return best
 
 
-def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[C, s, s] logits -> a new [C, H, W] float32 tensor (bilinear, align_corners=False)."""
-    logits = logits.float()
+def upsample(logits: torch.Tensor | ScoreResizedLogits, size: tuple[int, int]) -> torch.Tensor:
+    """[C, s, s] logits -> a new [C, H, W] float32 tensor (bilinear, align_corners=False).
+
+    ``ScoreResizedLogits`` resize their sigmoid scores instead and return the logits of those."""
+    if isinstance(logits, ScoreResizedLogits):
+        return logits.upsample(size)
+    logits = as_tensor(logits).float()
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits.clone()
+    if logits.shape[0] == 3:  # torch resizes 3-channel (RGB-like) inputs by another kernel: other roundings
+        return F.interpolate(torch.cat([logits, logits[:1]])[None], size=size, mode="bilinear",
+                             align_corners=False)[0, :3]
     return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def as_tensor(maps) -> torch.Tensor:
+    """A tensor, or the computed maps of a ``model.base.LazyLogits`` (anything with ``materialize``)."""
+    return maps if isinstance(maps, torch.Tensor) else maps.materialize()
+
+
+class ScoreResizedLogits:
+    """Logit maps [C, s, s] whose sigmoid scores are resized to the image (``resize_scores``, e.g.
+    PartCATSeg): at image size a channel is ``logit(clamp(upsample(sigmoid(maps)), 0, 1))``, so the
+    protocols' own sigmoid gives the resized scores.
+
+    Indexing selects channels (``maps[index]``, any index a tensor takes on its first dimension);
+    ``upsample`` (``postprocess.upsample``) resizes only the channels selected, so the protocols
+    resize these maps in their bounded chunks as they do plain logits.
+    """
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        self.maps = maps
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.maps.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps.device
+
+    def __len__(self) -> int:
+        return self.maps.shape[0]
+
+    def __getitem__(self, index) -> "ScoreResizedLogits":
+        return ScoreResizedLogits(self.maps[index])
+
+    def upsample(self, size: tuple[int, int]) -> torch.Tensor:
+        """[C, H, W] float32 logits of the resized sigmoid scores."""
+        return torch.logit(upsample(as_tensor(self.maps).float().sigmoid(), size).clamp_(0.0, 1.0))
 
 
 def _running_argmax(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor,
@@ -159,13 +213,17 @@ def pred_all_classes(object_part_logits: torch.Tensor, text_to_part: torch.Tenso
                      keep_scores: bool = False) -> ProtocolOutput:
     """Pred-All as PartCATSeg's ``sem_seg_all``: argmax over all T+1 object-specific sigmoid scores
     (background last, nothing gated). ``object_part_logits`` [T+1, s, s]; the object and generalized-part
-    maps follow from the winning class (background -> ``O`` / ``P``)."""
-    scores = upsample(object_part_logits, size).sigmoid_()
-    confidence, part_labels = _running_argmax(None, scores, 0)
+    maps follow from the winning class (background -> ``O`` / ``P``). Without ``keep_scores`` the
+    channels are resized in bounded chunks (same labels)."""
+    scores = None
+    if keep_scores:
+        scores = upsample(object_part_logits, size).sigmoid_()
+        confidence, part_labels = _running_argmax(None, scores, 0)
+    else:
+        confidence, part_labels = chunked_argmax(object_part_logits, size)
     owner = torch.cat([text_to_object, text_to_object.new_tensor([num_objects])])
     part_of = torch.cat([text_to_part, text_to_part.new_tensor([num_parts])])
-    return ProtocolOutput(part_labels, owner[part_labels], part_of[part_labels], confidence,
-                          scores if keep_scores else None)
+    return ProtocolOutput(part_labels, owner[part_labels], part_of[part_labels], confidence, scores)
 
 
 def object_conditioned(logits: torch.Tensor, object_part_logits: torch.Tensor, text_to_object: torch.Tensor,
@@ -384,13 +442,23 @@ def _window(seed: tuple[int, int], area: int, size: tuple[int, int], device: tor
 def mean_scores_inside(logits: torch.Tensor, size: tuple[int, int], region: torch.Tensor) -> torch.Tensor:
     """Mean sigmoid score inside ``region`` (bool [H, W]) of each channel of ``logits`` [C, s, s] -> [C]."""
     chunk = channels_per_chunk(size)
-    means = [upsample(logits[start:start + chunk], size).sigmoid_()[:, region].mean(1)
-             for start in range(0, logits.shape[0], chunk)]
-    return torch.cat(means)
+    pixels = region.flatten().nonzero().flatten()  # the region's pixels in raster order, as region indexing
+    means = torch.empty(logits.shape[0], dtype=torch.float32, device=region.device)
+    for start in range(0, logits.shape[0], chunk):
+        scores = upsample(logits[start:start + chunk], size).sigmoid_()
+        inside = scores.view(scores.shape[0], -1).index_select(1, pixels)  # [c, n] = scores[:, region]
+        del scores
+        torch.mean(inside, 1, out=means[start:start + inside.shape[0]])
+        del inside
+    return means
 
 
 def scores_at(logits: torch.Tensor, size: tuple[int, int], row: int, col: int) -> torch.Tensor:
     """Sigmoid scores [C] of every channel of ``logits`` [C, s, s] upsampled to ``size``, at one pixel."""
     chunk = channels_per_chunk(size)
-    return torch.cat([upsample(logits[start:start + chunk], size)[:, row, col].sigmoid()
-                      for start in range(0, logits.shape[0], chunk)])
+    scores = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.shape[0], chunk):
+        channels = upsample(logits[start:start + chunk], size)
+        torch.sigmoid(channels[:, row, col], out=scores[start:start + channels.shape[0]])
+        del channels
+    return scores

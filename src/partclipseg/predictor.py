@@ -7,7 +7,10 @@
 
 Text features are cached per vocabulary (a new image with the same vocabulary re-encodes no text),
 and the decoder output of the last (image, vocabulary) pair is kept, so changing only the prompt
-re-runs post-processing alone.
+re-runs post-processing alone. For large vocabularies the model may keep that output as ``LazyLogits``
+(``model.decode_for_inference``: token-grid features, the heads run on the channels a protocol
+reads); the protocols read every map in bounded chunks at image size, so memory stays bounded at any
+image size and vocabulary size.
 
 Modes of ``predict`` (the prompt decides; ``protocol`` may name it explicitly):
 
@@ -42,8 +45,9 @@ import torch
 from .errors import PartCLIPSegError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
-from .postprocess import (ProtocolOutput, box_region, mean_scores_inside, object_conditioned, object_labels_of,
-                          point_region, pred_all, pred_all_classes, scores_at, single_head, upsample)
+from .postprocess import (ProtocolOutput, ScoreResizedLogits, box_region, mean_scores_inside, object_conditioned,
+                          object_labels_of, point_region, pred_all, pred_all_classes, scores_at, single_head,
+                          upsample)
 from .preprocess import load_image
 from .result import PartSegmentation
 from .tokenizer import get_tokenizer
@@ -123,7 +127,7 @@ class Predictor:
             return self._decoded[1]
         if self._features is None:
             raise PartCLIPSegError("no image set: call set_image() first")
-        out = self.model.decode(self._features, encoded, chunk_size=self.chunk_size)
+        out = self.model.decode_for_inference(self._features, encoded, chunk_size=self.chunk_size)
         self._decoded = (key, out)
         return out
 
@@ -145,7 +149,7 @@ class Predictor:
         size = image.shape[:2]
         mode = _check_prompts(protocol, object_mask, object_name, box, point)
         out = self._decode(encoded)
-        logits, object_part_logits = _image_logits(out, image_index, size)
+        logits, object_part_logits = _image_logits(out, image_index)
         selected = None
         rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
         if not out.has_object_head:
@@ -251,16 +255,16 @@ class Predictor:
         return upsample(heat.view(1, g, g), seg.size)[0].clamp(0, 1).cpu().numpy()
 
 
-def _image_logits(out: SegmentationOutput, index: int, size: tuple[int, int]):
+def _image_logits(out: SegmentationOutput, index: int):
     """Image ``index``'s (logits, object_part_logits) as the protocols read them: cropped to its
-    ``valid_sizes`` frame; with ``resize_scores`` the sigmoid scores are resized to ``size`` here and
-    handed on as logits (``torch.logit``), so that the protocols' resize is the identity."""
+    ``valid_sizes`` frame; with ``resize_scores`` wrapped as ``ScoreResizedLogits`` (the protocols then
+    resize sigmoid scores, in the same bounded chunks as logits)."""
     maps = [out.logits[index], None if out.object_part_logits is None else out.object_part_logits[index]]
     if out.valid_sizes is not None:
         h, w = out.valid_sizes[index]
         maps = [None if m is None else m[:, :h, :w] for m in maps]
     if out.resize_scores:
-        maps = [None if m is None else torch.logit(upsample(m.float().sigmoid(), size).clamp_(0.0, 1.0)) for m in maps]
+        maps = [None if m is None else ScoreResizedLogits(m) for m in maps]
     return maps[0], maps[1]
 
 

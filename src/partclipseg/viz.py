@@ -74,6 +74,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.rint(np.stack(channels, axis=-1) * 255).astype(np.uint8)
 
 
+#: ``overlay`` blends this many pixels at a time (bounded memory on large photos; same pixels).
+OVERLAY_BLOCK_PIXELS = 1 << 20
+
+
 # --------------------------------------------------------------------- validation
 def _check_image(image: np.ndarray, alpha: float) -> np.ndarray:
     """Return ``image`` as ``[H, W, 3]`` uint8 (or raise :class:`ImageError`); check ``alpha``."""
@@ -166,8 +170,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], backgro
     colours = palette(len(names))
     entries = legend_entries(labels, names, background, class_scores)  # also validates the label range
     out = image.copy()
-    fg = labels != background
-    out[fg] = _blend(image[fg], colours[labels[fg]], alpha)
+    rows = max(1, OVERLAY_BLOCK_PIXELS // image.shape[1])
+    for top in range(0, image.shape[0], rows):  # row blocks: the float blend never holds a whole photo
+        block = slice(top, top + rows)
+        fg = labels[block] != background
+        out[block][fg] = _blend(image[block][fg], colours[labels[block][fg]], alpha)
     edge = _boundaries(labels, background, max(1, round(max(labels.shape) / 1000)))
     out[edge] = colours[labels[edge]] // 2
     font, size = _font(image.shape[0])

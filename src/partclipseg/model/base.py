@@ -12,8 +12,9 @@ Inference data flow (the Predictor)::
 
     encoded  = model.encode_vocabulary(vocabulary, tokenizer)     # text only, cached per vocabulary
     features = model.encode_image(pixel_values)                   # image only, cached per image
-    output   = model.decode(features, encoded, chunk_size=64)     # SegmentationOutput
+    output   = model.decode_for_inference(features, encoded, chunk_size=64)  # SegmentationOutput
     # -> partclipseg.postprocess: protocols on output.logits / output.object_part_logits
+    #    (tensors, or LazyLogits computed a few channels at a time for large vocabularies)
 
 Training data flow (one call, so that DistributedDataParallel sees ``forward``)::
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -104,6 +105,78 @@ class EncodedVocabulary:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``decode_for_inference`` keeps processing-size logit maps up to this many bytes (all images and
+#: classes, float32); beyond it an architecture may return ``LazyLogits`` (memory bounded at any
+#: vocabulary size, e.g. 1000 objects on the official model's 352 px maps would need 1 GB).
+EAGER_LOGITS_BYTES = 256 * 2**20
+
+
+class LazyLogits:
+    """Logit maps [B, C, S, S] that are computed when read, a few channels at a time.
+
+    An architecture keeps what it needs to compute any channel (e.g. token-grid features, 1/16 of
+    the maps' size for the CLIPSeg family) instead of every processing-size map.
+    ``compute(image_index, channels)`` (``channels`` a long tensor [c]) -> [c, S, S] logits; each
+    channel's numbers are those of the eager ``decode`` up to float rounding.
+
+    Indexed like the tensor it stands for, as the protocols (``partclipseg.postprocess``) index logits:
+    ``lazy[i]`` (an int) gives image ``i``'s maps [C, S, S]; on those, ``maps[channels]`` (a slice,
+    an int sequence, a long or bool tensor) selects channels and ``maps[:, :h, :w]`` (or
+    ``maps[channels, :h, :w]``) crops. Nothing is computed until ``materialize()``.
+    """
+
+    def __init__(self, compute: Callable[[int, torch.Tensor], torch.Tensor], shape: Sequence[int],
+                 device: torch.device, image: int | None = None, channels: torch.Tensor | None = None,
+                 crop: tuple[int, int] | None = None) -> None:
+        self.compute = compute
+        self.full_shape = tuple(int(v) for v in shape)  # (B, C, S, S)
+        self.device = torch.device(device)
+        self.image = image
+        self.channels = channels
+        self.crop = crop
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.image is None:
+            return self.full_shape
+        h, w = self.crop or self.full_shape[2:]
+        return (int(self.channels.shape[0]), h, w)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> "LazyLogits":
+        if self.image is None:
+            if not isinstance(index, int) or not -self.full_shape[0] <= index < self.full_shape[0]:
+                raise IndexError(f"LazyLogits of {self.full_shape[0]} image(s): index one image by an int, got {index!r}")
+            channels = torch.arange(self.full_shape[1], device=self.device)
+            return LazyLogits(self.compute, self.full_shape, self.device, index % self.full_shape[0], channels)
+        rows = cols = slice(None)
+        if isinstance(index, tuple):
+            index, rows, cols = (*index, slice(None), slice(None))[:3]
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.device)
+        channels = self.channels[index] if not isinstance(index, slice) or index != slice(None) else self.channels
+        if channels.dim() != 1:
+            raise IndexError(f"select channels of LazyLogits with a slice, a sequence or a 1-d tensor, got {index!r}")
+        crop = self.crop
+        if rows != slice(None) or cols != slice(None):
+            h, w = self.shape[1:]
+            if rows.start not in (None, 0) or cols.start not in (None, 0) or rows.step or cols.step:
+                raise IndexError("LazyLogits crop from the top-left corner only (maps[:, :h, :w])")
+            crop = (len(range(h)[rows]), len(range(w)[cols]))
+        return LazyLogits(self.compute, self.full_shape, self.device, self.image, channels, crop)
+
+    def materialize(self) -> torch.Tensor:
+        """The selected maps as a tensor ([B, C, S, S] unindexed, else [c, h, w])."""
+        if self.image is None:
+            return torch.stack([self[i].materialize() for i in range(self.full_shape[0])])
+        maps = self.compute(self.image, self.channels)
+        if self.crop is not None:
+            maps = maps[:, :self.crop[0], :self.crop[1]]
+        return maps
+
+
 @dataclass
 class SegmentationOutput:
     """What ``decode`` / ``forward`` return (all logits at the processing size, before any sigmoid).
@@ -125,6 +198,9 @@ class SegmentationOutput:
       (``output_attentions`` may name the layers, the others are ``None``).
     * ``decoder_hidden_states``: per decoder layer [B, N, L, D].
     * ``vision_hidden_states``: ``num_layers + 1`` tensors [B, L, C].
+
+    From ``decode_for_inference`` both fields may be ``LazyLogits`` (same shapes, computed when read);
+    ``decode`` and ``forward`` always give tensors.
 
     How the protocols read the logits (defaults: PartCLIPSeg's official inference):
 
@@ -281,6 +357,12 @@ class PartSegmentationModel(nn.Module):
         ``chunk_size`` bounds the classes decoded at once (memory only; results do not depend on it).
         """
         raise NotImplementedError
+
+    def decode_for_inference(self, image_features: ImageFeatures, encoded: EncodedVocabulary, *,
+                             chunk_size: int | None = None) -> SegmentationOutput:
+        """``decode`` for the inference protocols (the Predictor): the logit fields may be ``LazyLogits``
+        when the processing-size maps would exceed ``EAGER_LOGITS_BYTES``. Default: ``decode``."""
+        return self.decode(image_features, encoded, chunk_size=chunk_size)
 
     def attention_map(self, image_features: ImageFeatures, encoded: EncodedVocabulary,
                       class_index: int) -> torch.Tensor:

@@ -84,6 +84,13 @@ class MaskHead(nn.Sequential):
                 x = layer(x)
         return x
 
+    def output_side(self, grid: int) -> int:
+        """The side ``S`` of the mask logits for a ``grid`` x ``grid`` feature map."""
+        for layer in self:
+            if isinstance(layer, nn.ConvTranspose2d):
+                grid *= layer.stride[0]
+        return grid
+
     def __init__(self, dim: int, patch_size: int, complex_head: bool) -> None:
         if complex_head:
             k = patch_size // 4
@@ -200,26 +207,49 @@ class ObjectPartHead(nn.Module):
         ``chunk_size`` bounds how many classes go through the mask head at once (memory); the result
         does not depend on it.
         """
-        b, n, d, g, _ = maps.shape
         if conditions is None:
             conditions = self.class_conditions(class_embeddings, text_to_part, text_to_object, num_parts,
                                                object_index_offset_bug)
-        scale, shift = conditions
+        sides = self.visual_sides(maps)
+        rows = self.class_rows(text_to_part, text_to_object, num_parts, maps.shape[1])
+        t1 = rows[0].shape[0]
+        step = chunk_size or t1
+        out = None
+        for start in range(0, t1, step):
+            logits = self.class_logits(sides, rows, conditions, slice(start, start + step))
+            if out is None:
+                if step >= t1:
+                    return logits
+                out = logits.new_empty(logits.shape[0], t1, *logits.shape[2:])  # filled chunk by chunk: no concat copy
+            out[:, start:start + logits.shape[1]] = logits
+        return out
+
+    def visual_sides(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves of ``visual_fuse`` applied to every class's map: ``maps`` [B, N, D, g, g] ->
+        (part side, object side), each [B, N, g, g, D] (bias not added)."""
+        d = maps.shape[2]
         pixels = maps.permute(0, 1, 3, 4, 2)  # [B, N, g, g, D]
         w_part, w_obj = self.visual_fuse.weight[:, :d], self.visual_fuse.weight[:, d:]
-        part_side = pixels @ w_part.T  # [B, N, g, g, D]
-        obj_side = pixels @ w_obj.T
-        bg = torch.tensor([n - 1], device=maps.device)
-        part_rows = torch.cat([text_to_part, bg])
-        obj_rows = torch.cat([text_to_object + num_parts, bg])
-        t1 = part_rows.shape[0]
-        step = chunk_size or t1
-        outputs = []
-        for start in range(0, t1, step):
-            rows = slice(start, start + step)
-            fused = part_side[:, part_rows[rows]] + obj_side[:, obj_rows[rows]] + self.visual_fuse.bias
-            fused = scale[None, rows, None, None] * fused + shift[None, rows, None, None]  # [B, t, g, g, D]
-            t = fused.shape[1]
-            logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t, d, g, g))
-            outputs.append(logits.view(b, t, *logits.shape[-2:]))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return pixels @ w_part.T, pixels @ w_obj.T
+
+    @staticmethod
+    def class_rows(text_to_part: torch.Tensor, text_to_object: torch.Tensor, num_parts: int,
+                   num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each object-specific class's rows of the N decoder maps, background (row N-1) last: (part rows,
+        object rows), each [T+1]."""
+        bg = torch.tensor([num_classes - 1], device=text_to_part.device)
+        return torch.cat([text_to_part, bg]), torch.cat([text_to_object + num_parts, bg])
+
+    def class_logits(self, sides: tuple[torch.Tensor, torch.Tensor], rows: tuple[torch.Tensor, torch.Tensor],
+                     conditions: tuple[torch.Tensor, torch.Tensor], which: slice | torch.Tensor) -> torch.Tensor:
+        """Logits [B, t, S, S] of the object-specific classes ``which`` (a slice or long tensor of indices
+        into the T+1 classes): fuse the part and object sides (``visual_sides``), FiLM, mask head."""
+        part_side, obj_side = sides
+        part_rows, obj_rows = rows
+        scale, shift = conditions
+        b, _, g, _, d = part_side.shape
+        fused = part_side[:, part_rows[which]] + obj_side[:, obj_rows[which]] + self.visual_fuse.bias
+        fused = scale[which][None, :, None, None] * fused + shift[which][None, :, None, None]  # [B, t, g, g, D]
+        t = fused.shape[1]
+        logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t, d, g, g))
+        return logits.view(b, t, *logits.shape[-2:])

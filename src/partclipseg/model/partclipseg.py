@@ -18,7 +18,8 @@ from ..checkpoint import load_state_dict_checked
 from ..config import PartCLIPSegConfig
 from ..losses import LossConfig, build_targets, clipseg_loss, partclipseg_loss
 from ..vocabulary import Vocabulary
-from .base import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput, TextInputs
+from .base import (EAGER_LOGITS_BYTES, EncodedVocabulary, ImageFeatures, LazyLogits, PartSegmentationModel,
+                   SegmentationOutput, TextInputs)
 from .clip import CLIPTextTower, CLIPVisionTower
 from .decoder import CLIPSegDecoder, MaskHead, ObjectPartHead, tokens_to_maps
 from .init import init_weights
@@ -134,28 +135,40 @@ class CLIPSegCore(PartSegmentationModel):
 
     def decode_features(self, features: ImageFeatures, class_embeddings: torch.Tensor,
                         output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
-                        chunk_size: int | None = None):
+                        chunk_size: int | None = None, class_logits: bool = True):
         """Shared decoder -> (maps [B, N, D, g, g], class logits [B, N, S, S], attentions, hidden states).
 
         Classes are decoded independently, so ``chunk_size`` (classes per pass, for memory) does not
-        change the result.
+        change the result. The chunks are written into tensors allocated once (no concatenated copy).
+        ``class_logits=False`` skips the class head (logits ``None``; ``decode_for_inference`` runs it
+        on demand).
         """
         n = class_embeddings.shape[0]
         step = chunk_size or n
-        parts = []
+        maps = logits = None
+        chunk_attentions, chunk_hidden = [], []
         for start in range(0, n, step):
             tokens, attentions, hidden = self.decoder(features.activations, class_embeddings[start:start + step],
                                                       need_weights=output_attentions,
                                                       need_hidden_states=output_hidden_states)
-            maps = tokens_to_maps(tokens)
-            parts.append((maps, self._class_logits(maps), attentions, hidden))
-        if len(parts) == 1:
-            return parts[0]
-        maps = torch.cat([p[0] for p in parts], dim=1)
-        logits = torch.cat([p[1] for p in parts], dim=1)
-        attentions = (tuple(None if ls[0] is None else torch.cat(ls, dim=1) for ls in zip(*[p[2] for p in parts]))
-                      if parts[0][2] is not None else None)
-        hidden = tuple(torch.cat(ls, dim=1) for ls in zip(*[p[3] for p in parts])) if output_hidden_states else None
+            chunk_maps = tokens_to_maps(tokens)
+            del tokens
+            chunk_logits = self._class_logits(chunk_maps) if class_logits else None
+            if step >= n:
+                return chunk_maps, chunk_logits, attentions, hidden
+            if maps is None:
+                maps = chunk_maps.new_empty(chunk_maps.shape[0], n, *chunk_maps.shape[2:])
+                if class_logits:
+                    logits = chunk_logits.new_empty(chunk_logits.shape[0], n, *chunk_logits.shape[2:])
+            rows = slice(start, start + chunk_maps.shape[1])
+            maps[:, rows] = chunk_maps
+            if class_logits:
+                logits[:, rows] = chunk_logits
+            chunk_attentions.append(attentions)
+            chunk_hidden.append(hidden)
+        attentions = (tuple(None if ls[0] is None else torch.cat(ls, dim=1) for ls in zip(*chunk_attentions))
+                      if chunk_attentions[0] is not None else None)
+        hidden = tuple(torch.cat(ls, dim=1) for ls in zip(*chunk_hidden)) if output_hidden_states else None
         return maps, logits, attentions, hidden
 
     def _class_logits(self, maps: torch.Tensor) -> torch.Tensor:
@@ -196,6 +209,44 @@ class PartCLIPSeg(CLIPSegCore):
         return self.decode_classes(image_features, encoded.class_embeddings, encoded.text_to_part,
                                    encoded.text_to_object, output_attentions, output_hidden_states,
                                    conditions=encoded.extras.get("conditions"), chunk_size=chunk_size)
+
+    def decode_for_inference(self, image_features: ImageFeatures, encoded: EncodedVocabulary, *,
+                             chunk_size: int | None = None) -> SegmentationOutput:
+        """``decode``, or when the processing-size logits of both heads would exceed ``EAGER_LOGITS_BYTES``,
+        ``LazyLogits``: the decoder runs once (in ``chunk_size`` chunks) and keeps the token-grid maps
+        [B, N, D, g, g] and the object-specific head's two visual sides; the class head and the
+        object-specific head's FiLM + mask head run on the channels the protocols read, when they read them."""
+        vocab = encoded.vocabulary
+        features = image_features
+        b = features.activations[0].shape[0]
+        n, t1 = encoded.class_embeddings.shape[0], len(vocab) + 1
+        g = self.config.grid_size
+        side = self.class_head.output_side(g)
+        if 4 * b * (n + t1) * side * side <= EAGER_LOGITS_BYTES:
+            return self.decode(features, encoded, chunk_size=chunk_size)
+        text_to_part = _index(encoded.text_to_part, encoded.class_embeddings)
+        text_to_object = _index(encoded.text_to_object, encoded.class_embeddings)
+        conditions = encoded.extras.get("conditions")
+        head = self.object_part_head
+        if conditions is None:
+            conditions = head.class_conditions(encoded.class_embeddings, text_to_part, text_to_object,
+                                               vocab.num_parts, self.config.official.object_text_index_offset_bug)
+        maps, _, _, _ = self.decode_features(features, encoded.class_embeddings, chunk_size=chunk_size,
+                                             class_logits=False)
+        sides = head.visual_sides(maps)
+        rows = head.class_rows(text_to_part, text_to_object, vocab.num_parts, n)
+
+        def class_logits(image: int, channels: torch.Tensor) -> torch.Tensor:
+            return self._class_logits(maps[image:image + 1, channels])[0]
+
+        def object_part_logits(image: int, channels: torch.Tensor) -> torch.Tensor:
+            one = tuple(side_maps[image:image + 1] for side_maps in sides)
+            return head.class_logits(one, rows, conditions, channels)[0]
+
+        device = maps.device
+        return SegmentationOutput(LazyLogits(class_logits, (b, n, side, side), device),
+                                  LazyLogits(object_part_logits, (b, t1, side, side), device),
+                                  encoded.class_embeddings, vision_hidden_states=features.hidden_states)
 
     def loss_forward_options(self, loss_config: LossConfig) -> dict[str, Any]:
         """The attention losses read the decoder attentions of ``attn_levels``."""
