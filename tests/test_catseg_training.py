@@ -138,7 +138,7 @@ def test_catseg_recipes_hold_the_official_settings():
         assert cfg.channel_order == "RGB" and cfg.pad_to == 384 and cfg.seed == 12345678
         assert not cfg.loss.use_attention and cfg.loss.background_weight == 0.05 and cfg.loss.per_image
         assert cfg.loss.jsd_lambda == cfg.loss.part_lambda == cfg.loss.obj_lambda == 1.0
-        assert cfg.init == "catseg_base"  # the registry name of the CAT-Seg base + DINOv2 start weights
+        assert cfg.init == "catseg_base+dinov2_vits14:partcatseg-voc"  # registered start + the model preset
     voc = load_recipe("partcatseg_pascal_part_116")
     assert (voc.augmentation, voc.min_size, voc.max_size, voc.crop_size, voc.color_aug) == ("resize_flip", 384, 768, 384, True)
     pin = load_recipe("partcatseg_partimagenet")
@@ -237,3 +237,34 @@ def test_official_partcatseg_augmentations():
     jittered = [color_aug_ssd(image, np.random.default_rng(s)) for s in range(8)]
     assert all(j.shape == image.shape and j.dtype == np.uint8 for j in jittered)
     assert len({j.tobytes() for j in jittered}) > 4
+
+
+def test_catseg_named_starting_point_reaches_its_builder_with_the_preset(monkeypatch):
+    """``init=<registered start>:<preset>`` builds the preset's config and calls the registered builder
+    (``model.registry.initial_weights_builder``) after seeding; a missing preset or another architecture
+    is refused by name."""
+    from partclipseg.errors import ConfigError
+    from partclipseg.model import registry
+    from partclipseg.model.partcatseg import CATSEG_BASE_DINOV2_INIT
+    from partclipseg.train import load_recipe
+    from partclipseg.train.loop import build_initial_model
+
+    calls = []
+
+    def fake_builder(config, progress=True):
+        calls.append((config, torch.rand(1).item()))
+        return "built"
+
+    monkeypatch.setitem(registry._INITIAL_WEIGHTS, CATSEG_BASE_DINOV2_INIT, ("partcatseg", fake_builder))
+    cfg = load_recipe("partcatseg_pascal_part_116", ["root=/data", f"init={CATSEG_BASE_DINOV2_INIT}:partcatseg-toy"])
+    assert build_initial_model(cfg) == "built"
+    config, draw = calls[0]
+    assert config == registry.architecture_class("partcatseg").preset_config("partcatseg-toy", None)
+    torch.manual_seed(cfg.seed)
+    assert draw == torch.rand(1).item()  # seeded with the recipe's seed before the builder runs
+    no_preset = load_recipe("partcatseg_pascal_part_116", ["root=/data", f"init={CATSEG_BASE_DINOV2_INIT}"])
+    with pytest.raises(ConfigError, match="needs a config preset"):
+        build_initial_model(no_preset)
+    other = load_recipe("pascal_part_116", ["root=/data", f"init={CATSEG_BASE_DINOV2_INIT}:partcatseg-toy"])
+    with pytest.raises(ConfigError, match="starts a partcatseg model but the recipe trains partclipseg"):
+        build_initial_model(other)

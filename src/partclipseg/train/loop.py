@@ -29,7 +29,7 @@ from ..dist import DistInfo, barrier, default_device, dist_info, init_distribute
 from ..errors import CheckpointError, ConfigError, PartCLIPSegError
 from ..io import atomic_write_text, json_text
 from ..model import PartSegmentationModel, TextInputs, build_model
-from ..model.registry import architecture_class
+from ..model.registry import architecture_class, initial_weights_builder
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset
@@ -40,12 +40,25 @@ from .recipe import TrainConfig
 
 # ---------------------------------------------------------------------------- model set-up
 def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
-    """``random:<preset>``, a saved partclipseg folder (fine-tuning) or CLIPSeg weights (HF layout)."""
+    """``random:<preset>``, ``<registered starting point>:<preset>`` (``model.registry.initial_weights_names``,
+    e.g. ``catseg_base+dinov2_vits14:partcatseg-voc``), a saved partclipseg folder (fine-tuning) or CLIPSeg
+    weights (HF layout)."""
     if config.init.startswith("random:"):
         model_config = architecture_class(config.architecture).preset_config(config.init.split(":", 1)[1],
                                                                              config.image_size)
         torch.manual_seed(config.seed)
         return build_model(model_config)
+    name, _, preset = config.init.partition(":")
+    registered = initial_weights_builder(name)
+    if registered is not None:  # a registered starting point, e.g. "catseg_base+dinov2_vits14:partcatseg-voc"
+        architecture, builder = registered
+        if architecture != config.architecture:
+            raise ConfigError(f"init {name} starts a {architecture} model but the recipe trains {config.architecture}")
+        if not preset:
+            raise ConfigError(f"init {name} needs a config preset: init={name}:<preset>")
+        model_config = architecture_class(architecture).preset_config(preset, config.image_size)
+        torch.manual_seed(config.seed)
+        return builder(model_config, progress=dist_info().is_main)
     from ..hub.resolve import resolve_model
 
     resolved = resolve_model(config.init)  # a named model is fetched; a missing path is refused by name
