@@ -47,6 +47,15 @@ def init_distributed(info: DistInfo, device: str) -> None:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
 
 
+def leave_distributed() -> None:
+    """Leave the process group before the process exits: gloo's threads still running at interpreter exit
+    end the process with ``terminate called without an active exception`` (SIGABRT), now and then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op in a single process)."""
     if info.distributed:

@@ -18,6 +18,16 @@ from ..storage import JobLock, OutputError, open_store
 
 def run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log = _stderr,
                  progress: bool = True) -> Report:
+    from ..dist import leave_distributed
+
+    try:
+        return _run_torchrun(specs, out, options, resume=resume, log=log, progress=progress)
+    finally:
+        leave_distributed()
+
+
+def _run_torchrun(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: bool, log: Log,
+                  progress: bool) -> Report:
     import torch.distributed as dist
 
     from ..dist import default_device, dist_info, init_distributed
