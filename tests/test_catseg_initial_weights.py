@@ -27,6 +27,7 @@ from partclipseg.model.partcatseg.initial_weights import (CATSEG_BASE_DINOV2_INI
                                                           start_from_catseg_base_and_dinov2)
 from partclipseg.model.registry import initial_weights_builder
 from test_catseg_reference import catseg_reference_dir
+from test_catseg_weights import _official_keys
 
 AGG = "sem_seg_head.predictor.transformer."
 CATSEG_MODULES = ("sem_seg_head.predictor.clip_model.", AGG + "conv1.", AGG + "layers.", AGG + "guidance_projection.",
@@ -72,20 +73,11 @@ def catseg_base_shapes(official: dict[str, tuple[int, ...]], channels: tuple[int
     return shapes
 
 
-def _full_size_official() -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in (catseg_reference_dir() / "keys_full.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape, _dtype = line.split("\t")
-            keys[name] = tuple(json.loads(shape))
-    return keys
-
-
 def test_catseg_full_size_catseg_base_and_dinov2_keys_land_as_the_official_recipe():
     """Meta device, full size: every CAT-Seg (B) and DINOv2 hub key is mapped or listed as unused; every
     tensor of our model comes from one file or is one of the listed new parts; the three appearance
     guidance weights (ResNet channels) are skipped while their biases load."""
-    official = _full_size_official()
+    official = _official_keys()
     catseg = {k: torch.empty(s, device="meta") for k, s in catseg_base_shapes(official).items()}
     dinov2 = {k[len("backbone.dinov2."):]: torch.empty(s, device="meta") for k, s in official.items()
               if k.startswith("backbone.dinov2.")}

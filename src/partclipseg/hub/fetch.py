@@ -45,15 +45,7 @@ def ensure_model(entry: ModelEntry, progress: bool = True) -> Path:
     if manifest is not None:
         verify(folder, manifest)
         return folder
-    from filelock import Timeout
-
-    lock = lock_for(folder)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"waiting for another process that is fetching model {entry.name!r} (lock {lock.lock_file})",
-              file=sys.stderr)
-        lock.acquire()
+    lock = _acquire_announced(folder, f"model {entry.name!r}")
     try:
         manifest = read_manifest(folder)  # another process may have finished while we waited
         if manifest is None:
@@ -214,15 +206,7 @@ def ensure_weight_file(entry: WeightFile, progress: bool = True) -> Path:
     converted = folder / (Path(entry.filename).stem + ".safetensors")
     manifest = read_manifest(folder)
     if manifest is None:
-        from filelock import Timeout
-
-        lock = lock_for(folder)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            print(f"waiting for another process that is fetching {entry.name!r} (lock {lock.lock_file})",
-                  file=sys.stderr)
-            lock.acquire()
+        lock = _acquire_announced(folder, repr(entry.name))
         try:
             if read_manifest(folder) is None:  # another process may have finished while we waited
                 folder.mkdir(parents=True, exist_ok=True)
@@ -327,3 +311,16 @@ def describe(folder: Path) -> str:
     files = manifest.get("files", {})
     total = sum(r["bytes"] for r in files.values())
     return f"{folder} ({', '.join(files)}; {total / 1e6:.1f} MB; {MANIFEST} records sha256)"
+
+
+def _acquire_announced(folder: Path, what: str):
+    """The cache folder's file lock, acquired; says on stderr when another process holds it."""
+    from filelock import Timeout
+
+    lock = lock_for(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is fetching {what} (lock {lock.lock_file})", file=sys.stderr)
+        lock.acquire()
+    return lock
