@@ -7,7 +7,7 @@ number of steps with each seed, then evaluated on the toy world's validation spl
 Oracle-Obj. Writes ``toy_table.json`` (every run and the per-variant mean, sample standard deviation,
 min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
 
-    python benchmarks/toy_table.py --out runs/toy_table --jobs 2              # the full table (2 runs at once)
+    python benchmarks/toy_table.py --out runs/toy_table --jobs 2 --image-size 128   # the README's table
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
     python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, numbers mean nothing")
     parser.add_argument("--partcatseg", action="store_true", help="add a PartCATSeg row (toy_world_partcatseg recipe)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="processing size of the PartCLIPSeg/CLIPSeg runs (default: the toy_world recipe's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (2 on a 2-core machine)")
     args = parser.parse_args(argv)
     pretrain_overrides, size, catseg_size = [], [], []
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         catseg_size = ["min_size=64", "max_size=128", "crop_size=64", "pad_to=64"]
     elif args.pretrain_iterations is not None:
         pretrain_overrides = [f"iterations={args.pretrain_iterations}"]
+    if args.image_size is not None and not args.smoke:
+        size = [f"image_size={args.image_size}"]
 
     from partclipseg.cli import _keep_freed_memory
     from partclipseg.data.toyworld import generate_toy_world
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1:
         # one thread per process: on a 2-core machine two 1-thread runs finish sooner than one 2-thread run
         import multiprocessing
+        import signal
+
+        # a killed table (SIGTERM) takes its workers with it: leaving the with-block terminates the pool
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_one_thread) as pool:
             runs = []
             for row in pool.imap(run_one, jobs):
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(summary_rows)
     summary = {"summary": summary_rows, "runs": runs, "total_seconds": round(time.perf_counter() - started, 1),
                "smoke": args.smoke, "iterations": args.iterations, "batch_size": args.batch_size,
-               "seeds": args.seeds, "towers": str(towers), "data": str(root)}
+               "seeds": args.seeds, "image_size": args.image_size, "jobs": args.jobs, "towers": str(towers),
+               "data": str(root)}
     atomic_write_text(args.out / "toy_table.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(args.out / "toy_table.md", table)
     print(table)
