@@ -213,3 +213,21 @@ def test_export_towers_builds_a_partcatseg_with_the_pretrained_towers(tmp_path: 
     assert torch.equal(fresh["clip_text.text_projection"], theirs["clip_text.text_projection"])
     assert not torch.equal(fresh["clip_image.proj"], theirs["clip_image.proj"])
     assert set(IMAGE_HEAD_KEYS) <= set(fresh)
+
+
+def test_partcatseg_recipe_starts_from_a_pretraining_run_final(tmp_path: Path):
+    """``init=PRETRAIN_RUN/final`` in a PartCATSeg recipe = ``export_towers(final, ..., "partcatseg",
+    seed=<the recipe's>)`` without the detour through a folder."""
+    from partclipseg.train import load_recipe
+    from partclipseg.train.loop import build_initial_model
+
+    towers = _random_towers()
+    final = _fake_pretraining_run(tmp_path / "run", towers)
+    config = load_recipe("toy_world_partcatseg", ["root=/data", f"init={final}", "seed=5"])
+    model = build_initial_model(config)
+    exported = load_pretrained(export_towers(final, tmp_path / "init", "partcatseg", seed=5)).state_dict()
+    assert model.config.architecture == "partcatseg"
+    assert all(torch.equal(v, exported[k]) for k, v in model.state_dict().items())
+    # an architecture without a tower builder still refuses a model of another architecture
+    with pytest.raises(ConfigError, match="is a partcatseg model but the recipe trains partclipseg"):
+        build_initial_model(load_recipe("toy_world", ["root=/data", f"init={tmp_path / 'init'}"]))

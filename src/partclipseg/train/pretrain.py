@@ -54,8 +54,8 @@ from .checkpoint import latest_checkpoint, remove_stale_temporaries, trainer_sta
 from .recipe import _coerce, check_run_settings, parse_overrides, read_recipe
 
 __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
-           "load_pretrain_recipe", "part_model_from_towers", "pretrain", "pretraining_towers_state",
-           "zero_shot_accuracy"]
+           "load_pretrain_recipe", "model_from_towers", "part_model_from_towers", "pretrain",
+           "pretraining_towers_state", "zero_shot_accuracy"]
 
 RECIPE_KIND = "pretrain"
 
@@ -336,9 +336,15 @@ def part_model_from_towers(towers: ContrastiveTowers, seed: int = 0):
 
 
 def export_towers(source: str | Path, out: str | Path, architecture: str = "partclipseg", seed: int = 0) -> Path:
+    """``model_from_towers(source, architecture, seed)`` saved to ``out``. Lets every variant start from
+    the same towers."""
+    return save_pretrained(model_from_towers(source, architecture, seed).eval(), out)
+
+
+def model_from_towers(source: str | Path, architecture: str = "partclipseg", seed: int = 0, source_model=None):
     """A new model of ``architecture`` with the vision and text towers of the saved model ``source`` (e.g.
-    a pretraining run's ``final/``), the rest freshly initialised (seeded); saved to ``out``. Lets every
-    variant start from the same towers.
+    a pretraining run's ``final/``; ``source_model``: it, already loaded), the rest freshly initialised
+    (seeded with ``seed``).
 
     ``"partclipseg"`` and the ``"clipseg"`` baseline take the towers' modules as they are. An architecture
     with its own CLIP layout (``model.registry.tower_builder``: PartCATSeg's OpenAI-layout CLIP, its config
@@ -350,7 +356,7 @@ def export_towers(source: str | Path, out: str | Path, architecture: str = "part
     from ..model.registry import tower_builder
     from ..weights import load_pretrained
 
-    source_model = load_pretrained(source)
+    source_model = source_model if source_model is not None else load_pretrained(source)
     builder = tower_builder(architecture)
     torch.manual_seed(seed)
     if builder is not None:
@@ -358,16 +364,15 @@ def export_towers(source: str | Path, out: str | Path, architecture: str = "part
         if head is None:
             import warnings
 
-            warnings.warn(f"{source} is not a pretraining run's final/ with its checkpoints: the {architecture} "
+            warnings.warn(f"{source} is not a pretraining run's final/ beside its checkpoints: the {architecture} "
                           f"model's image head (the pretraining's image_norm / image_projection) starts fresh",
                           stacklevel=2)
-        model, _ = builder(source_model.config, state, str(source))
-        return save_pretrained(model.eval(), out)
+        return builder(source_model.config, state, str(source))[0]
     config = PartCLIPSegConfig.from_dict({**source_model.config.to_dict(), "architecture": architecture})
     model = build_model(config)
     model.vision.load_state_dict(source_model.vision.state_dict())
     model.text.load_state_dict(source_model.text.state_dict())
-    return save_pretrained(model.eval(), out)
+    return model
 
 
 #: the keys of a pretraining checkpoint's ``towers.safetensors`` that ``final/`` does not keep
