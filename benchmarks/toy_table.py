@@ -7,7 +7,7 @@ number of steps with each seed, then evaluated on the toy world's validation spl
 Oracle-Obj. Writes ``toy_table.json`` (every run and the per-variant mean, sample standard deviation,
 min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
 
-    python benchmarks/toy_table.py --out runs/toy_table                       # the full table
+    python benchmarks/toy_table.py --out runs/toy_table --jobs 2              # the full table (2 runs at once)
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
     python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
@@ -62,6 +62,37 @@ def markdown(summary_rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_thread() -> None:
+    import os
+
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def run_one(job: tuple) -> dict:
+    """Train one (variant, seed) run (resuming a killed one; a finished one is kept) and evaluate it
+    with both protocols; returns the table row."""
+    from partclipseg.cli import _keep_freed_memory
+    from partclipseg.eval_runner import evaluate
+    from partclipseg.train import load_recipe, train
+
+    _keep_freed_memory()
+    name, seed, run, recipe, overrides = job
+    config = load_recipe(recipe, overrides)
+    tic = time.perf_counter()
+    final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
+        config, run, resume=True, progress=False)
+    row = {"variant": name, "seed": seed, "train_seconds": round(time.perf_counter() - tic, 1), "model": str(final)}
+    root = next(o.split("=", 1)[1] for o in overrides if o.startswith("root="))
+    for protocol in PROTOCOLS:
+        res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
+                       print_table=False)
+        row.update({f"{protocol}_{k}": res["metrics"][k] for k in KEYS})
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -75,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, numbers mean nothing")
     parser.add_argument("--partcatseg", action="store_true", help="add a PartCATSeg row (toy_world_partcatseg recipe)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (2 on a 2-core machine)")
     args = parser.parse_args(argv)
     pretrain_overrides, size, catseg_size = [], [], []
     if args.smoke:
@@ -89,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from partclipseg.cli import _keep_freed_memory
     from partclipseg.data.toyworld import generate_toy_world
-    from partclipseg.eval_runner import evaluate
     from partclipseg.io import atomic_write_text
-    from partclipseg.train import load_recipe, train
     from partclipseg.train.pretrain import export_towers, load_pretrain_recipe, pretrain
 
     _keep_freed_memory()
@@ -116,26 +146,28 @@ def main(argv: list[str] | None = None) -> int:
             export_towers(towers, folder, arch)
 
     variants = VARIANTS + ([PARTCATSEG_VARIANT] if args.partcatseg else [])
-    runs = []
+    jobs = []
     for name, arch, overrides in variants:
         for seed in args.seeds:
             run = args.out / "runs" / f"{name.split(' ')[0].lower()}{'_attn' if 'L_sep' in name else ''}" / f"seed{seed}"
             recipe, start = ("toy_world_partcatseg", [f"init={inits[arch]}", *catseg_size]) if arch == "partcatseg" \
                 else ("toy_world", [f"init={inits[arch]}", *size])
-            config = load_recipe(recipe, [f"root={root}", f"seed={seed}", f"iterations={args.iterations}",
-                                          f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
-                                          f"checkpoint_period={args.iterations}", *start, *overrides])
-            tic = time.perf_counter()
-            final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
-                config, run, resume=True, progress=False)
-            train_s = time.perf_counter() - tic
-            row = {"variant": name, "seed": seed, "train_seconds": round(train_s, 1), "model": str(final)}
-            for protocol in PROTOCOLS:
-                res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
-                               print_table=False)
-                row.update({f"{protocol}_{k}": res["metrics"][k] for k in KEYS})
-            runs.append(row)
-            print(json.dumps(row), flush=True)
+            jobs.append((name, seed, run, recipe, [f"root={root}", f"seed={seed}", f"iterations={args.iterations}",
+                                                   f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
+                                                   f"checkpoint_period={args.iterations}", *start, *overrides]))
+    if args.jobs > 1:
+        # one thread per process: on a 2-core machine two 1-thread runs finish sooner than one 2-thread run
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_one_thread) as pool:
+            runs = []
+            for row in pool.imap(run_one, jobs):
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    else:
+        runs = []
+        for job in jobs:
+            runs.append(run_one(job))
+            print(json.dumps(runs[-1]), flush=True)
     summary_rows = []
     for name, _, _ in variants:
         mine = [r for r in runs if r["variant"] == name]

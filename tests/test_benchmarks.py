@@ -16,7 +16,9 @@ import toy_table  # noqa: E402
 
 @pytest.mark.slow
 def test_toy_table_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_table.py"), "--out", str(tmp_path), "--smoke"],
+    # --jobs 2: the runs go through a process pool; the rows come back in variant x seed order
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_table.py"), "--out", str(tmp_path), "--smoke",
+                           "--jobs", "2"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "toy_table.json").read_text())

@@ -139,6 +139,34 @@ def test_a_second_job_on_an_output_in_use_is_refused_and_writes_nothing(capsys, 
     assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == IMAGES
 
 
+@pytest.mark.slow
+def test_a_torchrun_job_on_an_output_in_use_is_refused_once_and_writes_nothing(model_dir, images, tmp_path):
+    """The second job runs under torchrun: its rank 0 prints the one refusal line and exits 2, the
+    other rank says nothing and does not hang; torchrun's launcher reports the rank's exit code 2 in
+    its own failure summary and exits 1 (the launcher's behaviour, documented in the README)."""
+    out = str(tmp_path / "out")
+    hold = tmp_path / "go"
+    first = _job(tmp_path, _args(model_dir, images, out), HOLD=str(hold))
+    try:
+        _wait_for(hold.with_suffix(".holding"), first)
+        before = read_tree(_out_dir(out))
+        second = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "partclipseg", *_args(model_dir, images, out, "--resume")],
+                                capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        refusals = [line for line in second.stderr.splitlines() if "is in use by another segment job" in line]
+        assert len(refusals) == 1 and refusals[0].startswith("error: "), second.stderr[-3000:]
+        assert f"(pid {first.pid} on {socket.gethostname()}" in refusals[0]
+        assert "exitcode  : 2" in second.stderr  # the rank's code, in torchrun's summary
+        assert second.returncode == 1  # torchrun's own exit code when a rank fails
+        assert read_tree(_out_dir(out)) == before
+        hold.touch()
+        stdout, stderr = first.communicate(timeout=240)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["processed"] == IMAGES
+
+
 def test_a_killed_jobs_lock_is_taken_over_and_resume_finishes_its_work(capsys, model_dir, images, out, tmp_path):
     killed = _job(tmp_path, _args(model_dir, images, out), KILL_AFTER="2")
     _, stderr = killed.communicate(timeout=120)

@@ -127,6 +127,20 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "out"), "--train", "1"]) == 2  # exists: refused without --overwrite
 
 
+def test_module_entry_point_runs_without_warnings(tmp_path: Path) -> None:
+    """``python -m partclipseg.data.toyworld`` (a stable entry point) runs cleanly: the package must
+    not import the generator module before runpy executes it (that printed a RuntimeWarning)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "partclipseg.data.toyworld",
+                           str(tmp_path / "out"), "--train", "1", "--val", "1", "--min-size", "64", "--max-size", "80"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and proc.stderr.strip() == ""
+    assert json.loads(proc.stdout)["train"] == 1
+
+
 # ----------------------------------------------------------------------------- reader
 def test_registry_and_check_full(toy_root: Path) -> None:
     assert DATASETS["toy_world"] is ToyWorld

@@ -16,7 +16,7 @@ from .base import DatasetReader, SampleRef, TrainRecord
 from .common import IGNORE, DatasetError, EvalSample
 from .partimagenet import PartImageNet
 from .pascal_part import PascalPart116
-from .toyworld import ToyWorld
+from .toy_reader import ToyWorld
 
 __all__ = [
     "DATASETS",

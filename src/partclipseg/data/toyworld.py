@@ -62,7 +62,7 @@ from PIL import Image, ImageDraw
 
 from ..vocabulary import Vocabulary
 from .common import DatasetError
-from .pascal_part import PascalPart116
+from .toy_reader import FOLDER_NAME, NAME, ToyWorld  # noqa: F401  (the reader, re-exported)
 from ..io import json_text
 
 __all__ = [
@@ -82,8 +82,6 @@ __all__ = [
     "write_vocabulary_json",
 ]
 
-NAME = "toy_world"
-FOLDER_NAME = "ToyWorld"
 IGNORE_LABEL = 255
 
 #: object -> its part classes, in label order (objects in alphabetical order)
@@ -210,14 +208,6 @@ def write_vocabulary_json(path: str | Path | None = None) -> Path:
     path = Path(path) if path is not None else vocabulary_json_path()
     path.write_text(vocabulary_json_text(), encoding="utf-8")
     return path
-
-
-# ============================================================================ reader
-class ToyWorld(PascalPart116):
-    """Reader of the toy world (``toy_world``): the Pascal-Part-116 reader with the toy vocabulary."""
-
-    name = NAME
-    folder_name = FOLDER_NAME
 
 
 # ============================================================================ geometry helpers
