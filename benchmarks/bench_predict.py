@@ -28,7 +28,8 @@ ViT-S/14, random weights, official switches on except the text features: float32
 run ``set_image``
 (both towers, once per image), the first ``predict`` after it (aggregation + decoder + Pred-All) and a
 warm ``predict`` (same image and vocabulary: post-processing only); ``min_s`` / ``median_s`` are the
-first predict's. ``--save FILE`` also writes the records (with the load average before and after) as
+first predict's; ``warmup_round_s`` holds the warm-up round's stages (the process's first image).
+``--threads N`` sets ``torch.set_num_threads`` (default 2) for every case. ``--save FILE`` also writes the records (with the load average before and after) as
 JSON.
 """
 from __future__ import annotations
@@ -174,7 +175,8 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
     text_s = text_sample_s * len(names) / len(sample)
     busy, own = _busy_cpu_s(), sum(os.times()[:2])
     stages: dict[str, list[float]] = {"set_image": [], "first_predict": [], "warm_predict": []}
-    for i in range(runs + 1):  # the first round warms up
+    warmup: dict[str, float] = {}
+    for i in range(runs + 1):  # the first round warms up (its times are reported apart: ``warmup_round_s``)
         marks = [time.perf_counter()]
         predictor.set_image(image)
         marks.append(time.perf_counter())
@@ -182,9 +184,11 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
         marks.append(time.perf_counter())
         predictor.predict(vocab)
         marks.append(time.perf_counter())
-        if i:
-            for k, stage in enumerate(stages):
+        for k, stage in enumerate(stages):
+            if i:
                 stages[stage].append(marks[k + 1] - marks[k])
+            else:
+                warmup[stage] = round(marks[k + 1] - marks[k], 4)
     STATS["foreign_cpu_s"] = round(max(0.0, _busy_cpu_s() - busy - (sum(os.times()[:2]) - own)), 2)
     STATS["timed_peak_rss_mb"] = _vm_hwm_mb()
     first = stages["first_predict"]
@@ -192,7 +196,7 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
             "median_s": round(statistics.median(first), 4), "runs": runs,
             "stage_min_s": {k: round(min(v), 4) for k, v in stages.items()},
             "stage_median_s": {k: round(statistics.median(v), 4) for k, v in stages.items()},
-            "times_s": {k: [round(t, 4) for t in v] for k, v in stages.items()},
+            "times_s": {k: [round(t, 4) for t in v] for k, v in stages.items()}, "warmup_round_s": warmup,
             "text_s": round(text_s, 2), "text_s_measured_on": f"{len(sample)} of {len(names)} names"
             + ("" if PARTCATSEG_TEXT_ALL else " (scaled by the name count; the other names' features are random "
                "unit vectors)"), "text_sample_s": round(text_sample_s, 2),
@@ -200,9 +204,8 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
             "config": "partcatseg-tiny" if quick else "partcatseg-voc",
             "text_features_fp16": config.official.text_features_fp16, "num_text_classes": len(vocab),
             "num_part_object_classes": vocab.num_parts + vocab.num_objects + 1, **STATS,
-            "official_forward_s": None,
-            "official_forward_note": "not measured: the shared fixtures' README has no PartCATSeg timings and the "
-                                     "official runner's environment was not built"}
+            "official_forward_note": "measured separately: scripts/partcatseg_ref_timing.py "
+                                     "(benchmarks/results/official_partcatseg_forward.json)"}
 
 
 def run_case(name: str, runs: int, quick: bool, chunk_size: int | None = 64) -> dict:
@@ -299,6 +302,7 @@ def child(name: str, runs: int, quick: bool, chunk_size: int) -> None:
 
 
 def main(argv=None) -> int:
+    global PARTCATSEG_TEXT_FP16, PARTCATSEG_TEXT_ALL, THREADS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (after 1 warm-up)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
@@ -310,6 +314,7 @@ def main(argv=None) -> int:
                         help="PartCATSeg case: fp16 text features as the official code (slow on a CPU)")
     parser.add_argument("--partcatseg-text-all", action="store_true",
                         help="PartCATSeg case: encode every name of the vocabulary (default: a sample, scaled)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch.set_num_threads (default 2)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -318,8 +323,8 @@ def main(argv=None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    global PARTCATSEG_TEXT_FP16, PARTCATSEG_TEXT_ALL
     PARTCATSEG_TEXT_FP16, PARTCATSEG_TEXT_ALL = args.partcatseg_text_fp16, args.partcatseg_text_all
+    THREADS = args.threads
     if args.profile or args.child:
         for name in cases if args.child else ():
             child(name, args.runs, args.quick, args.chunk_size or None)
@@ -328,7 +333,8 @@ def main(argv=None) -> int:
     records, load_before = [], _loadavg()
     for name in cases:  # one fresh process per case, so peak RSS is the case's own
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--cases", name, "--runs", str(args.runs),
-               "--chunk-size", str(args.chunk_size)] + (["--partcatseg-text-fp16"] if args.partcatseg_text_fp16 else [])
+               "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)] + \
+            (["--partcatseg-text-fp16"] if args.partcatseg_text_fp16 else [])
         cmd += ["--partcatseg-text-all"] if args.partcatseg_text_all else []
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -14,8 +14,10 @@ min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
     python benchmarks/toy_table.py --out runs/toy_table --partcatseg          # + a PartCATSeg row (own recipe)
 
 The toy world is generated into ``OUT/data`` unless ``--data`` points at an existing one; the towers
-are pretrained into ``OUT/pretrain`` unless ``--towers`` names a pretraining run's ``final/``. A killed
-run resumes: finished runs are kept, unfinished ones continue from their checkpoints.
+are pretrained into ``OUT/pretrain`` unless ``--towers`` names a pretraining run's ``final/``. Each
+architecture's starting model is exported into ``OUT/init/<architecture>`` (``export_towers``; for
+PartCATSeg also the pretraining's image head, read from the run's last checkpoint beside ``final/``). A
+killed run resumes: finished runs are kept, unfinished ones continue from their checkpoints.
 """
 from __future__ import annotations
 
@@ -31,9 +33,10 @@ VARIANTS = [
     ("PartCLIPSeg (no attention losses)", "partclipseg", ["loss.use_attention=false"]),
     ("PartCLIPSeg + L_sep + L_enh", "partclipseg", ["loss.use_attention=true"]),
 ]
-#: ``--partcatseg``: one more row, PartCATSeg with its own recipe (``toy_world_partcatseg``, the
-#: ``partcatseg-toy`` preset from random weights: the pretrained towers do not fit its OpenAI-layout CLIP)
-PARTCATSEG_VARIANT = ("PartCATSeg (toy preset, random towers)", "partcatseg", [])
+#: ``--partcatseg``: one more row, PartCATSeg with its own recipe (``toy_world_partcatseg``) from the same
+#: pretrained towers (``export_towers(..., "partcatseg")``: the ``partcatseg-toy`` preset with the towers'
+#: CLIP shapes, the towers mapped into its OpenAI-layout CLIP, DINOv2 and the aggregator new)
+PARTCATSEG_VARIANT = ("PartCATSeg", "partcatseg", [])
 PROTOCOLS = ("pred-all", "oracle-obj")
 KEYS = ("mIoU-base", "mIoU-unbase", "h-IoU")
 
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (towers / "model.safetensors").is_file():
             pretrain(load_pretrain_recipe("toy_world_pretrain", [f"root={root}", *pretrain_overrides]),
                      args.out / "pretrain", resume=True, progress=False)
-    inits = {arch: args.out / "init" / arch for arch in ("partclipseg", "clipseg")}
+    inits = {arch: args.out / "init" / arch
+             for arch in ("partclipseg", "clipseg", *(["partcatseg"] if args.partcatseg else []))}
     for arch, folder in inits.items():
         if not (folder / "model.safetensors").is_file():
             export_towers(towers, folder, arch)
@@ -150,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, arch, overrides in variants:
         for seed in args.seeds:
             run = args.out / "runs" / f"{name.split(' ')[0].lower()}{'_attn' if 'L_sep' in name else ''}" / f"seed{seed}"
-            recipe, start = ("toy_world_partcatseg", catseg_size) if arch == "partcatseg" else \
-                ("toy_world", [f"init={inits[arch]}", *size])
+            recipe, start = ("toy_world_partcatseg", [f"init={inits[arch]}", *catseg_size]) if arch == "partcatseg" \
+                else ("toy_world", [f"init={inits[arch]}", *size])
             jobs.append((name, seed, run, recipe, [f"root={root}", f"seed={seed}", f"iterations={args.iterations}",
                                                    f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
                                                    f"checkpoint_period={args.iterations}", *start, *overrides]))

@@ -46,12 +46,24 @@ def test_toy_table_partcatseg_row_smoke(tmp_path):
                            "--partcatseg", "--seeds", "0"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "toy_table.json").read_text())
-    assert [r["variant"] for r in summary["summary"]][-1] == "PartCATSeg (toy preset, random towers)"
+    assert [r["variant"] for r in summary["summary"]][-1] == "PartCATSeg"
     row = summary["runs"][-1]
     assert row["variant"].startswith("PartCATSeg") and row["oracle-obj_mIoU-base"] is not None
     config = json.loads((Path(row["model"]) / "config.json").read_text())
     assert config["model_type"] == "partcatseg"
     assert (tmp_path / "toy_table.md").read_text().count("\n") == 6
+    # the row started from the pretrained towers (image head from the pretraining's last checkpoint), and the
+    # text tower stayed frozen
+    from safetensors.torch import load_file
+
+    ckpt = sorted((tmp_path / "pretrain" / "checkpoints").iterdir())[-1]
+    towers = load_file(str(ckpt / "towers.safetensors"))
+    init = load_file(str(tmp_path / "init" / "partcatseg" / "model.safetensors"))
+    trained = load_file(str(Path(row["model"]) / "model.safetensors"))
+    assert torch_equal(init["clip_text.token_embedding.weight"], towers["text.token_embedding.weight"])
+    assert torch_equal(init["clip_image.ln_post.weight"], towers["image_norm.weight"])
+    assert torch_equal(init["clip_image.proj"], towers["image_projection.weight"].T)
+    assert all(torch_equal(trained[k], init[k]) for k in init if k.startswith("clip_text."))
 
 
 def torch_equal(a, b) -> bool:

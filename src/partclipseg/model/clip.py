@@ -16,6 +16,19 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+def resize_position_table(table: torch.Tensor, native: int, grid: int) -> torch.Tensor:
+    """A ViT position table [1 + native*native, C] for a ``grid x grid`` token grid: the patch rows
+    resized bicubically (``align_corners=False``), the CLS row kept; the table itself when the grids agree.
+    (The one home of this resize: the vision tower at another input size, and the export of these towers
+    into another model at another input size, ``model.partcatseg.toy_towers``.)"""
+    if grid == native:
+        return table
+    c = table.shape[1]
+    patches = table[1:].T.reshape(1, c, native, native)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([table[:1], patches.reshape(c, grid * grid).T], dim=0)
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with separate q/k/v/out projections (with bias), as CLIP and CLIPSeg.
 
@@ -107,14 +120,7 @@ class CLIPVisionTower(nn.Module):
 
     def position_table(self, grid: int) -> torch.Tensor:
         """Position embeddings [1 + grid*grid, C] for a ``grid x grid`` token grid."""
-        table = self.position_embedding
-        native = self.config.native_grid
-        if grid == native:
-            return table
-        c = table.shape[1]
-        patches = table[1:].T.reshape(1, c, native, native)
-        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-        return torch.cat([table[:1], patches.reshape(c, grid * grid).T], dim=0)
+        return resize_position_table(self.position_embedding, self.config.native_grid, grid)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))

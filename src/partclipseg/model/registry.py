@@ -8,6 +8,11 @@ Named starting points: an architecture registers ``builder(config, progress=True
 name with ``@register_initial_weights(name, architecture)`` (e.g. PartCATSeg's
 ``"catseg_base+dinov2_vits14"``: the official recipe's CAT-Seg (B) + DINOv2 ViT-S/14 weights); a
 training recipe's ``init=<name>`` is looked up with ``initial_weights_builder(name)``.
+
+Starting from the package's own CLIP towers (the toy pretraining's, ``train.pretrain.export_towers``): an
+architecture whose CLIP has another layout registers ``builder(source_config, towers_state) -> (model,
+report)`` with ``@register_tower_builder(architecture)`` (PartCATSeg's OpenAI-layout CLIP); architectures
+without one share the towers' modules (``vision`` / ``text``) and take them as they are.
 """
 from __future__ import annotations
 
@@ -76,3 +81,26 @@ def initial_weights_builder(name: str) -> tuple[str, Callable[..., Any]] | None:
 def initial_weights_names() -> tuple[str, ...]:
     """The registered names of starting points (``init=<name>`` in a recipe)."""
     return tuple(_INITIAL_WEIGHTS)
+
+
+_TOWER_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_tower_builder(architecture: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``builder(source_config, towers_state) -> (model, report)`` builds a new ``architecture``
+    model whose CLIP towers are the package's own towers (``source_config``: their ``PartCLIPSegConfig``;
+    ``towers_state``: their state dict, see ``train.pretrain.export_towers``), the rest initialised."""
+
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if architecture in _TOWER_BUILDERS and _TOWER_BUILDERS[architecture] is not builder:
+            raise ValueError(f"a tower builder for {architecture!r} is already registered")
+        _TOWER_BUILDERS[architecture] = builder
+        return builder
+
+    return register
+
+
+def tower_builder(architecture: str) -> Callable[..., Any] | None:
+    """The builder registered for ``architecture`` by ``register_tower_builder``, or ``None`` (the
+    architecture uses the towers' own modules)."""
+    return _TOWER_BUILDERS.get(architecture)

@@ -29,7 +29,7 @@ from ..dist import DistInfo, barrier, default_device, dist_info, init_distribute
 from ..errors import CheckpointError, ConfigError, PartCLIPSegError
 from ..io import atomic_write_text, json_text
 from ..model import PartSegmentationModel, TextInputs, build_model
-from ..model.registry import architecture_class, initial_weights_builder
+from ..model.registry import architecture_class, initial_weights_builder, tower_builder
 from ..tokenizer import get_tokenizer
 from ..weights import init_from_clipseg, load_pretrained, save_pretrained
 from .data import StepSampler, TrainDataset
@@ -41,8 +41,10 @@ from .recipe import TrainConfig
 # ---------------------------------------------------------------------------- model set-up
 def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
     """``random:<preset>``, ``<registered starting point>:<preset>`` (``model.registry.initial_weights_names``,
-    e.g. ``catseg_base+dinov2_vits14:partcatseg-voc``), a saved partclipseg folder (fine-tuning) or CLIPSeg
-    weights (HF layout)."""
+    e.g. ``catseg_base+dinov2_vits14:partcatseg-voc``), a saved partclipseg folder (fine-tuning; for an
+    architecture with a registered tower builder, a saved model of another architecture gives its CLIP towers:
+    ``train.pretrain.export_towers``, e.g. toy pretraining's ``final/`` for PartCATSeg) or CLIPSeg weights (HF
+    layout)."""
     if config.init.startswith("random:"):
         model_config = architecture_class(config.architecture).preset_config(config.init.split(":", 1)[1],
                                                                              config.image_size)
@@ -65,6 +67,12 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
     path = Path(resolved)
     if _is_saved_model(path):
         model = load_pretrained(path)
+        if model.config.architecture != config.architecture and tower_builder(config.architecture) is not None:
+            # e.g. toy pretraining's final/ (our CLIP towers) for PartCATSeg: its own CLIP layout takes the
+            # towers (and the pretraining's image head when final/ sits beside its checkpoints); the rest is new
+            from .pretrain import model_from_towers
+
+            return model_from_towers(path, config.architecture, config.seed, model)
         if model.config.architecture != config.architecture:
             raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
                               f"{config.architecture}")

@@ -54,7 +54,8 @@ from .checkpoint import latest_checkpoint, remove_stale_temporaries, trainer_sta
 from .recipe import _coerce, check_run_settings, parse_overrides, read_recipe
 
 __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
-           "load_pretrain_recipe", "part_model_from_towers", "pretrain", "zero_shot_accuracy"]
+           "load_pretrain_recipe", "model_from_towers", "part_model_from_towers", "pretrain",
+           "pretraining_towers_state", "zero_shot_accuracy"]
 
 RECIPE_KIND = "pretrain"
 
@@ -335,18 +336,68 @@ def part_model_from_towers(towers: ContrastiveTowers, seed: int = 0):
 
 
 def export_towers(source: str | Path, out: str | Path, architecture: str = "partclipseg", seed: int = 0) -> Path:
-    """A new model of ``architecture`` (``"partclipseg"`` or the ``"clipseg"`` baseline) with the
-    vision and text towers of the saved model ``source`` (e.g. a pretraining run's ``final/``), the
-    rest freshly initialised (seeded); saved to ``out``. Lets every variant start from the same towers."""
+    """``model_from_towers(source, architecture, seed)`` saved to ``out``. Lets every variant start from
+    the same towers."""
+    return save_pretrained(model_from_towers(source, architecture, seed).eval(), out)
+
+
+def model_from_towers(source: str | Path, architecture: str = "partclipseg", seed: int = 0, source_model=None):
+    """A new model of ``architecture`` with the vision and text towers of the saved model ``source`` (e.g.
+    a pretraining run's ``final/``; ``source_model``: it, already loaded), the rest freshly initialised
+    (seeded with ``seed``).
+
+    ``"partclipseg"`` and the ``"clipseg"`` baseline take the towers' modules as they are. An architecture
+    with its own CLIP layout (``model.registry.tower_builder``: PartCATSeg's OpenAI-layout CLIP, its config
+    = the ``partcatseg-toy`` preset with the towers' shapes) gets them through its key table, together with
+    the pretraining's image head (``image_norm`` / ``image_projection``, which ``final/`` does not keep)
+    when ``source`` is a pretraining run's ``final/`` beside its ``checkpoints/``
+    (``pretraining_towers_state``); without the head, its image head stays freshly initialised (a warning
+    says so)."""
+    from ..model.registry import tower_builder
     from ..weights import load_pretrained
 
-    source_model = load_pretrained(source)
-    config = PartCLIPSegConfig.from_dict({**source_model.config.to_dict(), "architecture": architecture})
+    source_model = source_model if source_model is not None else load_pretrained(source)
+    builder = tower_builder(architecture)
     torch.manual_seed(seed)
+    if builder is not None:
+        state, head = pretraining_towers_state(source, source_model)
+        if head is None:
+            import warnings
+
+            warnings.warn(f"{source} is not a pretraining run's final/ beside its checkpoints: the {architecture} "
+                          f"model's image head (the pretraining's image_norm / image_projection) starts fresh",
+                          stacklevel=2)
+        return builder(source_model.config, state, str(source))[0]
+    config = PartCLIPSegConfig.from_dict({**source_model.config.to_dict(), "architecture": architecture})
     model = build_model(config)
     model.vision.load_state_dict(source_model.vision.state_dict())
     model.text.load_state_dict(source_model.text.state_dict())
-    return save_pretrained(model.eval(), out)
+    return model
+
+
+#: the keys of a pretraining checkpoint's ``towers.safetensors`` that ``final/`` does not keep
+IMAGE_HEAD_KEYS = ("image_norm.weight", "image_norm.bias", "image_projection.weight")
+
+
+def pretraining_towers_state(source: str | Path, source_model=None) -> tuple[dict[str, torch.Tensor], Path | None]:
+    """The state dict of the saved model ``source`` plus, when ``source`` is a pretraining run's ``final/``,
+    the pretraining's image head from the run's newest checkpoint (``checkpoints/step_*/towers.safetensors``,
+    used only if its ``vision.*`` / ``text.*`` tensors equal ``final/``'s: the same towers). Returns the
+    state and the checkpoint file the head came from (``None``: no head)."""
+    from ..weights import load_pretrained, read_safetensors
+
+    source = Path(source)
+    model = source_model if source_model is not None else load_pretrained(source)
+    state = dict(model.state_dict())
+    ckpt = latest_checkpoint(source.parent, CHECKPOINT_FILES)
+    if ckpt is None:
+        return state, None
+    towers = read_safetensors(ckpt / "towers.safetensors")
+    same = all(k in towers and torch.equal(towers[k], v) for k, v in state.items() if k.startswith(("vision.", "text.")))
+    if not same or not all(k in towers for k in IMAGE_HEAD_KEYS):
+        return state, None
+    state.update({k: towers[k] for k in IMAGE_HEAD_KEYS})
+    return state, ckpt / "towers.safetensors"
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -29,12 +29,13 @@ class CLIPLayerNorm(nn.LayerNorm):
 
 
 class QuickGELUMLP(nn.Module):
-    """``c_proj(quick_gelu(c_fc(x)))`` with a 4x hidden width."""
+    """``c_proj(quick_gelu(c_fc(x)))``; hidden width ``hidden`` (OpenAI: 4 x width)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, hidden: int | None = None) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width)
-        self.c_proj = nn.Linear(4 * width, width)
+        hidden = 4 * width if hidden is None else hidden
+        self.c_fc = nn.Linear(width, hidden)
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
@@ -71,11 +72,11 @@ class PackedSelfAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: ``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))`` (OpenAI names)."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, mlp_hidden: int | None = None) -> None:
         super().__init__()
         self.attn = PackedSelfAttention(width, heads)
         self.ln_1 = CLIPLayerNorm(width)
-        self.mlp = QuickGELUMLP(width)
+        self.mlp = QuickGELUMLP(width, mlp_hidden)
         self.ln_2 = CLIPLayerNorm(width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,9 +90,9 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class CLIPTransformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_hidden: int | None = None) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_hidden) for _ in range(layers))
 
 
 class CLIPImageTower(nn.Module):
@@ -105,7 +106,7 @@ class CLIPImageTower(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(w))
         self.positional_embedding = nn.Parameter(torch.zeros(config.native_grid ** 2 + 1, w))
         self.ln_pre = CLIPLayerNorm(w)
-        self.transformer = CLIPTransformer(w, config.vision_layers, config.vision_heads)
+        self.transformer = CLIPTransformer(w, config.vision_layers, config.vision_heads, config.vision_mlp_hidden)
         self.ln_post = CLIPLayerNorm(w)
         self.proj = nn.Parameter(torch.zeros(w, config.embed_dim))
 
@@ -120,15 +121,19 @@ class CLIPImageTower(nn.Module):
         patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
         return torch.cat([table[:1], patches.reshape(w, grid * grid).T], dim=0)
 
-    def forward_dense(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, 3, S, S] (CLIP-normalised) -> [B, 1 + g*g, E], g = S / patch."""
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, S, S] (CLIP-normalised) -> the tokens entering block 0 [B, 1 + g*g, W] (after ``ln_pre``)."""
         x = self.conv1(pixels.to(self.conv1.weight.dtype))
         b, w, gh, gw = x.shape
         if gh != gw:
             raise ValueError(f"the CLIP image tower needs a square input, got a {gh}x{gw} token grid")
         x = x.reshape(b, w, gh * gw).permute(0, 2, 1)
         x = torch.cat([self.class_embedding.to(x.dtype).expand(b, 1, w), x], dim=1)
-        x = self.ln_pre(x + self.position_table(gh).to(x.dtype))
+        return self.ln_pre(x + self.position_table(gh).to(x.dtype))
+
+    def forward_dense(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, S, S] (CLIP-normalised) -> [B, 1 + g*g, E], g = S / patch."""
+        x = self.embed(pixels)
         blocks = self.transformer.resblocks
         for block in blocks[:-1]:
             x = block(x)
@@ -145,7 +150,7 @@ class CLIPTextTower(nn.Module):
         w = config.text_width
         self.token_embedding = nn.Embedding(config.vocab_size, w)
         self.positional_embedding = nn.Parameter(torch.zeros(config.context_length, w))
-        self.transformer = CLIPTransformer(w, config.text_layers, config.text_heads)
+        self.transformer = CLIPTransformer(w, config.text_layers, config.text_heads, config.text_mlp_hidden)
         self.ln_final = CLIPLayerNorm(w)
         self.text_projection = nn.Parameter(torch.zeros(w, config.embed_dim))
 

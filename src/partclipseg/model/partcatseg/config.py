@@ -36,7 +36,9 @@ MODEL_TYPE = "partcatseg"
 class CLIPTowersConfig:
     """OpenAI CLIP (``model_vpt.CLIP``): ViT image tower and causal text tower.
 
-    Heads are ``vision_width // 64`` and ``text_width // 64`` in OpenAI's ``build_model``.
+    Heads are ``vision_width // 64`` and ``text_width // 64`` in OpenAI's ``build_model``. The MLP hidden
+    widths are OpenAI's ``4 x width`` unless ``vision_mlp_width`` / ``text_mlp_width`` are set (towers of
+    another shape, e.g. the toy pretraining's 2 x width, ``toy_towers.py``).
     """
 
     embed_dim: int = 512
@@ -50,10 +52,22 @@ class CLIPTowersConfig:
     text_width: int = 512
     text_layers: int = 12
     text_heads: int = 8
+    vision_mlp_width: int | None = None
+    text_mlp_width: int | None = None
 
     @property
     def native_grid(self) -> int:
         return self.image_resolution // self.vision_patch_size
+
+    @property
+    def vision_mlp_hidden(self) -> int:
+        """The image blocks' MLP hidden width (``vision_mlp_width``, default 4 x ``vision_width``)."""
+        return 4 * self.vision_width if self.vision_mlp_width is None else self.vision_mlp_width
+
+    @property
+    def text_mlp_hidden(self) -> int:
+        """The text blocks' MLP hidden width (``text_mlp_width``, default 4 x ``text_width``)."""
+        return 4 * self.text_width if self.text_mlp_width is None else self.text_mlp_width
 
 
 @dataclass
@@ -155,6 +169,9 @@ class PartCATSegConfig:
                                    ("aggregator", a.hidden_dim, a.num_heads)):
             if heads <= 0 or width % heads:
                 raise ConfigError(f"{name}: width {width} is not divisible by {heads} heads")
+        for name, hidden in (("clip.vision_mlp_width", c.vision_mlp_width), ("clip.text_mlp_width", c.text_mlp_width)):
+            if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0):
+                raise ConfigError(f"{name} must be a positive integer or null (4 x width), got {hidden!r}")
         if self.clip_resolution % c.vision_patch_size:
             raise ConfigError(f"clip_resolution {self.clip_resolution} is not a multiple of the patch "
                               f"size {c.vision_patch_size}")
