@@ -13,8 +13,8 @@ Cases (``--cases``, comma-separated; default all):
   (``"object0's part"`` ...), a 1000x1000 image;
 * ``ade20k_4000x3000_<model>``: the ADE20K-Part-234 test vocabulary on a 4000x3000 photo-sized image;
 
-with ``<model>`` = ``default`` (the built-in model's shape, ``toy``) or ``full`` (``clipseg-rd64-refined``,
-the official model's shape). Run from the repository root (``--no-prompts``: Pred-All + outputs only)::
+with ``<model>`` = ``default`` (the built-in default model itself, its weights and shape) or ``full``
+(``clipseg-rd64-refined``, the official model's shape, random weights). Run from the repository root (``--no-prompts``: Pred-All + outputs only)::
 
     .venv/bin/python benchmarks/bench_memory.py --out benchmarks/results/memory.json
 """
@@ -80,9 +80,15 @@ def run_case(name: str, out_dir: str, prompts: bool = True) -> dict:
     else:
         vocab = Vocabulary.from_benchmark("ade20k_part_234")
         width, height = 4000, 3000
-    model_name = "toy" if name.endswith("_default") else "clipseg-rd64-refined"
     torch.manual_seed(0)
-    model = build_model(get_config(model_name)).eval()
+    if name.endswith("_default"):
+        from partclipseg.weights import load_default_model
+
+        model = load_default_model().eval()
+        model_name = f"built-in default model ({model.config.vision.image_size} px, {model.config.vision.num_layers} layers)"
+    else:
+        model_name = "clipseg-rd64-refined"
+        model = build_model(get_config(model_name)).eval()
     image = synthetic_image(width, height)
     start = time.perf_counter()
     predictor = Predictor(model)

@@ -80,6 +80,9 @@ def run_one(job: tuple) -> dict:
 
     _keep_freed_memory()
     name, seed, run, recipe, overrides = job
+    done = run / "row.json"  # a finished run's row (its training time included) is kept, not re-measured
+    if done.is_file() and (run / "final" / "model.safetensors").is_file():
+        return json.loads(done.read_text())
     config = load_recipe(recipe, overrides)
     tic = time.perf_counter()
     final = run / "final" if (run / "final" / "model.safetensors").is_file() else train(
@@ -90,6 +93,9 @@ def run_one(job: tuple) -> dict:
         res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
                        print_table=False)
         row.update({f"{protocol}_{k}": res["metrics"][k] for k in KEYS})
+    from partclipseg.io import atomic_write_text
+
+    atomic_write_text(done, json.dumps(row) + "\n")
     return row
 
 

@@ -88,3 +88,20 @@ def test_bench_scale_smoke(tmp_path):
     result = json.loads((tmp_path / "scale.json").read_text())
     (run,) = result["runs"]
     assert run["engine"] == "local" and run["processed"] == result["images"] == 6 and run["images_per_s"] > 0
+
+
+def test_toy_table_keeps_a_finished_runs_row(tmp_path):
+    """A rerun of the table returns a finished run's stored row (its training time included) without
+    training or evaluating again; a run without ``final/`` is not taken as finished."""
+    run = tmp_path / "runs" / "partclipseg" / "seed0"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model.safetensors").write_bytes(b"not read")
+    row = {"variant": "PartCLIPSeg (no attention losses)", "seed": 0, "train_seconds": 412.5, "model": str(run / "final")}
+    (run / "row.json").write_text(json.dumps(row))
+    job = (row["variant"], 0, run, "toy_world", [f"root={tmp_path}/missing", "seed=0"])
+    assert toy_table.run_one(job) == row
+    (run / "final" / "model.safetensors").unlink()  # unfinished: it would train (and fails on the missing data)
+    from partclipseg.data.common import DatasetError
+
+    with pytest.raises(DatasetError, match="missing folder"):
+        toy_table.run_one(job)
