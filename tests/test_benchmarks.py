@@ -100,8 +100,8 @@ def test_toy_table_keeps_a_finished_runs_row(tmp_path):
     (run / "row.json").write_text(json.dumps(row))
     job = (row["variant"], 0, run, "toy_world", [f"root={tmp_path}/missing", "seed=0"])
     assert toy_table.run_one(job) == row
-    (run / "final" / "model.safetensors").unlink()  # unfinished: it would train (and fails on the missing data)
-    from partclipseg.data.common import DatasetError
+    (run / "final" / "model.safetensors").unlink()  # unfinished: it goes to training, which refuses this folder
+    from partclipseg.errors import PartCLIPSegError
 
-    with pytest.raises(DatasetError, match="missing folder"):
+    with pytest.raises(PartCLIPSegError, match="not empty and holds no run"):
         toy_table.run_one(job)
