@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +106,26 @@ def test_toy_table_keeps_a_finished_runs_row(tmp_path):
 
     with pytest.raises(PartCLIPSegError, match="not empty and holds no run"):
         toy_table.run_one(job)
+
+
+def test_object_confusion_counts_every_labelled_pixel(tmp_path):
+    """scripts/object_confusion.py: every pixel of an object with parts or of the background is counted
+    once, in the row of its ground-truth object; objects absent from the split get null recall."""
+    from PIL import Image
+
+    from partclipseg.data.toyworld import generate_toy_world
+    from partclipseg.vocabulary import load_benchmark_info
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import object_confusion
+
+    root = generate_toy_world(tmp_path, n_train=0, n_val=2, size_range=(64, 80), overwrite=True, seed=5)
+    result = object_confusion.confusion(None, Path(root), "toy_world", "val", None)
+    info = load_benchmark_info("toy_world")
+    with_parts = [info["object_classes"].index(o) for o in result["objects"][:-1]] + [255]
+    rows = np.array(result["pixels"])
+    for i, value in enumerate(with_parts):
+        expected = sum(int((np.array(Image.open(p)) == value).sum())
+                       for p in sorted((Path(root) / "annotations_detectron2_obj" / "val").glob("*.png")))
+        assert rows[i].sum() == expected, result["objects"][i]
+        assert (result["recall_percent"][result["objects"][i]] is None) == (expected == 0)
