@@ -91,6 +91,17 @@ def _out_dir(out: str) -> Path:
     return Path(out[len("file://"):]) if out.startswith("file://") else Path(out)
 
 
+def _release_and_finish(first: subprocess.Popen, hold: Path) -> None:
+    """Let the held first job go on; it must finish every image (it is killed if it hangs)."""
+    hold.touch()
+    try:
+        stdout, stderr = first.communicate(timeout=240)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["processed"] == IMAGES
+
+
 @pytest.fixture(params=["folder", pytest.param("uri", marks=pytest.mark.slow)])  # uri: the heartbeat lock in a job
 def out(request, tmp_path) -> str:
     if request.param == "uri":
@@ -128,12 +139,10 @@ def test_a_second_job_on_an_output_in_use_is_refused_and_writes_nothing(capsys, 
         assert err.count("\n") == 1 and "Traceback" not in err
         assert f"is in use by another segment job (pid {holder} on {socket.gethostname()}" in err
         assert read_tree(_out_dir(out)) == before  # nothing written, not even the job file
-        hold.touch()
-        stdout, stderr = first.communicate(timeout=240)
-    finally:
+    except BaseException:
         first.kill()
-    assert first.returncode == 0, stderr[-3000:]
-    assert json.loads(stdout.strip().splitlines()[-1])["processed"] == IMAGES
+        raise
+    _release_and_finish(first, hold)
     assert not (_out_dir(out) / storage.LOCK_FILE).exists()  # released at the end
     code = main(_args(model_dir, images, out, "--resume"))  # free again
     assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == IMAGES
@@ -159,12 +168,10 @@ def test_a_torchrun_job_on_an_output_in_use_is_refused_once_and_writes_nothing(m
         assert "exitcode  : 2" in second.stderr  # the rank's code, in torchrun's summary
         assert second.returncode == 1  # torchrun's own exit code when a rank fails
         assert read_tree(_out_dir(out)) == before
-        hold.touch()
-        stdout, stderr = first.communicate(timeout=240)
-    finally:
+    except BaseException:
         first.kill()
-    assert first.returncode == 0, stderr[-3000:]
-    assert json.loads(stdout.strip().splitlines()[-1])["processed"] == IMAGES
+        raise
+    _release_and_finish(first, hold)
 
 
 def test_a_killed_jobs_lock_is_taken_over_and_resume_finishes_its_work(capsys, model_dir, images, out, tmp_path):
