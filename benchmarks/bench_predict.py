@@ -208,7 +208,7 @@ def run_partcatseg_case(runs: int, quick: bool) -> dict:
                                      "(benchmarks/results/official_partcatseg_forward.json)"}
 
 
-def run_case(name: str, runs: int, quick: bool, chunk_size: int | None = 64) -> dict:
+def run_case(name: str, runs: int, quick: bool, chunk_size: int | None = 32) -> dict:
     """Time one case in this process; returns its JSON record (without the process peak RSS)."""
     from partclipseg.predictor import Predictor
     from partclipseg.vocabulary import Vocabulary
@@ -267,7 +267,7 @@ def stage_breakdown(predictor, vocab, image, runs: int) -> dict:
     return {k: round(statistics.median(v), 4) for k, v in stages.items()}
 
 
-def profile(quick: bool, chunk_size: int | None = 64, rows: int = 15) -> None:
+def profile(quick: bool, chunk_size: int | None = 32, rows: int = 15) -> None:
     """Print torch.profiler tables (by op, by op and shape; self CPU) of one warm Pascal-Part Pred-All call."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     from partclipseg.predictor import Predictor
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (after 1 warm-up)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     parser.add_argument("--quick", action="store_true", help="tiny-fast config: a smoke run in seconds")
-    parser.add_argument("--chunk-size", type=int, default=64, help="Predictor(chunk_size=...); 0: no chunking")
+    parser.add_argument("--chunk-size", type=int, default=32, help="Predictor(chunk_size=...); 0: no chunking")
     parser.add_argument("--profile", action="store_true", help="profile one warm pascal_part_116 call instead")
     parser.add_argument("--save", help="also write the records and the load average to this JSON file")
     parser.add_argument("--partcatseg-text-fp16", action="store_true",

@@ -62,7 +62,7 @@ class Predictor:
     which architecture it holds."""
 
     def __init__(self, model: PartSegmentationModel, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, chunk_size: int | None = 64, max_cached_vocabularies: int = 8):
+                 dtype: torch.dtype | None = None, chunk_size: int | None = 32, max_cached_vocabularies: int = 8):
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         self.model = model.eval()

@@ -12,7 +12,7 @@ Inference data flow (the Predictor)::
 
     encoded  = model.encode_vocabulary(vocabulary, tokenizer)     # text only, cached per vocabulary
     features = model.encode_image(pixel_values)                   # image only, cached per image
-    output   = model.decode_for_inference(features, encoded, chunk_size=64)  # SegmentationOutput
+    output   = model.decode_for_inference(features, encoded, chunk_size=32)  # SegmentationOutput
     # -> partclipseg.postprocess: protocols on output.logits / output.object_part_logits
     #    (tensors, or LazyLogits computed a few channels at a time for large vocabularies)
 
