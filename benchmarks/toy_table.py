@@ -22,7 +22,10 @@ killed run resumes: finished runs are kept, unfinished ones continue from their 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
+import signal
 import statistics
 import sys
 import time
@@ -76,6 +79,7 @@ def run_one(job: tuple) -> dict:
     with both protocols; returns the table row."""
     from partclipseg.cli import _keep_freed_memory
     from partclipseg.eval_runner import evaluate
+    from partclipseg.io import atomic_write_text
     from partclipseg.train import load_recipe, train
 
     _keep_freed_memory()
@@ -93,8 +97,6 @@ def run_one(job: tuple) -> dict:
         res = evaluate("toy_world", root, str(final), protocol, run / f"eval_{protocol}.json", progress=False,
                        print_table=False)
         row.update({f"{protocol}_{k}": res["metrics"][k] for k in KEYS})
-    from partclipseg.io import atomic_write_text
-
     atomic_write_text(done, json.dumps(row) + "\n")
     return row
 
@@ -165,23 +167,17 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((name, seed, run, recipe, [f"root={root}", f"seed={seed}", f"iterations={args.iterations}",
                                                    f"batch_size={args.batch_size}", f"eval_period={10 ** 9}",
                                                    f"checkpoint_period={args.iterations}", *start, *overrides]))
+    # --jobs > 1: one thread per process (on a 2-core machine two 1-thread runs finish sooner than one
+    # 2-thread run); a killed table (SIGTERM) takes its workers with it: leaving the with-block terminates
+    # the pool
     if args.jobs > 1:
-        # one thread per process: on a 2-core machine two 1-thread runs finish sooner than one 2-thread run
-        import multiprocessing
-        import signal
-
-        # a killed table (SIGTERM) takes its workers with it: leaving the with-block terminates the pool
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_one_thread) as pool:
-            runs = []
-            for row in pool.imap(run_one, jobs):
-                runs.append(row)
-                print(json.dumps(row), flush=True)
-    else:
-        runs = []
-        for job in jobs:
-            runs.append(run_one(job))
-            print(json.dumps(runs[-1]), flush=True)
+    runs = []
+    with (multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_one_thread) if args.jobs > 1
+          else contextlib.nullcontext()) as pool:
+        for row in (pool.imap(run_one, jobs) if pool is not None else map(run_one, jobs)):
+            runs.append(row)
+            print(json.dumps(row), flush=True)
     summary_rows = []
     for name, _, _ in variants:
         mine = [r for r in runs if r["variant"] == name]
