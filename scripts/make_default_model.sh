@@ -16,6 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/default_model}
 if [ -n "${THREADS:-}" ]; then export OMP_NUM_THREADS=$THREADS; fi
+# glibc: keep freed blocks of up to 32 MiB (a training step's logits and their gradients) in the heap
+# instead of returning them to the kernel and page-faulting them back in every step (~7% per step)
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-8589934592}
 PYTHON=${PYTHON:-python}
 TEST_SEED=20261202
 if [ "${SMOKE:-0}" = 1 ]; then

@@ -89,3 +89,25 @@ def test_attentions_of_selected_layers_only(tiny):
     assert last.decoder_attentions[0] is None and last.decoder_attentions[1] is None
     torch.testing.assert_close(last.decoder_attentions[2], every.decoder_attentions[2])
     torch.testing.assert_close(last.object_part_logits, every.object_part_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("patch_size", [16, 8])
+def test_mask_head_fast_path_matches_layer_by_layer_convolutions(patch_size):
+    """MaskHead runs its two transposed convolutions as matrix products on a channels-last map; values
+    and gradients (input and every weight) equal torch's own layers applied one after another."""
+    from partclipseg.model.decoder import MaskHead
+
+    torch.manual_seed(0)
+    head = MaskHead(8, patch_size, complex_head=True).double()
+    x = torch.randn(3, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    reference = x
+    for layer in head:  # nn.Sequential's own forward, layer by layer (torch's ConvTranspose2d kernels)
+        reference = layer(reference)
+    out = head(x)
+    assert out.shape == (3, 1, head.output_side(5), head.output_side(6)) == reference.shape
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [x, *head.parameters()], grad)
+    theirs = torch.autograd.grad(reference, [x, *head.parameters()], grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)

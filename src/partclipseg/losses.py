@@ -182,15 +182,55 @@ def _class_weights(n: int, background: float | None, like: Tensor) -> Tensor:
     return w
 
 
+class _ChannelSummedBCE(torch.autograd.Function):
+    """Per-pixel ``sum_c w_c BCE(x_c, y_c)`` with a hand-written backward (``_pixel_bce``).
+
+    Autograd of the plain expression materialises several zero-filled [B,C,S,S] gradients (the
+    gather's and the background slice's) and a separate softplus backward; here the gradient
+    ``w_c (sigmoid(x_c) - y_c)`` is built in one tensor. Same numbers up to float summation order.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, idx: Tensor, positive: Tensor, weight: Tensor,
+                background: Tensor | None):
+        # idx [B,S,S] long: the positive channel per pixel; positive [B,S,S]: its weight w[idx] (0 where
+        # none); background [B,S,S] float or None: extra positive weight on the last channel
+        softplus = F.softplus(logits)
+        w_last = weight[-1]
+        total = softplus.sum(1)
+        if bool(w_last != 1):
+            total = total + (w_last - 1) * softplus[:, -1]
+        total = total - logits.gather(1, idx.unsqueeze(1)).squeeze(1) * positive
+        if background is not None:
+            total = total - logits[:, -1] * background
+        ctx.save_for_backward(logits, idx, positive, weight, background)
+        ctx.has_background = background is not None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor):
+        logits, idx, positive, weight, background = ctx.saved_tensors
+        grad = torch.sigmoid(logits)
+        w_last = weight[-1]
+        if bool(w_last != 1):
+            grad[:, -1] *= w_last
+        grad.scatter_add_(1, idx.unsqueeze(1), -positive.unsqueeze(1))
+        if ctx.has_background:
+            grad[:, -1] -= background
+        grad *= grad_total.unsqueeze(1)
+        return grad, None, None, None, None
+
+
 def _pixel_bce(logits: Tensor, labels: Tensor, valid: Tensor, weight: Tensor, background: Tensor | None = None):
     """logits [B,C,S,S] -> per-pixel ``sum_c w_c BCE(x_c, y_c)`` [B,S,S], ``y`` = one-hot of ``labels`` on
-    ``valid`` (+1 on the last channel where ``background``), via ``BCE = softplus(x) - x*y`` (no one-hot)."""
-    total = (F.softplus(logits) * weight.view(1, -1, 1, 1)).sum(1)
+    ``valid`` (+1 on the last channel where ``background``), via ``BCE = softplus(x) - x*y`` (no one-hot).
+    ``weight`` [C]: ones except (maybe) the last entry (``_class_weights``)."""
+    if bool((weight[:-1] != 1).any()):
+        raise ValueError("_pixel_bce: only the last channel may have a weight other than 1")
     idx = torch.where(valid, labels, 0)
-    total = total - logits.gather(1, idx.unsqueeze(1)).squeeze(1) * weight[idx] * valid
-    if background is not None:
-        total = total - logits[:, -1] * weight[-1] * background
-    return total
+    positive = (weight[idx] * valid).to(logits.dtype)
+    extra = None if background is None else (weight[-1] * background).to(logits.dtype)
+    return _ChannelSummedBCE.apply(logits, idx, positive, weight.to(logits.dtype), extra)
 
 
 def _group_sum(x: Tensor, per_image: bool) -> Tensor:

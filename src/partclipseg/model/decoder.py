@@ -68,15 +68,38 @@ def patch_transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Te
     return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
 
 
+def two_patch_transposed_convs(x: torch.Tensor, first: nn.ConvTranspose2d, second: nn.ConvTranspose2d) -> torch.Tensor:
+    """``second(relu(first(x)))`` for two kernel-equals-stride ``ConvTranspose2d``, as two matrix products.
+
+    The intermediate map stays channels-last in (pixel, sub-pixel) order, [N, h, w, k1, k1, M], which is
+    the row order the second product needs, so only the input and the final output are permuted (the
+    one-product-per-layer form, ``patch_transposed_conv``, permutes the large intermediate twice).
+    Same numbers up to float summation order. x [N, C, h, w] -> [N, O, h k1 k2, w k1 k2].
+    """
+    n, c, h, w = x.shape
+    _, m, k1, _ = first.weight.shape
+    _, o, k2, _ = second.weight.shape
+    y = x.permute(0, 2, 3, 1).reshape(-1, c) @ first.weight.permute(0, 2, 3, 1).reshape(c, k1 * k1 * m)
+    y = y.view(-1, m)  # rows: (n, i, j, a, b), the intermediate pixel (i k1 + a, j k1 + b)
+    if first.bias is not None:
+        y = y + first.bias
+    z = F.relu(y) @ second.weight.reshape(m, o * k2 * k2)  # columns: (o, c, d)
+    z = z.view(n, h, w, k1, k1, o, k2, k2).permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(n, o, h * k1 * k2, w * k1 * k2)
+    return z if second.bias is None else z.add_(second.bias.view(1, o, 1, 1))
+
+
 class MaskHead(nn.Sequential):
     """Feature map [M, D, g, g] -> mask logits [M, 1, S, S] (S = 16 g for 16 px patches).
 
     Complex variant (rd64-refined): Conv3x3(D, D) - ReLU - ConvT(D, D/2, k=s=patch/4) - ReLU -
     ConvT(D/2, 1, k=s=patch/4). Simple variant: ConvT(D, 1, k=s=patch). The transposed convolutions
-    run as matrix products (``patch_transposed_conv``).
+    run as matrix products (``two_patch_transposed_convs``, ``patch_transposed_conv``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) == 5:  # complex: conv, relu, then both transposed convolutions in one pass
+            x = self[1](self[0](x))
+            return two_patch_transposed_convs(x, self[2], self[4])
         for layer in self:
             if isinstance(layer, nn.ConvTranspose2d):
                 x = patch_transposed_conv(x, layer)
