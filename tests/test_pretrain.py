@@ -124,6 +124,15 @@ def test_pretrain_learns_resumes_and_hands_over_towers(toy: Path, tmp_path: Path
     (torn / "trainer.pt").write_bytes(b"PK\x03\x04 torn")
     pretrain(half, part, resume=True, progress=False)
     assert not torn.exists()
+    # a finished run resumes to its final/ at once (untouched); another config is refused, not overwritten
+    stamp = (part / "final" / "model.safetensors").stat().st_mtime_ns
+    assert pretrain(half, part, resume=True, progress=False) == part / "final"
+    assert (part / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    other = load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", *TINY, "iterations=4", "lr=0.5"])
+    saved = (part / "config.json").read_text()
+    with pytest.raises(ConfigError, match="lr"):
+        pretrain(other, part, resume=True, progress=False)
+    assert (part / "config.json").read_text() == saved
     a = _tensors(tmp_path / "full" / "checkpoints" / "step_0000004" / "towers.safetensors")
     b = _tensors(part / "checkpoints" / "step_0000004" / "towers.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

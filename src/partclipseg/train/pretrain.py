@@ -50,7 +50,7 @@ from ..preprocess import load_image
 from ..resample import resize_bilinear
 from ..tokenizer import get_tokenizer
 from ..weights import save_pretrained
-from .checkpoint import latest_checkpoint, remove_stale_temporaries, trainer_state, trim_metrics, write_checkpoint
+from .checkpoint import check_resume_config, latest_checkpoint, remove_stale_temporaries, trainer_state, trim_metrics, write_checkpoint
 from .recipe import _coerce, check_run_settings, parse_overrides, read_recipe
 
 __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
@@ -479,6 +479,14 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
     out_dir = Path(out_dir)
     if out_dir.exists() and (out_dir / "config.json").is_file() and not resume:
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
+    if resume:
+        remove_stale_temporaries(out_dir)
+        done_ckpt = latest_checkpoint(out_dir, CHECKPOINT_FILES)
+        done_step = 0 if done_ckpt is None else int(done_ckpt.name.split("_")[1])
+        check_resume_config(out_dir, config.to_dict(), done_step, allow_safe_changes=False)
+        final = out_dir / "final"
+        if done_step >= config.iterations and (final / "model.safetensors").is_file():
+            return final  # finished: nothing to decode, train or rewrite
     device = "cuda" if torch.cuda.is_available() else "cpu"
     towers = _build(config).to(device)
     sampler = CaptionSampler(config.root, "train", config, towers.config.image_mean, towers.config.image_std)
@@ -492,8 +500,6 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
     optimizer = torch.optim.AdamW(_parameter_groups(towers, config.weight_decay), lr=config.lr,
                                   betas=tuple(config.betas), eps=1e-6)
     start = 0
-    if resume:
-        remove_stale_temporaries(out_dir)
     if resume and (ckpt := latest_checkpoint(out_dir, CHECKPOINT_FILES)) is not None:
         from ..weights import read_safetensors
 
