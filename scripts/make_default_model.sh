@@ -3,7 +3,7 @@
 #   1. draw the toy world (3000 training + 200 validation images, seed 0, 320-640 px) and a test set
 #      drawn with a seed that no training step sees;
 #   2. toy language-image pretraining of the vision and text towers (recipe toy_world_pretrain);
-#   3. part training from those towers (recipe toy_world), evaluated every 100 steps on the validation
+#   3. part training from those towers (recipe toy_world), evaluated every 500 steps on the validation
 #      split; the checkpoint with the best harmonic mIoU is kept;
 #   4. partclipseg evaluate (Oracle-Obj and Pred-All) on the test set;
 #   5. copy the model into the package and pick the example images from the test set.
