@@ -479,10 +479,11 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
     out_dir = Path(out_dir)
     if out_dir.exists() and (out_dir / "config.json").is_file() and not resume:
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose a new folder")
+    ckpt = None
     if resume:
         remove_stale_temporaries(out_dir)
-        done_ckpt = latest_checkpoint(out_dir, CHECKPOINT_FILES)
-        done_step = 0 if done_ckpt is None else int(done_ckpt.name.split("_")[1])
+        ckpt = latest_checkpoint(out_dir, CHECKPOINT_FILES)
+        done_step = 0 if ckpt is None else int(ckpt.name.split("_")[1])
         check_resume_config(out_dir, config.to_dict(), done_step, allow_safe_changes=False)
         final = out_dir / "final"
         if done_step >= config.iterations and (final / "model.safetensors").is_file():
@@ -500,7 +501,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
     optimizer = torch.optim.AdamW(_parameter_groups(towers, config.weight_decay), lr=config.lr,
                                   betas=tuple(config.betas), eps=1e-6)
     start = 0
-    if resume and (ckpt := latest_checkpoint(out_dir, CHECKPOINT_FILES)) is not None:
+    if ckpt is not None:
         from ..weights import read_safetensors
 
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
