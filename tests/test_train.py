@@ -146,3 +146,34 @@ def test_unknown_recipe_and_missing_root():
         load_recipe("imagenet")
     with pytest.raises(ConfigError, match="root"):
         load_recipe("pascal_part_116").validate()
+
+
+def test_freeze_object_words_keeps_the_object_names_rows(voc_root, tmp_path):
+    """``freeze_object_words``: after training, the token-embedding rows of the training objects' names
+    equal their initial values, while part-word rows and the end token moved; the rule needs trained
+    token embeddings and no embedding weight decay."""
+    from partclipseg.tokenizer import get_tokenizer
+    from partclipseg.vocabulary import Vocabulary
+
+    overrides = [f"root={voc_root}", "iterations=2", *FAST, "trainable=all-but-text-layers", "freeze_object_words=true"]
+    cfg = load_recipe("pascal_part_116", overrides)
+    initial = train_loop.build_initial_model(cfg).text.token_embedding.weight.detach().clone()
+    final = train(cfg, tmp_path / "run", progress=False)
+    trained = load_file(str(final / "model.safetensors"))["text.token_embedding.weight"]
+    tok, vocab = get_tokenizer(), Vocabulary.from_benchmark("pascal_part_116", "train")
+    object_rows = {t for name in vocab.objects for t in tok.encode(name)} - {tok.bos_token_id, tok.eos_token_id}
+    part_rows = {t for name in vocab.parts for t in tok.encode(name)} - {tok.bos_token_id, tok.eos_token_id}
+    frozen = sorted(object_rows - part_rows)
+    assert len(frozen) >= 10  # "dog", "aeroplane", "pottedplant" pieces, ...
+    assert torch.equal(trained[frozen], initial[frozen])
+    moved = sorted(part_rows - object_rows)
+    assert (trained[moved] - initial[moved]).abs().amax(1).gt(0).all()
+    assert not torch.equal(trained[tok.eos_token_id], initial[tok.eos_token_id])
+    # without the switch the same rows move
+    plain = train(load_recipe("pascal_part_116", overrides[:-1]), tmp_path / "plain", progress=False)
+    assert not torch.equal(load_file(str(plain / "model.safetensors"))["text.token_embedding.weight"][frozen],
+                           initial[frozen])
+    with pytest.raises(ConfigError, match="token embeddings do not train"):
+        train(load_recipe("pascal_part_116", [*overrides, "trainable=all-but-text"]), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="weight_decay_embed"):
+        load_recipe("pascal_part_116", [*overrides, "weight_decay_embed=0.1"]).validate()

@@ -107,6 +107,24 @@ def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
     return names
 
 
+def freeze_object_word_rows(model: nn.Module, vocabulary, tokenizer) -> list[int]:
+    """``freeze_object_words``: zero the gradient of the text token-embedding rows of ``vocabulary``'s
+    object names (tokens that also occur in a part name, and the start / end tokens, keep training), so
+    that the seen objects' names stay in the pretrained geometry the unseen objects' names keep.
+    Returns the frozen token ids. Every trained ``*token_embedding.weight`` table gets the hook."""
+    tables = [p for n, p in model.named_parameters() if n.endswith("token_embedding.weight") and p.requires_grad]
+    if not tables:
+        raise ConfigError("freeze_object_words: the text token embeddings do not train in this trainable set "
+                          "(use e.g. trainable=all-but-text-layers or VA+L+F+D)")
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    part_tokens = {t for name in vocabulary.parts for t in tokenizer.encode(name)}
+    rows = sorted({t for name in vocabulary.objects for t in tokenizer.encode(name)} - part_tokens - special)
+    for table in tables:
+        index = torch.tensor(rows, dtype=torch.long, device=table.device)
+        table.register_hook(lambda grad, index=index: grad.index_fill(0, index, 0.0))
+    return rows
+
+
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """detectron2-style groups: one per trainable parameter; weight decay 0 for norm layers and
     embedding tables (``weight_decay_norm`` / ``weight_decay_embed``), ``weight_decay`` otherwise
@@ -213,6 +231,8 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     model.to(device)
     dataset = TrainDataset(config, model.train_preprocessor(config.channel_order))
     text = model.tokenize_vocabulary(dataset.vocabulary, get_tokenizer()).to(device)
+    if config.freeze_object_words:
+        freeze_object_word_rows(model, dataset.vocabulary, get_tokenizer())
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   eps=config.eps)
     start = _resume(out_dir, model, optimizer, info) if resume else 0

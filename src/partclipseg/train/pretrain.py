@@ -59,7 +59,7 @@ __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for
 
 RECIPE_KIND = "pretrain"
 
-#: caption templates; ``{}`` = one or more object descriptions ("a brown spotted dog and a red car")
+#: caption templates; ``{}`` = one or more object descriptions ("a white spotted cow and a red car")
 TEMPLATES = (
     "a photo of {}.", "a picture of {}.", "a drawing of {}.", "a cartoon of {}.", "an image of {}.",
     "{}.", "there is {} in the picture.", "a toy world scene with {}.", "a rendering of {}.", "{} on a background.",
@@ -167,8 +167,8 @@ def _describe(words: dict[str, str], rng: np.random.Generator, describe_prob: fl
 
 def caption_for(objects: Sequence[dict[str, str]], rng: np.random.Generator, describe_prob: float = 0.5) -> str:
     """An object-level caption for an image's objects (``{"object", "colour", "texture"}`` each):
-    a random template around the objects' descriptions in random order, e.g. "a photo of a brown
-    spotted dog and a red car." No part words."""
+    a random template around the objects' descriptions in random order, e.g. "a photo of a white
+    spotted cow and a red car." No part words."""
     if not objects:
         return "an empty picture."
     order = rng.permutation(len(objects))
