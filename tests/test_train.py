@@ -148,6 +148,7 @@ def test_unknown_recipe_and_missing_root():
         load_recipe("pascal_part_116").validate()
 
 
+@pytest.mark.slow
 def test_freeze_object_words_keeps_the_object_names_rows(voc_root, tmp_path):
     """``freeze_object_words``: after training, the token-embedding rows of the training objects' names
     equal their initial values, while part-word rows and the end token moved; the rule needs trained

@@ -230,9 +230,10 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     set_trainable(model, config.trainable)
     model.to(device)
     dataset = TrainDataset(config, model.train_preprocessor(config.channel_order))
-    text = model.tokenize_vocabulary(dataset.vocabulary, get_tokenizer()).to(device)
+    tokenizer = get_tokenizer()
+    text = model.tokenize_vocabulary(dataset.vocabulary, tokenizer).to(device)
     if config.freeze_object_words:
-        freeze_object_word_rows(model, dataset.vocabulary, get_tokenizer())
+        freeze_object_word_rows(model, dataset.vocabulary, tokenizer)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   eps=config.eps)
     start = _resume(out_dir, model, optimizer, info) if resume else 0
