@@ -224,6 +224,58 @@ def test_skip_unseen_images_keeps_unseen_objects_out_of_part_training(tmp_path: 
     assert shown[True] and not any(objects(r) & unseen for r in shown[True])
 
 
+def test_object_stage_trains_every_object_mask_and_no_part(tmp_path: Path):
+    """``supervision=objects`` (recipe toy_world_objects): images with cow or bus are used; no part label
+    survives; every object, unseen ones included, keeps its object label and has an object channel; the
+    object term pulls the cow channel up on cow pixels while the part terms are zero."""
+    from PIL import Image
+
+    from partclipseg.model.base import ResizeNormalise
+    from partclipseg.train import loop as train_loop
+    from partclipseg.train.data import TrainDataset
+
+    root = generate_toy_world(tmp_path / "toy", n_train=24, n_val=0, size_range=(48, 64), seed=5)
+    vocab = json.loads((ROOT / "src" / "partclipseg" / "resources" / "vocab" / "toy_world.json").read_text())
+    cow = vocab["object_classes"].index("cow")
+    config = load_recipe("toy_world_objects", [f"root={root}"])
+    assert config.supervision == "objects" and not config.skip_unseen_images
+    dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
+    assert set(dataset.vocabulary.objects) >= {"cow", "bus", "dog", "car"}
+    model_index = dataset.object_to_model.tolist()
+    assert model_index[cow] == dataset.vocabulary.objects.index("cow")
+    samples = [dataset[(k, k)] for k in range(len(dataset))]
+    with_cow = [s for s in samples if (s.object_labels == cow).any()]
+    assert with_cow  # unseen objects are trained on (their object masks)
+    for sample in samples:
+        assert (sample.part_labels == -1).all()  # IGNORE
+        stem = sample.record_id.split("/", 1)[1]
+        raw = np.asarray(Image.open(root / "annotations_detectron2_obj" / "train" / f"{stem}.png")).astype(np.int64)
+        # no object relabelled (flips aside: compare the label sets; 255 = ignore -> -1)
+        assert set(np.unique(sample.object_labels.numpy())) == set(np.where(raw == 255, -1, raw).ravel().tolist())
+    # the loss on a batch holding a cow: part terms zero, the cow channel pushed up on cow pixels
+    run = train_loop.setup(load_recipe("toy_world_objects", [f"root={root}", "init=random:tiny-fast", "image_size=32",
+                                                            "num_workers=0"]),
+                           tmp_path / "run", resume=False, progress=False)
+    batch = dataset.collate(with_cow[:2])
+    out = run.model(batch["pixel_values"], **run.text.forward_kwargs())
+    out.logits.retain_grad()
+    losses = run.model.loss(out, batch["part_labels"], batch["object_labels"], run.text, run.dataset.object_to_model,
+                            config.loss)
+    assert float(losses["generalized_parts"].detach()) == 0 and float(losses["object_specific_parts"].detach()) == 0
+    assert float(losses["objects"].detach()) > 0
+    losses["total"].backward()
+    size = out.logits.shape[-2:]
+    labels = torch.nn.functional.interpolate(batch["object_labels"][0][None, None].float(), size=size,
+                                             mode="nearest")[0, 0]
+    channel = run.text.vocabulary.num_parts + run.text.vocabulary.objects.index("cow")
+    grad = out.logits.grad[0, channel]
+    assert (labels == cow).any() and float(grad[labels == cow].mean()) < 0  # gradient descent raises the logit
+    with pytest.raises(ConfigError, match="skip_unseen_images"):
+        load_recipe("toy_world_objects", [f"root={root}", "skip_unseen_images=true"]).validate()
+    with pytest.raises(ConfigError, match="supervision must be one of"):
+        load_recipe("toy_world", [f"root={root}", "supervision=words"]).validate()
+
+
 def test_best_checkpoint_picks_highest_harmonic(tmp_path: Path):
     lines = [{"step": 1, "total": 3.0}, {"step": 1, "eval": "pred-all", "seen": 10, "unseen": 5, "harmonic": 6.7},
              {"step": 2, "eval": "pred-all", "seen": 30, "unseen": 20, "harmonic": 24.0},

@@ -24,7 +24,8 @@ from .recipe import TrainConfig
 class TrainSample:
     """One augmented training sample: ``pixel_values`` = the model's per-sample input (its
     ``train_preprocessor().sample``: [3,S,S] pixels for the CLIPSeg family); part labels [H,W] (seen
-    classes 0..T-1, -1 ignore); object labels [H,W] (seen object ids, -1 ignore)."""
+    classes 0..T-1, -1 ignore; all -1 with ``supervision="objects"``); object labels [H,W] (seen object
+    ids, or with ``supervision="objects"`` the dataset's object ids of every object; -1 ignore)."""
 
     pixel_values: Any
     part_labels: torch.Tensor
@@ -53,11 +54,19 @@ class TrainDataset(torch.utils.data.Dataset):
         if not self.records:
             raise DatasetError(f"{config.dataset} at {config.root} has no training images")
         info = load_benchmark_info(config.dataset)
-        remap = info["train_label_remap"]
-        self.part_table = _remap_table(remap["object_specific"], len(info["object_specific_classes"]))
-        self.object_table = _remap_table(remap["object"], len(info["object_classes"]))
-        self.vocabulary = Vocabulary.from_benchmark(config.dataset, "train")
-        self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["seen_object_classes"]))
+        self.objects_only = config.supervision == "objects"
+        if self.objects_only:  # every object keeps its label (full object ids); no part label is used
+            n_parts, n_objects = len(info["object_specific_classes"]), len(info["object_classes"])
+            self.part_table = _remap_table({}, n_parts)
+            self.object_table = _remap_table({str(i): i for i in range(n_objects)}, n_objects)
+            self.vocabulary = Vocabulary.from_benchmark(config.dataset, "test")
+            self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["object_classes"]))
+        else:
+            remap = info["train_label_remap"]
+            self.part_table = _remap_table(remap["object_specific"], len(info["object_specific_classes"]))
+            self.object_table = _remap_table(remap["object"], len(info["object_classes"]))
+            self.vocabulary = Vocabulary.from_benchmark(config.dataset, "train")
+            self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["seen_object_classes"]))
         unseen = [info["object_classes"].index(name) for name in info["unseen_object_classes"]]
         self.unseen_objects = np.asarray(unseen if config.skip_unseen_images else [], dtype=np.int64)
 
@@ -76,15 +85,18 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> TrainSample:
         position, index = item
         # the official mapper draws another random image when no seen part is labelled; we take the next
-        # (also past images with an unseen object, with skip_unseen_images)
+        # (also past images with an unseen object, with skip_unseen_images). supervision=objects: the next
+        # image with an object label.
+        needed = 2 if self.objects_only else 1
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
             sample = self._load(i)
-            if sample is not None and (sample[1] != IGNORE).any():
+            if sample is not None and (sample[needed] != IGNORE).any():
                 image, part, obj = sample
                 break
         else:
-            raise ValueError(f"no training image of {self.config.dataset} has a seen part label"
+            what = "an object label" if self.objects_only else "a seen part label"
+            raise ValueError(f"no training image of {self.config.dataset} has {what}"
                              + (" and no unseen object" if self.unseen_objects.size else ""))
         rng = np.random.default_rng([self.config.seed, position])
         image, part, obj = augment(image, part, obj, self.config, rng)

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..losses import LossConfig
 
 AUGMENTATIONS = ("resize_flip", "flip", "none")
+SUPERVISIONS = ("parts", "objects")
 LR_SCHEDULES = ("poly", "cosine")
 WARMUP_METHODS = ("linear", "constant")
 
@@ -67,6 +68,14 @@ class TrainConfig:
       set in which the token embeddings train, and ``weight_decay_embed: 0``. Not used by the toy
       recipe: there it lowered validation Pred-All (step 4000: 20.0 / 2.2 seen / unseen against
       21.1 / 5.2; ``benchmarks/results/default_model_run/experiments.json``).
+    * ``supervision``: ``"parts"`` (the paper's training: seen object-specific part masks, object masks of
+      the seen objects) or ``"objects"`` (an object-segmentation stage: the vocabulary is the benchmark's
+      whole test vocabulary, so every object, unseen ones included, gets an object channel; the object
+      masks of all objects are the targets; no part label is used, so the part terms are zero and only the
+      object head's BCE and the object-specific background term train). This is the toy world's analogue
+      of CLIPSeg's referring-segmentation training (PhraseCut), from which the real PartCLIPSeg starts:
+      object names of the unseen objects are placed on object masks, no part of an unseen object is ever
+      labelled. Not combinable with ``skip_unseen_images``.
     """
 
     dataset: str = "pascal_part_116"
@@ -102,6 +111,7 @@ class TrainConfig:
     channel_order: str = "BGR"
     skip_unseen_images: bool = False
     freeze_object_words: bool = False
+    supervision: str = "parts"
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
@@ -123,6 +133,11 @@ class TrainConfig:
             raise ConfigError(f"warmup_method must be one of {WARMUP_METHODS}, got {self.warmup_method!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.supervision not in SUPERVISIONS:
+            raise ConfigError(f"supervision must be one of {SUPERVISIONS}, got {self.supervision!r}")
+        if self.supervision == "objects" and self.skip_unseen_images:
+            raise ConfigError("supervision=objects trains on the object masks of every object, unseen ones "
+                              "included: set skip_unseen_images=false")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.eval_protocol not in ("pred-all", "oracle-obj"):
