@@ -1,7 +1,8 @@
 """The paper's ablation table in miniature, on the toy world (CPU), with spreads over seeds.
 
 Every variant starts from the **same** pretrained towers (toy language-image pretraining, as every
-row of the paper starts from CLIP): (1) the CLIPSeg baseline, (2) PartCLIPSeg without the attention
+row of the paper starts from CLIP), or with ``--start`` from the same trained model (the default model's
+object stage, the toy CLIPSeg, as every row of the paper starts from CLIPSeg's weights): (1) the CLIPSeg baseline, (2) PartCLIPSeg without the attention
 losses, (3) PartCLIPSeg with L_sep + L_enh. Each is trained with the ``toy_world`` recipe for the same
 number of steps with each seed, then evaluated on the toy world's validation split with Pred-All and
 Oracle-Obj. Writes ``toy_table.json`` (every run and the per-variant mean, sample standard deviation,
@@ -10,6 +11,8 @@ min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
     python benchmarks/toy_table.py --out runs/toy_table --jobs 2 --image-size 128   # the README's table
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
+    python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \
+        --start runs/default_model/objects/final --data runs/default_model/data/ToyWorld   # from the object stage
     python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
     python benchmarks/toy_table.py --out runs/toy_table --partcatseg          # + a PartCATSeg row (own recipe)
 
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=None, help="an existing ToyWorld folder (with captions/)")
     parser.add_argument("--towers", type=Path, default=None, help="a pretraining run's final/ folder to start from")
+    parser.add_argument("--start", type=Path, default=None,
+                        help="a saved PartCLIPSeg model every CLIPSeg-family row starts from instead of the bare "
+                             "towers, e.g. the default model's object stage (runs/default_model/objects/final: "
+                             "the toy CLIPSeg; the baseline drops its object-specific part head)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=300, help="part-training steps per run")
     parser.add_argument("--pretrain-iterations", type=int, default=None, help="default: the recipe's")
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.out / "pretrain", resume=True, progress=False)
     inits = {arch: args.out / "init" / arch
              for arch in ("partclipseg", "clipseg", *(["partcatseg"] if args.partcatseg else []))}
+    if args.start is not None:  # every CLIPSeg-family row from one trained model (as every paper row from CLIPSeg)
+        inits.update(partclipseg=args.start, clipseg=args.start)
     for arch, folder in inits.items():
         if not (folder / "model.safetensors").is_file():
             export_towers(towers, folder, arch)
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"summary": summary_rows, "runs": runs, "total_seconds": round(time.perf_counter() - started, 1),
                "smoke": args.smoke, "iterations": args.iterations, "batch_size": args.batch_size,
                "seeds": args.seeds, "image_size": args.image_size, "jobs": args.jobs, "towers": str(towers),
+               "start": None if args.start is None else str(args.start),
                "data": str(root)}
     atomic_write_text(args.out / "toy_table.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(args.out / "toy_table.md", table)

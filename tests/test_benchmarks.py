@@ -39,6 +39,17 @@ def test_toy_table_smoke(tmp_path):
     for arch in ("partclipseg", "clipseg"):
         init = load_file(str(tmp_path / "init" / arch / "model.safetensors"))
         assert all(torch_equal(init[k], towers[k]) for k in towers if k.startswith(("vision.", "text.")))
+    # --start: every CLIPSeg-family row from one trained PartCLIPSeg (the baseline without its object-specific head)
+    start = Path(summary["runs"][3]["model"])  # PartCLIPSeg, seed 0
+    again = tmp_path / "from_start"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_table.py"), "--out", str(again), "--smoke",
+                           "--seeds", "0", "--data", summary["data"], "--towers", summary["towers"], "--start", str(start)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads((again / "toy_table.json").read_text())
+    assert second["start"] == str(start) and [r["variant"] for r in second["runs"]] == names
+    for row in second["runs"]:
+        assert json.loads((Path(row["model"]).parent / "config.json").read_text())["init"] == str(start)
 
 
 @pytest.mark.slow

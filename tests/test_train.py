@@ -178,3 +178,26 @@ def test_freeze_object_words_keeps_the_object_names_rows(voc_root, tmp_path):
         train(load_recipe("pascal_part_116", [*overrides, "trainable=all-but-text"]), tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="weight_decay_embed"):
         load_recipe("pascal_part_116", [*overrides, "weight_decay_embed=0.1"]).validate()
+
+
+def test_clipseg_baseline_starts_from_a_trained_partclipseg(voc_root, tmp_path):
+    """A saved PartCLIPSeg as ``init`` of the CLIPSeg baseline (the toy table's shared starting model):
+    every shared weight is taken as it is, the object-specific part head is dropped; the way back gets a
+    fresh head; an architecture outside the family is refused by name."""
+    from partclipseg.weights import save_pretrained
+
+    torch.manual_seed(0)
+    source = train_loop.build_initial_model(load_recipe("pascal_part_116", [f"root={voc_root}", *FAST]))
+    save_pretrained(source, tmp_path / "pcs")
+    cfg = load_recipe("pascal_part_116", [f"root={voc_root}", *FAST, f"init={tmp_path / 'pcs'}", "architecture=clipseg"])
+    baseline = train_loop.build_initial_model(cfg)
+    assert baseline.model_type == "clipseg"
+    shared = baseline.state_dict()
+    assert shared and not any(k.startswith("object_part_head.") for k in shared)
+    for key, value in shared.items():
+        assert torch.equal(value, source.state_dict()[key]), key
+    back = baseline.as_architecture("partclipseg", seed=3)
+    assert back.model_type == "partclipseg" and torch.equal(back.decoder.film_mul.weight, source.decoder.film_mul.weight)
+    head = [k for k in back.state_dict() if k.startswith("object_part_head.") and k.endswith("weight")]
+    assert head and not all(torch.equal(back.state_dict()[k], source.state_dict()[k]) for k in head)
+    assert source.as_architecture("partcatseg") is None

@@ -405,6 +405,12 @@ class PartSegmentationModel(nn.Module):
         config.validate()
         return config
 
+    def as_architecture(self, architecture: str, seed: int = 0) -> "PartSegmentationModel | None":
+        """A model of another registered ``architecture`` that keeps every weight the two share (the rest
+        freshly initialised, seeded with ``seed``), or ``None`` when the two share no layout. Lets
+        ``partclipseg train`` start e.g. the CLIPSeg baseline from a trained PartCLIPSeg. Default: ``None``."""
+        return None
+
     def set_processing_size(self, image_size: int | None) -> None:
         """Use the recipe's ``image_size`` (``None``: keep the model's) when fine-tuning a saved model."""
         if image_size is not None:

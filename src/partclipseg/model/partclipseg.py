@@ -63,6 +63,25 @@ class CLIPSegCore(PartSegmentationModel):
     def init_weights(self) -> None:
         init_weights(self)
 
+    def as_architecture(self, architecture: str, seed: int = 0) -> "CLIPSegCore | None":
+        """The other member of the CLIPSeg family with this model's weights: PartCLIPSeg -> CLIPSeg baseline
+        drops the object-specific part head (``object_part_head``); CLIPSeg -> PartCLIPSeg gets a fresh one.
+        Every other weight (towers, adapter, non-object embedding, decoder, class head) is shared as it is.
+        ``None`` for an architecture outside the family."""
+        from .registry import architecture_class, build_model
+
+        target = architecture_class(architecture)
+        if not issubclass(target, CLIPSegCore):
+            return None
+        config = PartCLIPSegConfig.from_dict({**self.config.to_dict(), "architecture": architecture})
+        torch.manual_seed(seed)
+        model = build_model(config)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        others = [k for k in (*missing, *unexpected) if not k.startswith("object_part_head.")]
+        if others:  # a layout difference beyond the object-specific head: not the same family after all
+            raise ValueError(f"{self.model_type} -> {architecture}: unexpected weight differences {others[:5]}")
+        return model
+
     def is_trainable(self, name: str, which: str) -> bool:
         """``"VA+L+F+D"``: the official rule; ``"all"``: every parameter that reaches the loss (ViT blocks
         after the last extracted layer do not); ``"all-but-text"``: the same without the text tower

@@ -43,8 +43,8 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
     """``random:<preset>``, ``<registered starting point>:<preset>`` (``model.registry.initial_weights_names``,
     e.g. ``catseg_base+dinov2_vits14:partcatseg-voc``), a saved partclipseg folder (fine-tuning; for an
     architecture with a registered tower builder, a saved model of another architecture gives its CLIP towers:
-    ``train.pretrain.export_towers``, e.g. toy pretraining's ``final/`` for PartCATSeg) or CLIPSeg weights (HF
-    layout)."""
+    ``train.pretrain.export_towers``, e.g. toy pretraining's ``final/`` for PartCATSeg; otherwise the saved
+    model's ``as_architecture``, e.g. a PartCLIPSeg for the CLIPSeg baseline) or CLIPSeg weights (HF layout)."""
     if config.init.startswith("random:"):
         model_config = architecture_class(config.architecture).preset_config(config.init.split(":", 1)[1],
                                                                              config.image_size)
@@ -74,8 +74,12 @@ def build_initial_model(config: TrainConfig) -> PartSegmentationModel:
 
             return model_from_towers(path, config.architecture, config.seed, model)
         if model.config.architecture != config.architecture:
-            raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
-                              f"{config.architecture}")
+            # e.g. the CLIPSeg baseline from a trained PartCLIPSeg (the toy table's shared starting model)
+            converted = model.as_architecture(config.architecture, config.seed)
+            if converted is None:
+                raise ConfigError(f"init {config.init} is a {model.config.architecture} model but the recipe trains "
+                                  f"{config.architecture}")
+            model = converted
         model.set_processing_size(config.image_size)
         return model
     torch.manual_seed(config.seed)
