@@ -323,3 +323,7 @@ def test_default_model_script_smoke(tmp_path: Path):
         assert {"mIoU-base", "mIoU-unbase", "h-IoU"} <= set(metrics)
     assert (tmp_path / "work" / "best" / "model.safetensors").is_file()
     assert load_pretrained(tmp_path / "work" / "best").config.vision.patch_size == 16
+    # the object stage ran between pretraining and part training, and part training started from it
+    objects = json.loads((tmp_path / "work" / "objects" / "config.json").read_text())
+    assert objects["supervision"] == "objects" and objects["init"].endswith("pretrain/final")
+    assert json.loads((tmp_path / "work" / "parts" / "config.json").read_text())["init"].endswith("objects/final")
