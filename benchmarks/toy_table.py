@@ -2,17 +2,19 @@
 
 Every variant starts from the **same** pretrained towers (toy language-image pretraining, as every
 row of the paper starts from CLIP), or with ``--start`` from the same trained model (the default model's
-object stage, the toy CLIPSeg, as every row of the paper starts from CLIPSeg's weights): (1) the CLIPSeg baseline, (2) PartCLIPSeg without the attention
-losses, (3) PartCLIPSeg with L_sep + L_enh. Each is trained with the ``toy_world`` recipe for the same
-number of steps with each seed, then evaluated on the toy world's validation split with Pred-All and
-Oracle-Obj. Writes ``toy_table.json`` (every run and the per-variant mean, sample standard deviation,
-min and max over seeds) and ``toy_table.md`` (mean ± standard deviation).
+object stage, the toy CLIPSeg, as every row of the paper starts from CLIPSeg's weights): (1) the
+CLIPSeg baseline, (2) PartCLIPSeg without the attention losses, (3) PartCLIPSeg with L_sep + L_enh.
+Each is trained with the ``toy_world`` recipe for the same number of steps with each seed, then
+evaluated on the toy world's validation split with Pred-All and Oracle-Obj. Writes ``toy_table.json``
+(every run and the per-variant mean, sample standard deviation, min and max over seeds) and
+``toy_table.md`` (mean ± standard deviation).
 
-    python benchmarks/toy_table.py --out runs/toy_table --jobs 2 --image-size 128   # the README's table
+    python benchmarks/toy_table.py --out runs/toy_table --jobs 2 --image-size 128   # from the towers alone
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
-    python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \
-        --start runs/default_model/objects/final --data runs/default_model/data/ToyWorld   # from the object stage
+    python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
+        --start runs/default_model/objects/final --data runs/default_model/data/ToyWorld \\
+        --jobs 2 --iterations 400                                              # the README's table
     python benchmarks/toy_table.py --out /tmp/toy_smoke --smoke               # seconds: the pipeline only
     python benchmarks/toy_table.py --out runs/toy_table --partcatseg          # + a PartCATSeg row (own recipe)
 

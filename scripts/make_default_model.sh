@@ -12,8 +12,8 @@
 #   6. copy the model into the package and pick the example images from the test set.
 # Every step resumes where a killed run stopped. SMOKE=1: tiny sizes (seconds; CI), nothing copied.
 # THREADS (default: torch's choice) sets OMP_NUM_THREADS: on shared cores 1 thread per job is faster.
-# PROCS (default 1): object-stage and part-training processes (torchrun, one batch split over them, 1 thread each; on the
-# 2-core machine PROCS=2 trains twice as fast as one 1-thread process: 16 vs 8 images/s).
+# PROCS (default 1): object-stage and part-training processes (torchrun, one batch split over them, 1 thread
+# each; on the 2-core machine PROCS=2 trains twice as fast as one 1-thread process: 16 vs 8 images/s).
 # Usage: scripts/make_default_model.sh [WORK_DIR]            (default runs/default_model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
