@@ -388,3 +388,50 @@ def test_clipseg_loss_matches_naive(per_image):
     ref = F.binary_cross_entropy_with_logits(logits.permute(0, 2, 3, 1), y, weight=weight)
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(torch.autograd.grad(got, logits)[0], torch.autograd.grad(ref, logits)[0])
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_untrained_classes_leave_the_object_specific_terms_as_on_the_training_vocabulary(per_image):
+    """``trained`` (supervision=parts+objects): the object-specific terms on the full vocabulary with the
+    unseen object's classes left out equal the terms on the vocabulary without those classes (values and
+    the gradients of the trained channels); the left-out channels get no gradient at all."""
+    g = torch.Generator().manual_seed(7)
+    t2p = torch.tensor([0, 1, 2, 0, 1, 0, 2])  # classes of objects 0, 0, 0, 1, 1, 2, 2
+    t2o = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    trained = t2o != 1  # object 1 is unseen: its two classes are left out
+    b, s, p, o = 3, 8, 3, 3
+    seen_classes = trained.nonzero().flatten()
+    full_to_sub = torch.full((7,), -1)
+    full_to_sub[seen_classes] = torch.arange(len(seen_classes))
+    labels = seen_classes[torch.randint(len(seen_classes), (b, s, s), generator=g)]
+    labels[:, :2] = -1  # background rows
+    labels[0, 3:5] = -1  # an unseen object's part pixels: ignore
+    objects = torch.where(labels >= 0, t2o[labels.clamp(min=0)], -1)
+    objects[0, 3:5] = 1  # ... but its object label is kept
+    lut = torch.arange(o)
+    logits = torch.randn(b, p + o + 1, s, s, generator=g)
+    full = torch.randn(b, 8, s, s, generator=g, requires_grad=True)
+    sub_index = torch.cat([seen_classes, torch.tensor([7])])
+    sub = full.detach()[:, sub_index].clone().requires_grad_(True)
+    config = LossConfig(per_image=per_image, background_weight=0.3)
+    with_trained = segmentation_losses(logits, full, build_targets(labels, objects, t2p, t2o, lut, s, trained=trained),
+                                       config)
+    sub_labels = torch.where(labels >= 0, full_to_sub[labels.clamp(min=0)], -1)
+    on_subset = segmentation_losses(logits, sub, build_targets(sub_labels, objects, t2p[trained], t2o[trained], lut, s),
+                                    config)
+    for key in ("object_specific_parts", "object_specific_background", "generalized_parts", "objects"):
+        torch.testing.assert_close(with_trained[key], on_subset[key], rtol=1e-6, atol=1e-7)
+    assert float(with_trained["object_specific_parts"].detach()) > 0
+    assert float(with_trained["object_specific_background"].detach()) > 0
+    (with_trained["object_specific_parts"] + with_trained["object_specific_background"]).backward()
+    (on_subset["object_specific_parts"] + on_subset["object_specific_background"]).backward()
+    torch.testing.assert_close(full.grad[:, sub_index], sub.grad, rtol=1e-5, atol=1e-8)
+    assert torch.count_nonzero(full.grad[:, ~torch.cat([trained, torch.tensor([True])])]) == 0
+    # without `trained` the unseen channels would be pushed down on every labelled pixel
+    plain = segmentation_losses(logits, full.detach().requires_grad_(True),
+                                build_targets(labels, objects, t2p, t2o, lut, s), config)
+    assert not torch.isclose(plain["object_specific_parts"], with_trained["object_specific_parts"])
+    with pytest.raises(ValueError, match="trained excludes"):
+        build_targets(torch.full((1, s, s), 3), objects[:1], t2p, t2o, lut, s, trained=trained)
+    with pytest.raises(ValueError, match="entries"):
+        build_targets(labels, objects, t2p, t2o, lut, s, trained=trained[:5])

@@ -96,7 +96,7 @@ def test_pretrain_recipe_and_overrides():
 def test_part_recipe_starts_from_towers_and_freezes_text():
     cfg = load_recipe("toy_world")
     assert cfg.trainable == "all-but-text-layers" and cfg.init == "random:toy2" and cfg.eval_protocol == "pred-all"
-    assert cfg.skip_unseen_images
+    assert cfg.supervision == "parts+objects" and not cfg.skip_unseen_images
     assert cfg.keep_checkpoints * cfg.checkpoint_period >= cfg.iterations  # the best checkpoint survives
 
 
@@ -147,8 +147,10 @@ def test_pretrain_learns_resumes_and_hands_over_towers(toy: Path, tmp_path: Path
             assert torch.equal(value, towers[name]), name
     assert "image_projection.weight" in towers and "logit_scale" in towers
     # part training from the towers: the text layers stay as pretrained, the vision tower moves; of the
-    # token embeddings only the rows of words in the training prompts move (not the unseen objects' names)
-    run = train(load_recipe("toy_world", [f"root={toy}", f"init={full}", "image_size=32", "iterations=2",
+    # token embeddings only the rows of words in the training prompts move (with the paper's supervision,
+    # not the unseen objects' names; parts+objects prompts them on their object masks)
+    run = train(load_recipe("toy_world", [f"root={toy}", f"init={full}", "supervision=parts",
+                                          "skip_unseen_images=true", "image_size=32", "iterations=2",
                                           "batch_size=2", "checkpoint_period=1", "eval_period=1", "eval_limit=2",
                                           "log_period=1"]), tmp_path / "parts", progress=False)
     trained = load_pretrained(run)
@@ -216,7 +218,7 @@ def test_skip_unseen_images_keeps_unseen_objects_out_of_part_training(tmp_path: 
 
     shown = {}
     for skip in (False, True):
-        config = load_recipe("toy_world", [f"root={root}", f"skip_unseen_images={str(skip).lower()}"])
+        config = load_recipe("toy_world", [f"root={root}", "supervision=parts", f"skip_unseen_images={str(skip).lower()}"])
         dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
         shown[skip] = {dataset[(k, k)].record_id for k in range(len(dataset))}
     with_unseen = {r for r in shown[False] if objects(r) & unseen}
@@ -274,6 +276,67 @@ def test_object_stage_trains_every_object_mask_and_no_part(tmp_path: Path):
         load_recipe("toy_world_objects", [f"root={root}", "skip_unseen_images=true"]).validate()
     with pytest.raises(ConfigError, match="supervision must be one of"):
         load_recipe("toy_world", [f"root={root}", "supervision=words"]).validate()
+
+
+def test_parts_and_objects_supervision_never_touches_an_unseen_part(tmp_path: Path):
+    """``supervision=parts+objects`` (recipe toy_world): the test vocabulary; images with a cow or a bus are
+    used with their object labels, their part pixels ignore; seen parts keep their (test-vocabulary) labels;
+    in a real loss on such a batch the unseen objects' object-specific channels get exactly zero gradient
+    while the cow's object channel is raised on cow pixels and the seen classes train."""
+    from PIL import Image
+
+    from partclipseg.model.base import ResizeNormalise
+    from partclipseg.train import loop as train_loop
+    from partclipseg.train.data import TrainDataset
+
+    root = generate_toy_world(tmp_path / "toy", n_train=24, n_val=0, size_range=(48, 64), seed=5)
+    vocab = json.loads((ROOT / "src" / "partclipseg" / "resources" / "vocab" / "toy_world.json").read_text())
+    unseen = {vocab["object_classes"].index(name) for name in vocab["unseen_object_classes"]}
+    cow = vocab["object_classes"].index("cow")
+    config = load_recipe("toy_world", [f"root={root}"])
+    assert config.supervision == "parts+objects" and not config.skip_unseen_images
+    dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
+    classes = list(dataset.vocabulary.object_specific_classes)
+    assert set(dataset.vocabulary.objects) >= {"cow", "bus", "dog"}
+    trained = dataset.trained_text_classes.tolist()
+    assert trained == [name.split("'s")[0] not in vocab["unseen_object_classes"] for name in classes]
+    samples = [dataset[(k, k)] for k in range(len(dataset))]
+    with_unseen = [s for s in samples if np.isin(s.object_labels.numpy(), list(unseen)).any()]
+    assert with_unseen and any((s.part_labels >= 0).any() for s in samples)
+    for sample in samples:
+        stem = sample.record_id.split("/", 1)[1]
+        raw_obj = np.asarray(Image.open(root / "annotations_detectron2_obj" / "train" / f"{stem}.png")).astype(np.int64)
+        raw_part = np.asarray(Image.open(root / "annotations_detectron2_part" / "train" / f"{stem}.png"))
+        assert set(np.unique(sample.object_labels.numpy())) == set(np.where(raw_obj == 255, -1, raw_obj).ravel().tolist())
+        on_unseen = np.isin(sample.object_labels.numpy(), list(unseen))
+        assert (sample.part_labels.numpy()[on_unseen] == -1).all()
+        names = {classes[k] for k in np.unique(sample.part_labels.numpy()) if k >= 0}
+        expected = {vocab["object_specific_classes"][k] for k in np.unique(raw_part) if k != 255}
+        assert names == {n for n in expected if n.split("'s")[0] not in vocab["unseen_object_classes"]}
+    run = train_loop.setup(load_recipe("toy_world", [f"root={root}", "init=random:tiny-fast", "image_size=32",
+                                                     "num_workers=0"]), tmp_path / "run", resume=False, progress=False)
+    batch = dataset.collate([s for s in with_unseen if (s.object_labels == cow).any()][:1]
+                            + [s for s in samples if (s.part_labels >= 0).any()][:1])
+    out = run.model(batch["pixel_values"], **run.text.forward_kwargs())
+    out.logits.retain_grad()
+    out.object_part_logits.retain_grad()
+    losses = run.model.loss(out, batch["part_labels"], batch["object_labels"], run.text, run.dataset.object_to_model,
+                            config.loss, trained_text_classes=run.dataset.trained_text_classes)
+    assert float(losses["object_specific_parts"].detach()) > 0
+    losses["total"].backward()
+    grad = out.object_part_logits.grad
+    left_out = [k for k, flag in enumerate(trained) if not flag]
+    assert left_out and torch.count_nonzero(grad[:, left_out]) == 0
+    assert torch.count_nonzero(grad[:, [k for k, flag in enumerate(trained) if flag]]) > 0
+    size = out.logits.shape[-2:]
+    labels = torch.nn.functional.interpolate(batch["object_labels"][0][None, None].float(), size=size,
+                                             mode="nearest")[0, 0]
+    channel = run.text.vocabulary.num_parts + run.text.vocabulary.objects.index("cow")
+    assert (labels == cow).any() and float(out.logits.grad[0, channel][labels == cow].mean()) < 0
+    with pytest.raises(ConfigError, match="skip_unseen_images"):
+        load_recipe("toy_world", [f"root={root}", "skip_unseen_images=true"]).validate()
+    with pytest.raises(ConfigError, match="partclipseg architecture"):
+        load_recipe("toy_world", [f"root={root}", "architecture=clipseg"]).validate()
 
 
 def test_best_checkpoint_picks_highest_harmonic(tmp_path: Path):

@@ -75,7 +75,9 @@ class LossTargets:
     * ``objm_tgt`` [B,S,S] model object ``0..O-1`` or ignore (unseen objects, objects without parts,
       background and unlabeled pixels);
     * ``mask = tgt != ignore``, ``part_mask`` (identical), ``obj_mask = objm_tgt != ignore`` [B,S,S] bool;
-    * ``text_to_part`` / ``text_to_object`` [T] long, ``num_parts`` P, ``num_objects`` O.
+    * ``text_to_part`` / ``text_to_object`` [T] long, ``num_parts`` P, ``num_objects`` O;
+    * ``trained`` [T] bool or None: the object-specific classes the object-specific terms train (None:
+      all). The others get weight 0 there and the terms are normalised by ``trained.sum() + 1`` channels.
     """
 
     tgt: Tensor
@@ -89,6 +91,7 @@ class LossTargets:
     num_parts: int
     num_objects: int
     ignore_index: int
+    trained: Tensor | None = None
 
     @property
     def num_text_classes(self) -> int:  # T
@@ -148,13 +151,16 @@ def _long(values, device) -> Tensor:
 
 
 def build_targets(part_labels: Labels, object_labels: Labels, text_to_part, text_to_object,
-                  object_to_model_object, size: int, ignore_index: int = -1) -> LossTargets:
+                  object_to_model_object, size: int, ignore_index: int = -1,
+                  trained: Tensor | None = None) -> LossTargets:
     """Label maps -> :class:`LossTargets` at the logit size ``size`` (SPEC §3.2, §8.1.7).
 
     part_labels / object_labels: [B,H,W] or B maps [H_i,W_i] (each resized alone to S x S, legacy
     nearest): training labels 0..T-1 / dataset object ids, or ``ignore_index``. text_to_part /
     text_to_object: [T] (any shape): P and O are their ``max + 1``. object_to_model_object: [#objects],
-    model object id, anything outside 0..O-1 = no parts. Out-of-range labels raise ``ValueError``.
+    model object id, anything outside 0..O-1 = no parts. ``trained`` [T] bool (or None = all): the classes
+    the object-specific terms train; a part label of another class raises ``ValueError``. Out-of-range
+    labels raise ``ValueError``.
     """
     device = (part_labels if isinstance(part_labels, Tensor) else torch.as_tensor(part_labels[0])).device
     t2p, t2o, lut = (_long(v, device) for v in (text_to_part, text_to_object, object_to_model_object))
@@ -170,14 +176,22 @@ def build_targets(part_labels: Labels, object_labels: Labels, text_to_part, text
     model_obj = lut[torch.where(known, obj, 0)]
     obj_mask = known & (model_obj >= 0) & (model_obj < num_objects)
     objm_tgt = torch.where(obj_mask, model_obj, ignore_index)
+    if trained is not None:
+        trained = torch.as_tensor(trained, device=device).reshape(-1).bool()
+        if trained.numel() != num_text:
+            raise ValueError(f"trained has {trained.numel()} entries for {num_text} object-specific classes")
+        if bool((mask & ~trained[torch.where(mask, tgt, 0)]).any()):
+            raise ValueError("part_labels hold a class that trained excludes")
     return LossTargets(torch.where(mask, tgt, ignore_index), part_tgt, objm_tgt, mask, part_tgt != ignore_index,
-                       obj_mask, t2p, t2o, num_parts, num_objects, ignore_index)
+                       obj_mask, t2p, t2o, num_parts, num_objects, ignore_index, trained)
 
 
 # ----------------------------------------------------------------------------- segmentation terms
-def _class_weights(n: int, background: float | None, like: Tensor) -> Tensor:
-    """ones(n) with the last entry ``background`` (if given)."""
+def _class_weights(n: int, background: float | None, like: Tensor, trained: Tensor | None = None) -> Tensor:
+    """ones(n) with the last entry ``background`` (if given) and 0 for the first n-1 channels not ``trained``."""
     w = torch.ones(n, dtype=like.dtype, device=like.device)
+    if trained is not None:
+        w[:-1] = trained.to(w)
     w[-1] = 1.0 if background is None else background
     return w
 
@@ -188,6 +202,7 @@ class _ChannelSummedBCE(torch.autograd.Function):
     Autograd of the plain expression materialises several zero-filled [B,C,S,S] gradients (the
     gather's and the background slice's) and a separate softplus backward; here the gradient
     ``w_c (sigmoid(x_c) - y_c)`` is built in one tensor. Same numbers up to float summation order.
+    Channels before the last are weighted only when some weight differs from 1 (``trained`` classes).
     """
 
     @staticmethod
@@ -197,9 +212,13 @@ class _ChannelSummedBCE(torch.autograd.Function):
         # none); background [B,S,S] float or None: extra positive weight on the last channel
         softplus = F.softplus(logits)
         w_last = weight[-1]
-        total = softplus.sum(1)
-        if bool(w_last != 1):
-            total = total + (w_last - 1) * softplus[:, -1]
+        channel_weights = bool((weight[:-1] != 1).any())
+        if channel_weights:
+            total = torch.einsum("bchw,c->bhw", softplus, weight)
+        else:
+            total = softplus.sum(1)
+            if bool(w_last != 1):
+                total = total + (w_last - 1) * softplus[:, -1]
         total = total - logits.gather(1, idx.unsqueeze(1)).squeeze(1) * positive
         if background is not None:
             total = total - logits[:, -1] * background
@@ -212,7 +231,9 @@ class _ChannelSummedBCE(torch.autograd.Function):
         logits, idx, positive, weight, background = ctx.saved_tensors
         grad = torch.sigmoid(logits)
         w_last = weight[-1]
-        if bool(w_last != 1):
+        if bool((weight[:-1] != 1).any()):
+            grad *= weight.view(1, -1, 1, 1)
+        elif bool(w_last != 1):
             grad[:, -1] *= w_last
         grad.scatter_add_(1, idx.unsqueeze(1), -positive.unsqueeze(1))
         if ctx.has_background:
@@ -224,9 +245,9 @@ class _ChannelSummedBCE(torch.autograd.Function):
 def _pixel_bce(logits: Tensor, labels: Tensor, valid: Tensor, weight: Tensor, background: Tensor | None = None):
     """logits [B,C,S,S] -> per-pixel ``sum_c w_c BCE(x_c, y_c)`` [B,S,S], ``y`` = one-hot of ``labels`` on
     ``valid`` (+1 on the last channel where ``background``), via ``BCE = softplus(x) - x*y`` (no one-hot).
-    ``weight`` [C]: ones except (maybe) the last entry (``_class_weights``)."""
-    if bool((weight[:-1] != 1).any()):
-        raise ValueError("_pixel_bce: only the last channel may have a weight other than 1")
+    ``weight`` [C]: ``_class_weights`` (the first C-1 entries 1 or 0, the last any value)."""
+    if bool(((weight[:-1] != 1) & (weight[:-1] != 0)).any()):
+        raise ValueError("_pixel_bce: the channels before the last must have weight 1 or 0")
     idx = torch.where(valid, labels, 0)
     positive = (weight[idx] * valid).to(logits.dtype)
     extra = None if background is None else (weight[-1] * background).to(logits.dtype)
@@ -248,17 +269,20 @@ def _segmentation_terms(logits: Tensor, object_part_logits: Tensor, targets: Los
                          f"not fit targets {size} with P={p}, O={o}, T={t}")
     bg, bg_w = ~targets.obj_mask, config.background_weight
     g = lambda x: _group_sum(x, config.per_image)  # noqa: E731
-    l_os = _pixel_bce(object_part_logits, targets.tgt, targets.mask, _class_weights(t + 1, bg_w, logits), bg)
+    l_os = _pixel_bce(object_part_logits, targets.tgt, targets.mask,
+                      _class_weights(t + 1, bg_w, logits, targets.trained), bg)
+    os_channels = t + 1 if targets.trained is None else int(targets.trained.sum()) + 1
     l_part = _pixel_bce(logits[:, :p], targets.part_tgt, targets.part_mask, _class_weights(p, None, logits))
     l_obj = _pixel_bce(logits[:, p:], targets.objm_tgt, targets.obj_mask, _class_weights(o + 1, bg_w, logits), bg)
     n_part, n_obj, n_bg = g(targets.part_mask.float()), g(targets.obj_mask.float()), g(bg.float())
     has_part, bg_gated = n_part > 0, n_obj > 0  # official: background term gated on obj_mask, taken on ~obj_mask
     zero = logits.new_zeros(())
     terms = {
-        "object_specific_parts": torch.where(has_part, g(l_os * targets.mask) / (n_part.clamp(min=1) * (t + 1)), zero),
+        "object_specific_parts": torch.where(has_part, g(l_os * targets.mask) / (n_part.clamp(min=1) * os_channels),
+                                             zero),
         "generalized_parts": torch.where(has_part, g(l_part * targets.part_mask) / (n_part.clamp(min=1) * p), zero),
         "object_specific_background": torch.where(bg_gated & (n_bg > 0),
-                                                  g(l_os * bg) / (n_bg.clamp(min=1) * (t + 1)), zero),
+                                                  g(l_os * bg) / (n_bg.clamp(min=1) * os_channels), zero),
         "objects": g(l_obj) / (g(torch.ones_like(l_obj)) * (o + 1)),
     }
     # L_seg = L_os + obj_lambda * L_obj + part_lambda * L_part (SPEC §3.3.4)

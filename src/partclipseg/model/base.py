@@ -384,10 +384,12 @@ class PartSegmentationModel(nn.Module):
 
     def loss(self, output: SegmentationOutput, part_labels: Sequence[torch.Tensor],
              object_labels: Sequence[torch.Tensor], text: TextInputs, object_to_model: torch.Tensor,
-             loss_config: Any) -> dict[str, torch.Tensor]:
+             loss_config: Any, trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses of ``output`` against label maps (``part_labels`` / ``object_labels``
         [H, W] each, ``-1`` ignore; ``object_to_model`` maps dataset object ids to vocabulary objects).
-        Must contain ``"total"`` (the scalar to minimise)."""
+        ``trained_text_classes`` [T] bool (``supervision=parts+objects``): the object-specific classes whose
+        channels the loss trains; None = all. An architecture that cannot leave classes out raises
+        ``ValueError`` for anything but None. Must contain ``"total"`` (the scalar to minimise)."""
         raise NotImplementedError
 
     def is_trainable(self, name: str, which: str) -> bool:

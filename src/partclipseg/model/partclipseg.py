@@ -272,9 +272,10 @@ class PartCLIPSeg(CLIPSegCore):
         return {"output_attentions": list(loss_config.attn_levels)} if loss_config.use_attention else {}
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
-             object_to_model: torch.Tensor, loss_config: LossConfig) -> dict[str, torch.Tensor]:
+             object_to_model: torch.Tensor, loss_config: LossConfig,
+             trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         targets = build_targets(part_labels, object_labels, text.text_to_part, text.text_to_object, object_to_model,
-                                output.logits.shape[-1])
+                                output.logits.shape[-1], trained=trained_text_classes)
         return partclipseg_loss(output, targets, loss_config)
 
     def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -354,7 +355,10 @@ class CLIPSegBaseline(CLIPSegCore):
         return SegmentationOutput(logits, None, class_embeddings, attentions, hidden, features.hidden_states)
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
-             object_to_model: torch.Tensor, loss_config: LossConfig) -> dict[str, torch.Tensor]:
+             object_to_model: torch.Tensor, loss_config: LossConfig,
+             trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if trained_text_classes is not None:
+            raise ValueError("the CLIPSeg baseline trains every class of its vocabulary (no trained_text_classes)")
         return clipseg_loss(output.logits, part_labels, -1, loss_config)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -24,8 +24,9 @@ from .recipe import TrainConfig
 class TrainSample:
     """One augmented training sample: ``pixel_values`` = the model's per-sample input (its
     ``train_preprocessor().sample``: [3,S,S] pixels for the CLIPSeg family); part labels [H,W] (seen
-    classes 0..T-1, -1 ignore; all -1 with ``supervision="objects"``); object labels [H,W] (seen object
-    ids, or with ``supervision="objects"`` the dataset's object ids of every object; -1 ignore)."""
+    classes 0..T-1, -1 ignore; all -1 with ``supervision="objects"``; with ``"parts+objects"`` the test
+    vocabulary's indices of the seen objects' classes); object labels [H,W] (seen object ids, or with
+    ``supervision="objects"`` / ``"parts+objects"`` the dataset's object ids of every object; -1 ignore)."""
 
     pixel_values: Any
     part_labels: torch.Tensor
@@ -55,7 +56,21 @@ class TrainDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{config.dataset} at {config.root} has no training images")
         info = load_benchmark_info(config.dataset)
         self.objects_only = config.supervision == "objects"
-        if self.objects_only:  # every object keeps its label (full object ids); no part label is used
+        #: [T] bool: the vocabulary classes the object-specific terms train (None: all of them)
+        self.trained_text_classes: torch.Tensor | None = None
+        if config.supervision == "parts+objects":  # test vocabulary; seen parts, every object's object label
+            self.vocabulary = Vocabulary.from_benchmark(config.dataset, "test")
+            classes, unseen = info["object_specific_classes"], set(info["unseen_object_classes"])
+            seen = {str(i): self.vocabulary.index(name) for i, name in enumerate(classes)
+                    if name.split("'s", 1)[0].strip() not in unseen}
+            self.part_table = _remap_table(seen, len(classes))
+            n_objects = len(info["object_classes"])
+            self.object_table = _remap_table({str(i): i for i in range(n_objects)}, n_objects)
+            self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["object_classes"]))
+            trained = torch.zeros(len(self.vocabulary), dtype=torch.bool)
+            trained[sorted(seen.values())] = True
+            self.trained_text_classes = trained
+        elif self.objects_only:  # every object keeps its label (full object ids); no part label is used
             n_parts, n_objects = len(info["object_specific_classes"]), len(info["object_classes"])
             self.part_table = _remap_table({}, n_parts)
             self.object_table = _remap_table({str(i): i for i in range(n_objects)}, n_objects)
@@ -85,9 +100,9 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> TrainSample:
         position, index = item
         # the official mapper draws another random image when no seen part is labelled; we take the next
-        # (also past images with an unseen object, with skip_unseen_images). supervision=objects: the next
-        # image with an object label.
-        needed = 2 if self.objects_only else 1
+        # (also past images with an unseen object, with skip_unseen_images). supervision=objects or
+        # parts+objects: the next image with an object label.
+        needed = 1 if self.config.supervision == "parts" else 2
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
             sample = self._load(i)
@@ -95,7 +110,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 image, part, obj = sample
                 break
         else:
-            what = "an object label" if self.objects_only else "a seen part label"
+            what = "a seen part label" if needed == 1 else "an object label"
             raise ValueError(f"no training image of {self.config.dataset} has {what}"
                              + (" and no unseen object" if self.unseen_objects.size else ""))
         rng = np.random.default_rng([self.config.seed, position])

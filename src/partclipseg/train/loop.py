@@ -307,7 +307,9 @@ def train_step(run: TrainRun, step: int, batch: dict) -> tuple[float, dict]:
         out.object_part_logits = out.object_part_logits.float()
     losses = run.model.loss(out, [t.to(device) for t in batch["part_labels"]],
                             [t.to(device) for t in batch["object_labels"]], run.text,
-                            run.dataset.object_to_model.to(device), config.loss)
+                            run.dataset.object_to_model.to(device), config.loss,
+                            trained_text_classes=None if run.dataset.trained_text_classes is None
+                            else run.dataset.trained_text_classes.to(device))
     run.optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     if config.grad_clip > 0:

@@ -356,8 +356,11 @@ class PartCATSeg(PartSegmentationModel):
         return {}
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
-             object_to_model: torch.Tensor, loss_config: Any) -> dict[str, torch.Tensor]:
+             object_to_model: torch.Tensor, loss_config: Any,
+             trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The official training loss (``training.training_loss``; exact against the reference fixtures)."""
+        if trained_text_classes is not None:
+            raise ValueError("PartCATSeg's loss trains every class of its vocabulary (no trained_text_classes)")
         return training_loss(output, part_labels, object_labels, text, object_to_model, loss_config)
 
 
