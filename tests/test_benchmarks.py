@@ -140,3 +140,27 @@ def test_object_confusion_counts_every_labelled_pixel(tmp_path):
                        for p in sorted((Path(root) / "annotations_detectron2_obj" / "val").glob("*.png")))
         assert rows[i].sum() == expected, result["objects"][i]
         assert (result["recall_percent"][result["objects"][i]] is None) == (expected == 0)
+    found = result["found"]
+    assert found["one_object"]["images"] + found["several_objects"]["images"] == \
+        sum(1 for r in result["per_image"] if r["objects"]) and len(result["per_image"]) == 2
+
+
+def test_object_confusion_per_image_record():
+    """An object is found from half its pixels; the smallest share and the box overlap (over the smaller box)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import object_confusion
+
+    names = ["a", "b", "background"]
+    truth = np.full((10, 10), 2)
+    truth[0:4, 0:5] = 0  # a: 20 px, box rows 0-3, cols 0-4
+    truth[2:10, 3:8] = 1  # b: 40 px (overwrites 4 of a's pixels: a keeps 16), box rows 2-9, cols 3-7
+    predicted = np.full((10, 10), 2)
+    predicted[truth == 0] = 0
+    predicted[5:10, 3:8] = 1  # 25 of b's 40 pixels
+    record = object_confusion._image_record("x", truth, predicted, names)
+    assert record["objects"] == {"a": 1.0, "b": 0.625} and record["all_found"]
+    assert record["smallest_share"] == 0.16
+    # a's box (rows 0-3, cols 0-4, 20 px) meets b's (rows 2-9, cols 3-7, 40 px) in rows 2-3, cols 3-4: 4 px
+    assert record["box_overlap"] == 0.2
+    predicted[5:7, 3:8] = 2  # b: 15 of 40
+    assert not object_confusion._image_record("x", truth, predicted, names)["all_found"]
