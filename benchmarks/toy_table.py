@@ -1,8 +1,8 @@
 """The paper's ablation table in miniature, on the toy world (CPU), with spreads over seeds.
 
 Every variant starts from the **same** pretrained towers (toy language-image pretraining, as every
-row of the paper starts from CLIP), or with ``--start`` from the same trained model (the default model's
-object stage, the toy CLIPSeg, as every row of the paper starts from CLIPSeg's weights): (1) the
+row of the paper starts from CLIP), or with ``--start`` from the same trained model (an object stage,
+recipe ``toy_world_objects``: the toy CLIPSeg, as every row of the paper starts from CLIPSeg's weights): (1) the
 CLIPSeg baseline, (2) PartCLIPSeg without the attention losses, (3) PartCLIPSeg with L_sep + L_enh.
 Each is trained with the ``toy_world`` recipe and the paper's supervision (``PAPER_SUPERVISION``: seen part
 masks only, images with an unseen object skipped; the built-in model's ``parts+objects`` supervision has
@@ -14,6 +14,8 @@ evaluated on the toy world's validation split with Pred-All and Oracle-Obj. Writ
     python benchmarks/toy_table.py --out runs/toy_table --jobs 2 --image-size 128   # from the towers alone
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --data runs/default_model/data/ToyWorld                               # reuse the default model's pretraining
+    partclipseg train toy_world_objects root=runs/default_model/data/ToyWorld \\
+        init=runs/default_model/pretrain/final --out runs/default_model/objects   # the object stage (16 min)
     python benchmarks/toy_table.py --out runs/toy_table --towers runs/default_model/pretrain/final \\
         --start runs/default_model/objects/final --data runs/default_model/data/ToyWorld \\
         --jobs 2 --iterations 400                                              # the README's table
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--towers", type=Path, default=None, help="a pretraining run's final/ folder to start from")
     parser.add_argument("--start", type=Path, default=None,
                         help="a saved PartCLIPSeg model every CLIPSeg-family row starts from instead of the bare "
-                             "towers, e.g. the default model's object stage (runs/default_model/objects/final: "
-                             "the toy CLIPSeg; the baseline drops its object-specific part head)")
+                             "towers, e.g. an object stage's final/ (recipe toy_world_objects: the toy CLIPSeg; the "
+                             "baseline drops its object-specific part head)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=300, help="part-training steps per run")
     parser.add_argument("--pretrain-iterations", type=int, default=None, help="default: the recipe's")

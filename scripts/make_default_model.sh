@@ -3,16 +3,15 @@
 #   1. draw the toy world (3000 training + 200 validation images, seed 0, 320-640 px) and a test set
 #      drawn with a seed that no training step sees;
 #   2. toy language-image pretraining of the vision and text towers (recipe toy_world_pretrain);
-#   3. the object stage (recipe toy_world_objects): the decoder and object head learn the object masks of
-#      every object, unseen ones included, with no part label (the toy analogue of CLIPSeg's PhraseCut
-#      training, from which the real PartCLIPSeg starts);
-#   4. part training from that model (recipe toy_world), evaluated every 500 steps on the validation
-#      split; the checkpoint with the best harmonic mIoU is kept;
-#   5. partclipseg evaluate (Oracle-Obj and Pred-All) on the test set;
-#   6. copy the model into the package and pick the example images from the test set.
+#   3. part training from the towers (recipe toy_world, supervision=parts+objects: the seen objects' part
+#      masks and the object masks of every object, unseen ones included, as CLIPSeg's PhraseCut training
+#      places cows and buses for the real model; no part of an unseen object is labelled), evaluated
+#      every 500 steps on the validation split; the checkpoint with the best harmonic mIoU is kept;
+#   4. partclipseg evaluate (Oracle-Obj and Pred-All) on the test set;
+#   5. copy the model into the package and pick the example images from the test set.
 # Every step resumes where a killed run stopped. SMOKE=1: tiny sizes (seconds; CI), nothing copied.
 # THREADS (default: torch's choice) sets OMP_NUM_THREADS: on shared cores 1 thread per job is faster.
-# PROCS (default 1): object-stage and part-training processes (torchrun, one batch split over them, 1 thread
+# PROCS (default 1): part-training processes (torchrun, one batch split over them, 1 thread
 # each; on the 2-core machine PROCS=2 trains twice as fast as one 1-thread process: 16 vs 8 images/s).
 # Usage: scripts/make_default_model.sh [WORK_DIR]            (default runs/default_model)
 set -euo pipefail
@@ -27,10 +26,9 @@ TEST_SEED=20261202
 if [ "${SMOKE:-0}" = 1 ]; then
   n_train=8; n_val=4; n_test=4; sizes=(--min-size 64 --max-size 96)
   pre=(iterations=4 batch_size=4 checkpoint_period=2 eval_period=4 log_period=1 image_size=64)
-  objects=(iterations=2 batch_size=2 checkpoint_period=2 log_period=1 image_size=64)
   parts=(iterations=4 batch_size=2 checkpoint_period=2 eval_period=2 eval_limit=4 log_period=1 image_size=64)
 else
-  n_train=3000; n_val=200; n_test=300; sizes=(); pre=(); objects=(); parts=()
+  n_train=3000; n_val=200; n_test=300; sizes=(); pre=(); parts=()
 fi
 start=$(date +%s)
 stamp() { echo "[make_default_model] $(( $(date +%s) - start )) s: $*"; }
@@ -50,10 +48,7 @@ if [ "$procs" -gt 1 ]; then
 else
   launch=($PYTHON -m partclipseg.cli)
 fi
-"${launch[@]}" train toy_world_objects "root=$work/data/ToyWorld" "init=$work/pretrain/final" "${objects[@]}" \
-  --out "$work/objects" --resume --no-progress
-stamp "object stage done"
-"${launch[@]}" train toy_world "root=$work/data/ToyWorld" "init=$work/objects/final" "${parts[@]}" \
+"${launch[@]}" train toy_world "root=$work/data/ToyWorld" "init=$work/pretrain/final" "${parts[@]}" \
   --out "$work/parts" --resume --no-progress
 stamp "part training done"
 $PYTHON -m partclipseg.train.select "$work/parts" --out "$work/best"

@@ -274,6 +274,8 @@ class PartSegmentationModel(nn.Module):
     config_class: ClassVar[type] = PartCLIPSegConfig
     #: the recipe ``trainable`` values ``is_trainable`` understands (``partclipseg train`` refuses others)
     trainable_sets: ClassVar[tuple[str, ...]] = ()
+    #: whether ``loss`` takes ``trained_text_classes`` (the recipe's ``supervision=parts+objects`` needs it)
+    loss_leaves_out_classes: ClassVar[bool] = False
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()

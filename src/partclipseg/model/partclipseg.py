@@ -201,6 +201,8 @@ class CLIPSegCore(PartSegmentationModel):
 class PartCLIPSeg(CLIPSegCore):
     """PartCLIPSeg: generalized-part/object head and object-specific part head (SPEC §1)."""
 
+    loss_leaves_out_classes = True
+
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)
         self.object_part_head = ObjectPartHead(config.decoder.reduce_dim, config.projection_dim,

@@ -84,8 +84,8 @@ class TrainConfig:
       training vocabulary, and no part of an unseen object gets any signal, positive or negative. Without
       it, part training only ever tells the object head about the seen objects, and the unseen objects'
       object channels drift (toy world: validation Pred-All unseen 10.9 at step 1000 -> 8.5 at 3500).
-      Images are kept when they hold any object label. Not combinable with ``skip_unseen_images``; the
-      PartCLIPSeg architecture only.
+      Images are kept when they hold any object label. Not combinable with ``skip_unseen_images``; only
+      for architectures whose ``loss`` takes ``trained_text_classes`` (``loss_leaves_out_classes``: PartCLIPSeg).
     """
 
     dataset: str = "pascal_part_116"
@@ -148,9 +148,9 @@ class TrainConfig:
         if self.supervision != "parts" and self.skip_unseen_images:
             raise ConfigError(f"supervision={self.supervision} trains on the object masks of every object, unseen "
                               "ones included: set skip_unseen_images=false")
-        if self.supervision == "parts+objects" and self.architecture != "partclipseg":
-            raise ConfigError("supervision=parts+objects needs the partclipseg architecture (its object head), "
-                              f"got {self.architecture!r}")
+        if self.supervision == "parts+objects" and not architecture_class(self.architecture).loss_leaves_out_classes:
+            raise ConfigError(f"supervision=parts+objects needs an architecture whose loss can leave the unseen "
+                              f"objects' classes out (partclipseg), got {self.architecture!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.eval_protocol not in ("pred-all", "oracle-obj"):
