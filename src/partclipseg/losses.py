@@ -223,7 +223,7 @@ class _ChannelSummedBCE(torch.autograd.Function):
         if background is not None:
             total = total - logits[:, -1] * background
         ctx.save_for_backward(logits, idx, positive, weight, background)
-        ctx.has_background = background is not None
+        ctx.has_background, ctx.channel_weights = background is not None, channel_weights
         return total
 
     @staticmethod
@@ -231,7 +231,7 @@ class _ChannelSummedBCE(torch.autograd.Function):
         logits, idx, positive, weight, background = ctx.saved_tensors
         grad = torch.sigmoid(logits)
         w_last = weight[-1]
-        if bool((weight[:-1] != 1).any()):
+        if ctx.channel_weights:
             grad *= weight.view(1, -1, 1, 1)
         elif bool(w_last != 1):
             grad[:, -1] *= w_last

@@ -60,9 +60,8 @@ class TrainDataset(torch.utils.data.Dataset):
         self.trained_text_classes: torch.Tensor | None = None
         if config.supervision == "parts+objects":  # test vocabulary; seen parts, every object's object label
             self.vocabulary = Vocabulary.from_benchmark(config.dataset, "test")
-            classes, unseen = info["object_specific_classes"], set(info["unseen_object_classes"])
-            seen = {str(i): self.vocabulary.index(name) for i, name in enumerate(classes)
-                    if name.split("'s", 1)[0].strip() not in unseen}
+            classes = info["object_specific_classes"]  # the seen classes: the training remap's keys
+            seen = {src: self.vocabulary.index(classes[int(src)]) for src in info["train_label_remap"]["object_specific"]}
             self.part_table = _remap_table(seen, len(classes))
             n_objects = len(info["object_classes"])
             self.object_table = _remap_table({str(i): i for i in range(n_objects)}, n_objects)
