@@ -61,7 +61,8 @@ class TrainDataset(torch.utils.data.Dataset):
         if config.supervision == "parts+objects":  # test vocabulary; seen parts, every object's object label
             self.vocabulary = Vocabulary.from_benchmark(config.dataset, "test")
             classes = info["object_specific_classes"]  # the seen classes: the training remap's keys
-            seen = {src: self.vocabulary.index(classes[int(src)]) for src in info["train_label_remap"]["object_specific"]}
+            seen = {src: self.vocabulary.index(classes[int(src)])
+                    for src in info["train_label_remap"]["object_specific"]}
             self.part_table = _remap_table(seen, len(classes))
             n_objects = len(info["object_classes"])
             self.object_table = _remap_table({str(i): i for i in range(n_objects)}, n_objects)
