@@ -238,8 +238,10 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     text = model.tokenize_vocabulary(dataset.vocabulary, tokenizer).to(device)
     if config.freeze_object_words:
         freeze_object_word_rows(model, dataset.vocabulary, tokenizer)
+    # fused: one kernel per parameter; the groups hold one parameter each, so the default (for-each) update
+    # runs as a loop of small ops (toy_world step, 1 thread: 37 -> 7 ms of a ~480 ms step)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
-                                  eps=config.eps)
+                                  eps=config.eps, fused=device.split(":")[0] in ("cpu", "cuda") or None)
     start = _resume(out_dir, model, optimizer, info) if resume else 0
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
