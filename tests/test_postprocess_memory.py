@@ -102,7 +102,7 @@ def test_score_resized_logits_are_resized_in_chunks_like_the_whole_tensor(monkey
             for name in ("part_labels", "object_labels", "generalized_part_labels", "part_confidence"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), (budget, keep, name)
         assert torch.equal(pp.mean_scores_inside(lazy, size, region), whole.sigmoid()[:, region].mean(1))
-        assert torch.equal(pp.scores_at(lazy, size, 11, 17), whole.sigmoid()[:, 11, 17])
+        torch.testing.assert_close(pp.scores_at(lazy, size, 11, 17), whole.sigmoid()[:, 11, 17], rtol=0, atol=1e-6)
         assert torch.equal(pp.chunked_argmax(lazy, size)[1], whole.sigmoid().argmax(0))
 
 
@@ -209,3 +209,24 @@ def test_lazy_decode_gives_the_eager_results(monkeypatch):
         assert (a.mode, a.selected_object, a.region_rule) == (b.mode, b.selected_object, b.region_rule)
         c = lazy.predict(vocab, **kwargs)  # without scores: the bounded-memory path
         np.testing.assert_array_equal(c.part_labels, b.part_labels, err_msg=str(kwargs))
+
+
+@pytest.mark.parametrize("source,size", [((12, 12), (61, 83)), ((9, 14), (200, 37)), ((24, 24), (24, 24)),
+                                         ((30, 20), (7, 11)), ((1, 5), (13, 40))])
+def test_scores_at_reads_four_source_pixels_like_the_full_bilinear_resize(source, size):
+    """One pixel's scores without resizing at image size: torch's bilinear numbers, at every pixel, for
+    enlarging, shrinking, equal and one-row maps, plain logits, lazy maps and ``ScoreResizedLogits``."""
+    from partclipseg.model.base import LazyLogits
+
+    g = torch.Generator().manual_seed(sum(source) + sum(size))
+    maps = 4 * torch.randn(7, *source, generator=g)
+    full = pp.upsample(maps, size).sigmoid()
+    resized = pp.upsample(pp.ScoreResizedLogits(maps), size).sigmoid()
+    lazy = LazyLogits(lambda i, channels: maps[channels], (1, *maps.shape), "cpu")[0]
+    got = torch.stack([torch.stack([pp.scores_at(maps, size, r, c) for c in range(size[1])], -1)
+                       for r in range(size[0])], -2)
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-5)
+    for r, c in [(0, 0), (size[0] - 1, size[1] - 1), (size[0] // 2, size[1] // 3)]:
+        torch.testing.assert_close(pp.scores_at(lazy, size, r, c), full[:, r, c], rtol=0, atol=1e-5)
+        torch.testing.assert_close(pp.scores_at(pp.ScoreResizedLogits(maps), size, r, c), resized[:, r, c],
+                                   rtol=0, atol=1e-5)

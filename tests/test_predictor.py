@@ -144,6 +144,31 @@ def test_box_and_point_prompts_select_one_object(predictor, images):
     assert {p.vocabulary.object_of(c) for c in np.unique(p.part_labels) if c != len(VOCAB)} == {p.selected_object}
 
 
+def test_prompts_on_one_image_reuse_the_object_head_argmax(predictor, images, monkeypatch):
+    """Clicks on one image compute the object head's image-size argmax once; the labels equal a fresh
+    Predictor's, and a new image or vocabulary computes it again."""
+    import partclipseg.predictor as predictor_module
+
+    calls = []
+    real = predictor_module.object_labels_of
+    monkeypatch.setattr(predictor_module, "object_labels_of", lambda *a: calls.append(1) or real(*a))
+    predictor.set_image(images[0])
+    prompts = [{"point": (12, 20)}, {"box": (5, 5, 40, 30)}, {"point": (60, 40)}, {"box": (0, 0, 70, 45)}]
+    results = [predictor.predict(VOCAB, **kwargs) for kwargs in prompts]
+    assert len(calls) == 1
+    for kwargs, got in zip(prompts, results):
+        fresh = Predictor(predictor.model)
+        fresh.set_image(images[0])
+        want = fresh.predict(VOCAB, **kwargs)
+        np.testing.assert_array_equal(got.part_labels, want.part_labels)
+        assert (got.selected_object, got.region_rule) == (want.selected_object, want.region_rule)
+    predictor.predict(VOCAB[:3], point=(12, 20))
+    assert len(calls) == 6  # + 4 fresh Predictors + the new vocabulary
+    predictor.set_image(images[1])
+    predictor.predict(VOCAB[:3], point=(12, 20))
+    assert len(calls) == 7
+
+
 def test_oracle_obj_restricts_classes_to_the_given_object(predictor, images):
     predictor.set_image(images[1])
     r = predictor.predict(VOCAB, protocol="oracle-obj", object_name="dog", return_scores=True)

@@ -12,8 +12,8 @@ import torch
 from partclipseg.cli import main
 from partclipseg.config import get_config
 from partclipseg.model import build_model
-from partclipseg.postprocess import (REGION_RULES, TINY_MIN_PIXELS, box_region, nearest_true, otsu_threshold,
-                                     point_region, tiny_area)
+from partclipseg.postprocess import (REGION_RULES, TINY_MIN_PIXELS, box_region, connected_component, nearest_true,
+                                     otsu_threshold, point_region, tiny_area)
 from partclipseg.predictor import Predictor
 from partclipseg.result import REGION_RULE_NOTES
 from partclipseg.viz import LEGEND_MIN_AREA_PERCENT, LEGEND_MIN_SCORE, legend_entries
@@ -211,3 +211,55 @@ def test_region_rules_of_a_model_without_an_object_head():
     mask = np.zeros((30, 40), dtype=bool)
     mask[5:20, 5:20] = True
     assert baseline.predict(VOCAB, object_name="cat", object_mask=mask).region_rule == "mask"
+
+
+def _flood_fill(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    """Reference: the 8-connected component of ``mask`` at ``seed`` by a plain pixel queue."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    out[seed] = True
+    if not mask[seed]:
+        return out
+    queue = [seed]
+    while queue:
+        r, c = queue.pop()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not out[rr, cc]:
+                    out[rr, cc] = True
+                    queue.append((rr, cc))
+    return out
+
+
+@pytest.mark.parametrize("density", [0.3, 0.45, 0.6, 0.9])
+def test_connected_component_equals_a_pixel_flood_fill(density):
+    rng = np.random.default_rng(int(density * 100))
+    for shape in [(1, 1), (1, 17), (23, 1), (31, 47), (64, 64)]:
+        mask = rng.random(shape) < density
+        for _ in range(12):
+            seed = (int(rng.integers(shape[0])), int(rng.integers(shape[1])))
+            got = connected_component(torch.from_numpy(mask), seed)
+            assert got.dtype == torch.bool and tuple(got.shape) == shape
+            np.testing.assert_array_equal(got.numpy(), _flood_fill(mask, seed), err_msg=f"{shape} {seed}")
+
+
+def test_connected_component_joins_diagonals_and_follows_a_spiral():
+    diagonal = torch.eye(6, dtype=torch.bool)
+    assert bool(connected_component(diagonal, (0, 0)).equal(diagonal))  # corner-to-corner steps join
+    anti = torch.zeros(5, 5, dtype=torch.bool)
+    anti[[0, 1, 2], [2, 1, 0]] = True
+    anti[4, 4] = True
+    got = connected_component(anti, (2, 0))
+    assert int(got.sum()) == 3 and not bool(got[4, 4])
+    spiral = np.zeros((41, 41), dtype=bool)  # a one-pixel corridor winding inwards: a deep component
+    top, left, bottom, right = 0, 0, 40, 40
+    while top <= bottom and left <= right:
+        spiral[top, left:right + 1] = True
+        spiral[top:bottom + 1, right] = True
+        spiral[bottom, left:right + 1] = True
+        spiral[top + 2:bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    got = connected_component(torch.from_numpy(spiral), (0, 0))
+    np.testing.assert_array_equal(got.numpy(), _flood_fill(spiral, (0, 0)))
+    assert not bool(connected_component(torch.from_numpy(spiral), (1, 1))[0, 0])  # a gap pixel: itself only
