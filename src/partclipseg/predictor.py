@@ -7,7 +7,8 @@
 
 Text features are cached per vocabulary (a new image with the same vocabulary re-encodes no text),
 and the decoder output of the last (image, vocabulary) pair is kept, so changing only the prompt
-re-runs post-processing alone. For large vocabularies the model may keep that output as ``LazyLogits``
+re-runs post-processing alone (box and point prompts also reuse the object head's image-size argmax:
+clicks on one image pay for it once). For large vocabularies the model may keep that output as ``LazyLogits``
 (``model.decode_for_inference``: token-grid features, the heads run on the channels a protocol
 reads); the protocols read every map in bounded chunks at image size, so memory stays bounded at any
 image size and vocabulary size.
