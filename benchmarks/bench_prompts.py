@@ -7,8 +7,7 @@ clicks after one embedding), each with the seconds spent in the post-processing 
 (``stages_s``), and the 8-connected component of the object head's largest class around the pixel
 nearest the centre, timed alone with the current run-based ``postprocess.connected_component`` and
 with the pixel-growth loop it replaced (max-pool dilation until nothing changes; kept here only to
-measure against). Run from the
-repository root::
+measure against). Run from the repository root::
 
     .venv/bin/python benchmarks/bench_prompts.py --out benchmarks/results/bench_prompts.json
 """

@@ -74,8 +74,9 @@ class Predictor:
         self._images: list[np.ndarray] = []
         self._features: ImageFeatures | None = None
         self._decoded: tuple[tuple[str, ...], SegmentationOutput] | None = None
-        # the object head's argmax of the last prompted image: (decoder output, image index, labels [H, W])
-        self._object_labels: tuple[SegmentationOutput, int, torch.Tensor] | None = None
+        # the object head's argmax of the last prompted image of the kept decoder output: (image index,
+        # labels [H, W]); cleared whenever that output changes (set_images, _decode)
+        self._object_labels: tuple[int, torch.Tensor] | None = None
 
     @classmethod
     def from_pretrained(cls, source=None, *, device=None, dtype=None, **kwargs) -> "Predictor":
@@ -166,7 +167,7 @@ class Predictor:
             result = pred_all(logits, object_part_logits, encoded.text_to_object, vocab.num_parts, size, return_scores)
         else:
             objects, region, rule = self._objects_and_region(mode, vocab, logits, size, object_mask, object_name,
-                                                             box, point, (out, image_index))
+                                                             box, point, image_index)
             classes = self._oracle(vocab, object_name)[0] if mode == "oracle-obj" else None
             selected = ", ".join(vocab.objects[o] for o in objects)
             result = object_conditioned(logits, object_part_logits, encoded.text_to_object,
@@ -187,9 +188,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ helpers
     def _objects_and_region(self, mode, vocab: Vocabulary, logits, size, object_mask, object_name, box, point,
-                            source: tuple[SegmentationOutput, int]):
+                            image_index: int):
         """(chosen objects, region bool [H, W] or None, region rule) of a prompt (see the module docstring);
-        ``source`` = (decoder output, image index) that ``logits`` come from."""
+        ``logits`` are image ``image_index``'s in the kept decoder output."""
         region = None
         if object_mask is not None:
             region = _mask_tensor(object_mask, size, self.device)
@@ -200,7 +201,7 @@ class Predictor:
             if not bool(region.any()):
                 raise PartCLIPSegError("the object mask is empty")
             return [int(mean_scores_inside(object_logits, size, region).argmax())], region, "mask"
-        object_labels = self._object_labels_of(logits, vocab, size, source)
+        object_labels = self._object_labels_of(logits, vocab, size, image_index)
         if mode == "box":
             x0, y0, x1, y1 = _check_box(box, size)
             inside = torch.zeros(size, dtype=torch.bool, device=self.device)
@@ -214,15 +215,14 @@ class Predictor:
         region, rule = point_region(object_labels, self._object_score(object_logits, best, size), best, (y, x))
         return [best], region, rule
 
-    def _object_labels_of(self, logits, vocab: Vocabulary, size, source: tuple[SegmentationOutput, int]):
+    def _object_labels_of(self, logits, vocab: Vocabulary, size, image_index: int):
         """The object head's argmax [H, W] (``O`` = background), kept for the next prompt on the same image
         and vocabulary (clicks on one image pay for it once; int16 for up to 32766 objects)."""
-        cached = self._object_labels
-        if cached is not None and cached[0] is source[0] and cached[1] == source[1]:
-            return cached[2]
+        if self._object_labels is not None and self._object_labels[0] == image_index:
+            return self._object_labels[1]
         labels = object_labels_of(logits, vocab.num_parts, size)
         labels = labels.to(torch.int16 if vocab.num_objects < 2**15 - 1 else torch.int32)
-        self._object_labels = (source[0], source[1], labels)
+        self._object_labels = (image_index, labels)
         return labels
 
     @staticmethod
