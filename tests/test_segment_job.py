@@ -298,3 +298,79 @@ def test_torchrun_two_processes_equal_one_process(capsys, model_dir, tmp_path):
     one, two = read_tree(tmp_path / "one"), read_tree(tmp_path / "two")
     assert sorted(one) == sorted(two) and len(one) == 24 * 3 + 2
     assert [k for k in one if one[k] != two[k]] == []
+
+
+class _SlowStore:
+    """A local store whose writes of the first image's files are slow and whose writes of ``fail_on`` raise
+    (records the order of finished writes)."""
+
+    def __init__(self, store, slow: str, fail_on: str | None = None, error=None):
+        self.store, self.slow, self.fail_on, self.error = store, slow, fail_on, error
+        self.root = store.root
+        self.finished: list[str] = []
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        import time
+
+        if name.startswith(self.slow):
+            time.sleep(0.3)
+        if self.fail_on is not None and name.startswith(self.fail_on):
+            raise self.error
+        self.store.write_bytes(name, data)
+        self.finished.append(name)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def _processor(model_dir, tmp_path, n: int):
+    from partclipseg.segment_job import ItemProcessor, SegmentOptions, plan_inputs
+    from partclipseg.storage import open_store
+
+    for k in range(n):
+        _image(tmp_path / "in" / f"{k}.png", k)
+    options = SegmentOptions(classes=("dog's head", "dog's leg", "cat's head"), model=str(model_dir), device="cpu",
+                             batch_size=n)
+    processor = ItemProcessor(options, open_store(str(tmp_path / "out")))
+    return processor, plan_inputs([str(tmp_path / "in")], tmp_path / "out").items
+
+
+def test_a_batch_returns_only_when_every_output_set_is_written_json_last(model_dir, tmp_path):
+    """Output sets are rendered and written by threads while the model segments the next image; a batch's
+    call returns after all of them, each image's JSON written after its other files; the bytes equal the
+    one-image-at-a-time outputs."""
+    processor, items = _processor(model_dir, tmp_path, 4)
+    processor.store = store = _SlowStore(processor.store, slow=items[0].name)
+    statuses = processor.process(items, skip_complete=False)
+    assert [s["status"] for s in statuses] == ["ok"] * 4 and [s["name"] for s in statuses] == [i.name for i in items]
+    assert len(store.finished) == 4 * 3  # labels, overlay, JSON of every image, all written before the return
+    for item in items:
+        mine = [n for n in store.finished if n.startswith(item.name + ".")]
+        assert mine[-1] == item.name + ".json" and len(mine) == 3
+    assert store.finished[-1] == items[0].name + ".json"  # the slow image finished last: the others did not wait
+    from partclipseg.storage import open_store
+
+    one = tmp_path / "one"
+    processor.store = open_store(str(one))
+    for item in items:  # the same bytes as batches of one image
+        processor.process([item], skip_complete=False)
+        for suffix in (".labels.png", ".overlay.png", ".json"):
+            assert (one / (item.name + suffix)).read_bytes() == (tmp_path / "out" / (item.name + suffix)).read_bytes()
+
+
+def test_a_failed_write_waits_for_the_other_writers_and_propagates(model_dir, tmp_path):
+    from partclipseg.errors import PartCLIPSegError
+    from partclipseg.storage import OutputError
+
+    processor, items = _processor(model_dir, tmp_path, 3)
+    base = processor.store
+    processor.store = store = _SlowStore(base, slow=items[0].name, fail_on=items[1].name,
+                                         error=OutputError("disk full"))
+    with pytest.raises(OutputError, match="disk full"):
+        processor.process(items, skip_complete=False)
+    assert items[0].name + ".json" in store.finished  # the slow writer finished before the error came out
+    assert not any(n.startswith(items[1].name) for n in store.finished)
+    # a rendering error of one image fails that image only
+    processor.store = _SlowStore(base, slow="-", fail_on=items[2].name, error=PartCLIPSegError("bad pixels"))
+    statuses = processor.process(items, skip_complete=False)
+    assert [s["status"] for s in statuses] == ["ok", "ok", "failed"] and "bad pixels" in statuses[2]["error"]

@@ -150,16 +150,16 @@ class PartSegmentation:
         h, w = self.size
         total = float(h * w)
         parts = []
-        for c in self.present_classes():  # one [H, W] mask at a time: memory stays at image size
-            mask = self.part_labels == c
-            area = int(mask.sum())
+        counts = np.bincount(self.part_labels.ravel(), minlength=self.background + 1)
+        scores = self.class_mean_scores()  # one pass over the image for every class (no per-class mask)
+        for c in self.present_classes():
+            area = int(counts[c])
             label = self.vocabulary.object_specific_classes[c]
             entry = {"label": label, "id": c, "object": self.vocabulary.object_of(c), "part": self.vocabulary.part_of(c),
-                     "area": area, "area_fraction": area / total, "score": float(self.part_confidence[mask].mean())}
-            if rle:
-                entry["rle"] = mask_to_rle(mask)
+                     "area": area, "area_fraction": area / total, "score": float(scores[c])}
+            if rle:  # one [H, W] mask at a time: memory stays at image size
+                entry["rle"] = mask_to_rle(self.part_labels == c)
             parts.append(entry)
-            del mask
         objects = self._areas(self.object_labels, list(self.vocabulary.objects))
         generalized = self._areas(self.generalized_part_labels, list(self.vocabulary.parts))
         return {"image_size": {"height": h, "width": w}, "mode": self.mode, "selected_object": self.selected_object,

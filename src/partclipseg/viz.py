@@ -7,8 +7,10 @@ Pure numpy / PIL (``pycocotools`` only for :func:`mask_to_rle`, imported on use)
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import threading
 import warnings
 from typing import Sequence, Union
 
@@ -208,16 +210,30 @@ def heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
 
 # ------------------------------------------------------------------------ drawing
 def _font(image_height: int) -> tuple[_Font, int]:
-    """PIL's default font at ~14 px for a 512 px image (12..48 px), and that size."""
+    """PIL's default font at ~14 px for a 512 px image (12..48 px), and that size.
+
+    Loaded once per size and thread (a job draws many legends at few sizes; a FreeType face is not
+    shared between the threads that render output sets)."""
     size = int(np.clip(round(image_height / 36), 12, 48))
-    try:
-        return ImageFont.load_default(size=size), size
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
-        return ImageFont.load_default(), 11
+    fonts = _THREAD_FONTS.__dict__.setdefault("by_size", {})
+    if size not in fonts:
+        try:
+            fonts[size] = ImageFont.load_default(size=size), size
+        except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
+            fonts[size] = ImageFont.load_default(), 11
+    return fonts[size]
+
+
+_THREAD_FONTS = threading.local()
 
 
 def _text_width(font: _Font, text: str) -> int:
-    return int(math.ceil(font.getbbox(text)[2])) if text else 0
+    return _cached_text_width(font, text) if text else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_text_width(font: _Font, text: str) -> int:  # class names recur in every legend of a job
+    return int(math.ceil(font.getbbox(text)[2]))
 
 
 def _text_offset(font: _Font, box_height: int) -> int:
