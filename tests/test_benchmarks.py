@@ -164,3 +164,22 @@ def test_object_confusion_per_image_record():
     assert record["box_overlap"] == 0.2
     predicted[5:7, 3:8] = 2  # b: 15 of 40
     assert not object_confusion._image_record("x", truth, predicted, names)["all_found"]
+
+
+def test_bench_gpu_quick_on_the_cpu(tmp_path):
+    """The GPU script's sections run (on whatever device there is) and check what they claim: the official
+    golden outputs within 1e-5 in float32, a resumed training run equal to the uninterrupted one."""
+    sections = "env,reference,train_official,large_image"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick", "--sections",
+                           sections, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert all("error" not in result[s] for s in sections.split(","))
+    folders = {p.parent.name for p in (ROOT / "tests" / "fixtures" / "reference").glob("*/config.json")}
+    assert folders and folders <= set(result["reference"])
+    for name in folders:
+        assert result["reference"][name]["fp32"]["max_abs_diff"] <= 1e-5
+        assert result["reference"][name]["fp32"]["outputs_checked"] >= 10
+    resume = result["train_official"]["resume"]
+    assert resume["same_length"] and resume["max_abs_loss_diff"] == 0.0
+    assert result["train_official"]["fp32"]["last_loss"] < result["train_official"]["fp32"]["first_loss"]
