@@ -374,3 +374,15 @@ def test_a_failed_write_waits_for_the_other_writers_and_propagates(model_dir, tm
     processor.store = _SlowStore(base, slow="-", fail_on=items[2].name, error=PartCLIPSegError("bad pixels"))
     statuses = processor.process(items, skip_complete=False)
     assert [s["status"] for s in statuses] == ["ok", "ok", "failed"] and "bad pixels" in statuses[2]["error"]
+
+
+def test_results_waiting_for_writers_are_bounded_by_pixels(model_dir, tmp_path, monkeypatch):
+    """Room for one 30x40 image only: each result waits for the previous write (large photos are written
+    about one at a time), so the slow first image is written first."""
+    from partclipseg import segment_job
+
+    monkeypatch.setattr(segment_job, "WRITER_PIXELS", 30 * 40 + 1)
+    processor, items = _processor(model_dir, tmp_path, 3)
+    processor.store = store = _SlowStore(processor.store, slow=items[0].name)
+    assert [s["status"] for s in processor.process(items, skip_complete=False)] == ["ok"] * 3
+    assert [n for n in store.finished if n.endswith(".json")] == [item.name + ".json" for item in items]

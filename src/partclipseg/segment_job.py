@@ -39,7 +39,7 @@ import stat
 import sys
 import warnings
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -58,6 +58,9 @@ JOB_FORMAT = "partclipseg-segment-job/1"
 #: threads that render and write output sets while the model segments the batch's next image (one
 #: image's output set is written by one thread, its JSON last)
 WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: the results waiting for a writer thread hold at most this many image pixels (one result always may):
+#: a result holds several image-size arrays, ~30 bytes a pixel, more with --scores
+WRITER_PIXELS = 4_000_000
 _EARLIER_OUTPUT = re.compile(r"^(?P<source>.+)\.(?:labels|overlay|attention\.\d+)\.png$")
 
 Log = Callable[[str], None]
@@ -535,14 +538,25 @@ class ItemProcessor:
         # the model's next image overlaps the rendering (overlay, PNG encoding: zlib runs without the GIL) and
         # writing of the previous ones: on a GPU these took ~85% of a full-size job's time when run in turn
         pending: list[tuple[int, Item, Any]] = []
+        in_flight: dict[Any, int] = {}  # unfinished writes -> their image's pixels
         try:
-            for k, (i, item, _) in enumerate(loaded):
+            for k, (i, item, array) in enumerate(loaded):
                 try:
                     result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
                 except PartCLIPSegError as exc:
                     statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
                     continue
-                pending.append((i, item, self._writers().submit(self._write, result, item)))
+                pixels = int(array.shape[0]) * int(array.shape[1])
+                # bounded memory: the results waiting to be written hold at most WRITER_PIXELS image pixels
+                # (or one result), so large photos are written about one at a time, as before the threads
+                while in_flight and sum(in_flight.values()) + pixels > WRITER_PIXELS:
+                    done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                    for future in done:
+                        in_flight.pop(future)
+                future = self._writers().submit(self._write, result, item)
+                del result
+                in_flight[future] = pixels
+                pending.append((i, item, future))
         finally:  # every submitted write ends before this returns or raises: no file is written behind the caller
             wait([future for _, _, future in pending])
         for i, item, future in pending:
