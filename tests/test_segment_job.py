@@ -335,10 +335,13 @@ def _processor(model_dir, tmp_path, n: int):
     return processor, plan_inputs([str(tmp_path / "in")], tmp_path / "out").items
 
 
-def test_a_batch_returns_only_when_every_output_set_is_written_json_last(model_dir, tmp_path):
+def test_a_batch_returns_only_when_every_output_set_is_written_json_last(model_dir, tmp_path, monkeypatch):
     """Output sets are rendered and written by threads while the model segments the next image; a batch's
     call returns after all of them, each image's JSON written after its other files; the bytes equal the
     one-image-at-a-time outputs."""
+    from partclipseg import segment_job
+
+    monkeypatch.setattr(segment_job, "WRITER_THREADS", 4)  # (a 1-core machine gets one writer)
     processor, items = _processor(model_dir, tmp_path, 4)
     processor.store = store = _SlowStore(processor.store, slow=items[0].name)
     statuses = processor.process(items, skip_complete=False)
@@ -376,13 +379,79 @@ def test_a_failed_write_waits_for_the_other_writers_and_propagates(model_dir, tm
     assert [s["status"] for s in statuses] == ["ok", "ok", "failed"] and "bad pixels" in statuses[2]["error"]
 
 
-def test_results_waiting_for_writers_are_bounded_by_pixels(model_dir, tmp_path, monkeypatch):
-    """Room for one 30x40 image only: each result waits for the previous write (large photos are written
-    about one at a time), so the slow first image is written first."""
+def test_results_waiting_for_writers_are_bounded_in_bytes(model_dir, tmp_path, monkeypatch):
+    """Room for one result only: each result waits for the previous write (large photos are written one at
+    a time), so the slow first image is written first."""
     from partclipseg import segment_job
 
-    monkeypatch.setattr(segment_job, "WRITER_PIXELS", 30 * 40 + 1)
+    monkeypatch.setattr(segment_job, "WRITER_THREADS", 4)
+    monkeypatch.setattr(segment_job, "WRITER_BYTES", 1)
     processor, items = _processor(model_dir, tmp_path, 3)
     processor.store = store = _SlowStore(processor.store, slow=items[0].name)
     assert [s["status"] for s in processor.process(items, skip_complete=False)] == ["ok"] * 3
     assert [n for n in store.finished if n.endswith(".json")] == [item.name + ".json" for item in items]
+
+
+def test_ctrl_c_in_a_batch_writes_nothing_after_the_call_raised(model_dir, tmp_path, monkeypatch):
+    """A Ctrl-C while the first image's files are being written: the call waits for the file in progress,
+    skips the rest of that output set (its JSON, the completion mark, above all) and raises; nothing is
+    written afterwards."""
+    import time
+
+    from partclipseg import segment_job
+
+    monkeypatch.setattr(segment_job, "WRITER_THREADS", 4)
+    processor, items = _processor(model_dir, tmp_path, 3)
+    processor.store = store = _SlowStore(processor.store, slow=items[0].name)
+    real_predict, calls = processor.predictor.predict, []
+
+    def predict(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.1)  # the first image's first file is being written
+            raise KeyboardInterrupt
+        return real_predict(*args, **kwargs)
+
+    processor.predictor.predict = predict
+    with pytest.raises(KeyboardInterrupt):
+        processor.process(items, skip_complete=False)
+    written = list(store.finished)
+    time.sleep(1.0)
+    assert store.finished == written  # nothing after the raise
+    assert items[0].name + ".json" not in written and not (tmp_path / "out" / (items[0].name + ".json")).exists()
+    assert not any(n.startswith((items[1].name, items[2].name)) for n in written)
+
+
+def test_reading_the_umask_from_many_threads_never_changes_it(tmp_path):
+    """Reading the umask means setting it; writer threads do it at once: every reading and every written
+    file's mode must keep the process's 077."""
+    import threading
+
+    from partclipseg.io import _umask, atomic_write_bytes
+
+    old = os.umask(0o077)
+    try:
+        readings, modes = [], []
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+        def work(k: int) -> None:
+            for j in range(20000):
+                readings.append(_umask())
+                if j % 2000 == 0:
+                    path = tmp_path / f"{k}_{j}.bin"
+                    atomic_write_bytes(path, b"x")
+                    modes.append(path.stat().st_mode & 0o777)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(switch)
+        assert set(readings) == {0o077} and set(modes) == {0o600}
+        assert os.umask(0o077) == 0o077
+    finally:
+        os.umask(old)

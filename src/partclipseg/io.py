@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,9 +38,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The process umask. Reading it means setting it, so the set-and-restore runs under a lock: output
+    sets are written by several threads, and an unlocked pair can leave 022 behind for good."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -37,6 +37,7 @@ import posixpath
 import re
 import stat
 import sys
+import threading
 import warnings
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -57,10 +58,11 @@ FAILURES_FILE = "partclipseg-failures.jsonl"
 JOB_FORMAT = "partclipseg-segment-job/1"
 #: threads that render and write output sets while the model segments the batch's next image (one
 #: image's output set is written by one thread, its JSON last)
-WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
-#: the results waiting for a writer thread hold at most this many image pixels (one result always may):
-#: a result holds several image-size arrays, ~30 bytes a pixel, more with --scores
-WRITER_PIXELS = 4_000_000
+WRITER_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1))
+#: the results waiting for a writer thread hold at most this many bytes of arrays (one result always may):
+#: a result is ~31 bytes a pixel (6 MB at 500x375, 370 MB at 12 MP), several times that with --scores
+WRITER_BYTES = 256 * 2 ** 20
 _EARLIER_OUTPUT = re.compile(r"^(?P<source>.+)\.(?:labels|overlay|attention\.\d+)\.png$")
 
 Log = Callable[[str], None]
@@ -538,27 +540,33 @@ class ItemProcessor:
         # the model's next image overlaps the rendering (overlay, PNG encoding: zlib runs without the GIL) and
         # writing of the previous ones: on a GPU these took ~85% of a full-size job's time when run in turn
         pending: list[tuple[int, Item, Any]] = []
-        in_flight: dict[Any, int] = {}  # unfinished writes -> their image's pixels
+        in_flight: dict[Any, int] = {}  # unfinished writes -> the bytes of their result's arrays
+        stop = threading.Event()  # set on any error: writes not yet begun skip every file, begun ones stop
         try:
-            for k, (i, item, array) in enumerate(loaded):
+            for k, (i, item, _) in enumerate(loaded):
+                if any(f.done() and isinstance(f.exception(), OutputError) for _, _, f in pending):
+                    break  # a write failed (a full disk, ...): it is raised below, after the others end
                 try:
                     result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
                 except PartCLIPSegError as exc:
                     statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
                     continue
-                pixels = int(array.shape[0]) * int(array.shape[1])
-                # bounded memory: the results waiting to be written hold at most WRITER_PIXELS image pixels
-                # (or one result), so large photos are written about one at a time, as before the threads
-                while in_flight and sum(in_flight.values()) + pixels > WRITER_PIXELS:
+                size = _result_bytes(result)
+                # bounded memory: the results waiting to be written hold at most WRITER_BYTES (or one result),
+                # so large photos and score maps are written one at a time, as before the threads
+                while in_flight and sum(in_flight.values()) + size > WRITER_BYTES:
                     done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                     for future in done:
                         in_flight.pop(future)
-                future = self._writers().submit(self._write, result, item)
-                del result
-                in_flight[future] = pixels
+                future = self._writers().submit(self._write, result, item, stop)
                 pending.append((i, item, future))
-        finally:  # every submitted write ends before this returns or raises: no file is written behind the caller
-            wait([future for _, _, future in pending])
+                in_flight[future] = size
+                del result
+        except BaseException:  # Ctrl-C, an error: no output set is begun or completed after this raises
+            stop.set()
+            _wait_uninterrupted([future for _, _, future in pending])
+            raise
+        _wait_uninterrupted([future for _, _, future in pending])  # every write ends before the call returns
         for i, item, future in pending:
             try:
                 statuses[i] = item_status(item, "ok", note=future.result())
@@ -574,15 +582,44 @@ class ItemProcessor:
             self._writer_pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="partclipseg-write")
         return self._writer_pool
 
-    def _write(self, result, item: Item) -> str | None:
-        """Render one image's output set and write it, the JSON last; returns the result's note."""
+    def _write(self, result, item: Item, stop: threading.Event) -> str | None:
+        """Render one image's output set and write it, the JSON (the completion mark) last; returns the result's
+        note. Once ``stop`` is set no further file of it is written (its JSON in particular)."""
         from .outputs import render_outputs
 
+        if stop.is_set():
+            raise _Stopped()
         files = render_outputs(result, item.name, overlay=self.options.overlay, scores=self.options.scores,
                                rle=self.options.rle, source=item.source, job=self.job)
         for name, payload in files:
+            if stop.is_set():
+                raise _Stopped()
             self.store.write_bytes(name, payload)
         return result.note
+
+
+class _Stopped(Exception):
+    """A write given up because its batch raised (never reported: the batch's own error is)."""
+
+
+def _result_bytes(result) -> int:
+    """Bytes of the arrays a result holds (image, label maps, confidence, score maps, attention maps)."""
+    arrays = [v for v in vars(result).values() if isinstance(v, np.ndarray)]
+    arrays += [v for v in result.attention.values() if isinstance(v, np.ndarray)]
+    return sum(int(a.nbytes) for a in arrays)
+
+
+def _wait_uninterrupted(futures) -> None:
+    """Wait for ``futures``; a Ctrl-C meanwhile is raised once they are all done (writes are short)."""
+    interrupted = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _with_source(message: str, source: str) -> str:
