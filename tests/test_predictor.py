@@ -255,3 +255,25 @@ def test_chunked_post_processing_equals_full_argmax():
         assert torch.equal(got.part_labels, full.part_labels)
         assert torch.equal(got.part_labels, full.part_scores.argmax(0))
         torch.testing.assert_close(got.part_confidence, full.part_scores.max(0).values)
+
+
+def test_json_and_segments_give_each_class_its_area_and_mean_score():
+    from partclipseg.result import PartSegmentation
+    from partclipseg.vocabulary import Vocabulary
+
+    vocab = Vocabulary.parse("dog's head, dog's leg, cat's head, cat's tail")
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 1, 2, 4], size=(37, 53), p=[0.5, 0.2, 0.1, 0.2])  # 4 = background; class 3 absent
+    confidence = rng.random((37, 53)).astype(np.float32)
+    zeros = np.zeros_like(labels)
+    result = PartSegmentation(vocab, np.zeros((37, 53, 3), np.uint8), labels, zeros, zeros, confidence, "pred-all")
+    parts = result.to_json()["parts"]
+    assert [p["id"] for p in parts] == [0, 1, 2]  # present classes, largest first
+    for p in parts:
+        mask = labels == p["id"]
+        assert p["area"] == int(mask.sum()) and p["area_fraction"] == mask.sum() / labels.size
+        assert abs(p["score"] - confidence[mask].astype(np.float64).mean()) < 1e-12
+    segments = result.segments()
+    assert [s["label"] for s in segments] == [p["label"] for p in parts]
+    assert [s["score"] for s in segments] == [p["score"] for p in parts]
+    assert all(np.array_equal(s["mask"], labels == p["id"]) for s, p in zip(segments, parts))

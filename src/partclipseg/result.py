@@ -100,12 +100,9 @@ class PartSegmentation:
 
         ``score`` is the mean sigmoid score of the class over its pixels.
         """
-        out = []
-        for c in self.present_classes():
-            m = self.part_labels == c
-            out.append({"label": self.vocabulary.object_specific_classes[c], "mask": m,
-                        "score": float(self.part_confidence[m].mean())})
-        return out
+        scores = self.class_mean_scores()  # the JSON's scores (float64 means)
+        return [{"label": self.vocabulary.object_specific_classes[c], "mask": self.part_labels == c,
+                 "score": float(scores[c])} for c in self.present_classes()]
 
     # ------------------------------------------------------------------ writers
     def to_label_png(self, path: str | Path | None = None) -> np.ndarray:
