@@ -123,6 +123,14 @@ def synthetic_image(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> 
     return np.clip(base + rng.integers(0, 96, size=(height, width, 3)), 0, 255).astype(np.uint8)
 
 
+def draw_toy_world(folder: Path, train: int, val: int, seed: int, quick: bool) -> None:
+    """``python -m partclipseg.data.toyworld`` (64-96 px images with ``quick``)."""
+    subprocess.run([sys.executable, "-m", "partclipseg.data.toyworld", str(folder), "--train", str(train), "--val",
+                    str(val), "--seed", str(seed), "--workers", "1" if quick else str(min(8, os.cpu_count() or 1)),
+                    *(["--min-size", "64", "--max-size", "96"] if quick else [])],
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True, capture_output=True)
+
+
 def full_config(quick: bool):
     from partclipseg.config import get_config
 
@@ -382,10 +390,7 @@ def section_toy_evaluate(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="gpu_eval_"))
     try:
         n = 8 if args.quick else 100
-        subprocess.run([sys.executable, "-m", "partclipseg.data.toyworld", str(tmp / "data"), "--train", "0",
-                        "--val", str(n), "--seed", "4242", "--workers", "4" if not args.quick else "1",
-                        *(["--min-size", "64", "--max-size", "96"] if args.quick else [])],
-                       env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), check=True, capture_output=True)
+        draw_toy_world(tmp / "data", 0, n, 4242, args.quick)
         result = {"images": n, "seed": 4242}
         for protocol in ("pred-all", "oracle-obj"):
             for dev in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
@@ -405,10 +410,7 @@ def section_toy_train(args) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_toy_"))
     try:
-        subprocess.run([sys.executable, "-m", "partclipseg.data.toyworld", str(tmp / "data"), "--train",
-                        "16" if args.quick else "400", "--val", "2", "--seed", "1", "--workers", "1" if args.quick else "8",
-                        *(["--min-size", "64", "--max-size", "96"] if args.quick else [])],
-                       env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), check=True, capture_output=True)
+        draw_toy_world(tmp / "data", 16 if args.quick else 400, 2, 1, args.quick)
         steps = 6 if args.quick else 120
         over = [f"root={tmp / 'data' / 'ToyWorld'}", f"iterations={steps}", "log_period=1", f"eval_period={10 ** 9}",
                 f"checkpoint_period={10 ** 9}", f"num_workers={0 if args.quick else 8}",
