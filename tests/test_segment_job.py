@@ -388,8 +388,16 @@ def test_results_waiting_for_writers_are_bounded_in_bytes(model_dir, tmp_path, m
     monkeypatch.setattr(segment_job, "WRITER_BYTES", 1)
     processor, items = _processor(model_dir, tmp_path, 3)
     processor.store = store = _SlowStore(processor.store, slow=items[0].name)
+    real_predict, files_at_predict = processor.predictor.predict, []
+
+    def predict(*args, **kwargs):
+        files_at_predict.append(len(store.finished))
+        return real_predict(*args, **kwargs)
+
+    processor.predictor.predict = predict
     assert [s["status"] for s in processor.process(items, skip_complete=False)] == ["ok"] * 3
     assert [n for n in store.finished if n.endswith(".json")] == [item.name + ".json" for item in items]
+    assert files_at_predict == [0, 3, 6]  # each result is made once the previous one is written: one at a time
 
 
 def test_ctrl_c_in_a_batch_writes_nothing_after_the_call_raised(model_dir, tmp_path, monkeypatch):

@@ -542,22 +542,23 @@ class ItemProcessor:
         pending: list[tuple[int, Item, Any]] = []
         in_flight: dict[Any, int] = {}  # unfinished writes -> the bytes of their result's arrays
         stop = threading.Event()  # set on any error: writes not yet begun skip every file, begun ones stop
+        last_size = 0
         try:
             for k, (i, item, _) in enumerate(loaded):
                 if any(f.done() and isinstance(f.exception(), OutputError) for _, _, f in pending):
                     break  # a write failed (a full disk, ...): it is raised below, after the others end
+                # room for a result like the last one first (a batch's images are usually alike): a result
+                # over the budget (a 12 MP photo) is made only once the previous one is written, as before
+                self._wait_for_room(in_flight, last_size)
                 try:
                     result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
                 except PartCLIPSegError as exc:
                     statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
                     continue
-                size = _result_bytes(result)
+                size = last_size = _result_bytes(result)
                 # bounded memory: the results waiting to be written hold at most WRITER_BYTES (or one result),
                 # so large photos and score maps are written one at a time, as before the threads
-                while in_flight and sum(in_flight.values()) + size > WRITER_BYTES:
-                    done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                    for future in done:
-                        in_flight.pop(future)
+                self._wait_for_room(in_flight, size)
                 future = self._writers().submit(self._write, result, item, stop)
                 pending.append((i, item, future))
                 in_flight[future] = size
@@ -575,6 +576,15 @@ class ItemProcessor:
             except PartCLIPSegError as exc:
                 statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
         return [statuses[i] for i in range(len(items))]
+
+    @staticmethod
+    def _wait_for_room(in_flight: dict, size: int) -> None:
+        """Wait until the unfinished writes (``in_flight``: future -> bytes, finished ones removed) and ``size``
+        more bytes fit in ``WRITER_BYTES``, or none is left."""
+        while in_flight and sum(in_flight.values()) + size > WRITER_BYTES:
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for future in done:
+                in_flight.pop(future)
 
     def _writers(self):
         """The threads that render and write the output sets (``WRITER_THREADS``), made on first use."""
