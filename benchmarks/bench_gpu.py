@@ -40,6 +40,7 @@ Sections (``--sections``; results in ``DIR/bench_gpu.json``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -121,6 +122,13 @@ def synthetic_image(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin((x + y) / 17.0)], axis=-1) * 160.0
     return np.clip(base + rng.integers(0, 96, size=(height, width, 3)), 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str):
+    """A temporary folder (Path), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
 
 
 def draw_toy_world(folder: Path, train: int, val: int, seed: int, quick: bool) -> None:
@@ -321,8 +329,7 @@ def section_train_official(args) -> dict:
     from partclipseg.train import load_recipe, train
 
     steps = 4 if args.quick else 40
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_train_"))
-    try:
+    with scratch("gpu_train_") as tmp:
         root = synthetic.make_pascal_part(tmp / "PascalPart116", n_train=8 if args.quick else 32, n_val=2)
         base = [f"root={root}", f"iterations={steps}", "log_period=1", f"eval_period={10 ** 9}",
                 f"checkpoint_period={steps // 2}", f"num_workers={0 if args.quick else 6}"]
@@ -356,8 +363,6 @@ def section_train_official(args) -> dict:
         result["resume"] = {"resumed_from_step": steps // 2, "steps_compared": len(b),
                             "max_abs_loss_diff": max(abs(x - y) for x, y in zip(a, b)), "same_length": len(a) == len(b)}
         return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _label_maps(folder: Path) -> dict[str, np.ndarray]:
@@ -367,8 +372,7 @@ def _label_maps(folder: Path) -> dict[str, np.ndarray]:
 
 
 def section_builtin_segment(args) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_seg_"))
-    try:
+    with scratch("gpu_seg_") as tmp:
         result, maps = {}, {}
         for dev in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
             wall, _ = cli("segment", str(ROOT / "examples" / "images"), "--vocab", "toy_world", "--device", dev,
@@ -382,13 +386,10 @@ def section_builtin_segment(args) -> dict:
             result["min_agreement"] = min(agree.values())
             result["identical_images"] = sum(bool((maps["cuda"][k] == v).all()) for k, v in maps["cpu"].items())
         return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def section_toy_evaluate(args) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_eval_"))
-    try:
+    with scratch("gpu_eval_") as tmp:
         n = 8 if args.quick else 100
         draw_toy_world(tmp / "data", 0, n, 4242, args.quick)
         result = {"images": n, "seed": 4242}
@@ -400,16 +401,13 @@ def section_toy_evaluate(args) -> dict:
                 data = json.loads(out.read_text())["metrics"]
                 result[f"{protocol}_{dev}"] = {k: data.get(k) for k in ("mIoU-base", "mIoU-unbase", "h-IoU", "mIoU")} | {"wall_s": round(wall, 1)}
         return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def section_toy_train(args) -> dict:
     from partclipseg.train import load_recipe, train
     from partclipseg.weights import DEFAULT_MODEL_DIR
 
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_toy_"))
-    try:
+    with scratch("gpu_toy_") as tmp:
         draw_toy_world(tmp / "data", 16 if args.quick else 400, 2, 1, args.quick)
         steps = 6 if args.quick else 120
         over = [f"root={tmp / 'data' / 'ToyWorld'}", f"iterations={steps}", "log_period=1", f"eval_period={10 ** 9}",
@@ -424,8 +422,6 @@ def section_toy_train(args) -> dict:
         return {"recipe": "toy_world", "batch_size": config.batch_size, "image_size": config.image_size,
                 "median_step_s": round(step, 4), "images_per_s": round(config.batch_size / step, 1),
                 "peak_gpu_mib": peak_gpu_mib(), "cpu_images_per_s_for_comparison": 18.0}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def section_segment_job(args) -> dict:
@@ -436,8 +432,7 @@ def section_segment_job(args) -> dict:
 
     from partclipseg.model import build_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_job_"))
-    try:
+    with scratch("gpu_job_") as tmp:
         torch.manual_seed(0)
         build_model(full_config(args.quick)).save_pretrained(tmp / "model")
         small, big = (2, 6) if args.quick else (8, 72)
@@ -464,8 +459,6 @@ def section_segment_job(args) -> dict:
             result[name] = {"wall_s": [round(w, 2) for w in walls],
                             "steady_images_per_s": round((big - small) / (walls[1] - walls[0]), 1)}
         return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def section_large_image(args) -> dict:

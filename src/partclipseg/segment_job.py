@@ -539,17 +539,16 @@ class ItemProcessor:
                     loaded = []
         # the model's next image overlaps the rendering (overlay, PNG encoding: zlib runs without the GIL) and
         # writing of the previous ones: on a GPU these took ~85% of a full-size job's time when run in turn
-        pending: list[tuple[int, Item, Any]] = []
-        in_flight: dict[Any, int] = {}  # unfinished writes -> the bytes of their result's arrays
+        pending: list[tuple[int, Item, Any, int]] = []  # (index, item, write, bytes of the result's arrays)
         stop = threading.Event()  # set on any error: writes not yet begun skip every file, begun ones stop
         last_size = 0
         try:
             for k, (i, item, _) in enumerate(loaded):
-                if any(f.done() and isinstance(f.exception(), OutputError) for _, _, f in pending):
+                if any(f.done() and isinstance(f.exception(), OutputError) for _, _, f, _ in pending):
                     break  # a write failed (a full disk, ...): it is raised below, after the others end
                 # room for a result like the last one first (a batch's images are usually alike): a result
                 # over the budget (a 12 MP photo) is made only once the previous one is written, as before
-                self._wait_for_room(in_flight, last_size)
+                _wait_for_room(pending, last_size)
                 try:
                     result = self.predictor.predict(self.vocabulary, image_index=k, **self.predict_kwargs)
                 except PartCLIPSegError as exc:
@@ -558,17 +557,15 @@ class ItemProcessor:
                 size = last_size = _result_bytes(result)
                 # bounded memory: the results waiting to be written hold at most WRITER_BYTES (or one result),
                 # so large photos and score maps are written one at a time, as before the threads
-                self._wait_for_room(in_flight, size)
-                future = self._writers().submit(self._write, result, item, stop)
-                pending.append((i, item, future))
-                in_flight[future] = size
+                _wait_for_room(pending, size)
+                pending.append((i, item, self._writers().submit(self._write, result, item, stop), size))
                 del result
         except BaseException:  # Ctrl-C, an error: no output set is begun or completed after this raises
             stop.set()
-            _wait_uninterrupted([future for _, _, future in pending])
+            _wait_uninterrupted([future for _, _, future, _ in pending])
             raise
-        _wait_uninterrupted([future for _, _, future in pending])  # every write ends before the call returns
-        for i, item, future in pending:
+        _wait_uninterrupted([future for _, _, future, _ in pending])  # every write ends before the call returns
+        for i, item, future, _ in pending:
             try:
                 statuses[i] = item_status(item, "ok", note=future.result())
             except OutputError:
@@ -576,15 +573,6 @@ class ItemProcessor:
             except PartCLIPSegError as exc:
                 statuses[i] = item_status(item, "failed", _with_source(str(exc), item.source))
         return [statuses[i] for i in range(len(items))]
-
-    @staticmethod
-    def _wait_for_room(in_flight: dict, size: int) -> None:
-        """Wait until the unfinished writes (``in_flight``: future -> bytes, finished ones removed) and ``size``
-        more bytes fit in ``WRITER_BYTES``, or none is left."""
-        while in_flight and sum(in_flight.values()) + size > WRITER_BYTES:
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            for future in done:
-                in_flight.pop(future)
 
     def _writers(self):
         """The threads that render and write the output sets (``WRITER_THREADS``), made on first use."""
@@ -610,6 +598,16 @@ class ItemProcessor:
 
 class _Stopped(Exception):
     """A write given up because its batch raised (never reported: the batch's own error is)."""
+
+
+def _wait_for_room(pending: Sequence[tuple[int, Item, Any, int]], size: int) -> None:
+    """Wait until the unfinished writes of ``pending`` and ``size`` more bytes fit in ``WRITER_BYTES``, or no
+    write is unfinished."""
+    while True:
+        busy = [(future, nbytes) for _, _, future, nbytes in pending if not future.done()]
+        if not busy or sum(nbytes for _, nbytes in busy) + size <= WRITER_BYTES:
+            return
+        wait([future for future, _ in busy], return_when=FIRST_COMPLETED)
 
 
 def _result_bytes(result) -> int:
