@@ -435,3 +435,43 @@ def test_untrained_classes_leave_the_object_specific_terms_as_on_the_training_vo
         build_targets(torch.full((1, s, s), 3), objects[:1], t2p, t2o, lut, s, trained=trained)
     with pytest.raises(ValueError, match="entries"):
         build_targets(labels, objects, t2p, t2o, lut, s, trained=trained[:5])
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image):
+    """loss.object_ce_lambda (not official): + lambda * mean over pixels of -log softmax(object channels)[y],
+    y = the pixel's model object on obj_mask, else the background channel; 0 leaves the official total."""
+    tg, logits, op_logits = _batch(3, requires_grad=True)
+    base_cfg = LossConfig(per_image=per_image)
+    base = segmentation_losses(logits, op_logits, tg, base_cfg)
+    assert "objects_ce" not in base
+    got = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=per_image, object_ce_lambda=0.5))
+    object_logits = logits[:, P:].permute(0, 2, 3, 1)  # [B,S,S,O+1]
+    groups = [[i] for i in range(len(logits))] if per_image else [list(range(len(logits)))]
+    ce_per_group = []
+    for g in groups:
+        values = []
+        for b in g:
+            for y in range(logits.shape[-2]):
+                for x in range(logits.shape[-1]):
+                    target = int(tg.objm_tgt[b, y, x]) if bool(tg.obj_mask[b, y, x]) else object_logits.shape[-1] - 1
+                    values.append(-torch.log_softmax(object_logits[b, y, x], 0)[target])
+        ce_per_group.append(torch.stack(values).mean())
+    ce = torch.stack(ce_per_group).mean()
+    torch.testing.assert_close(got["objects_ce"], ce, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["total"], base["total"] + 0.5 * ce, atol=1e-5, rtol=1e-5)
+    assert float(ce) > 0.1  # random logits: a term far from zero, so the check above can fail
+
+
+def test_architectures_without_the_object_channels_refuse_the_object_cross_entropy_switch():
+    from partclipseg.errors import ConfigError
+    from partclipseg.model import CLIPSegBaseline
+    from partclipseg.model.partcatseg.model import PartCATSeg
+
+    with pytest.raises(ConfigError, match="object_ce_lambda"):
+        PartCATSeg.loss_forward_options(None, LossConfig(use_attention=False, object_ce_lambda=1.0))
+    logits = torch.zeros(1, T + 1, 8, 8)
+    with pytest.raises(ValueError, match="object_ce_lambda"):
+        CLIPSegBaseline.loss(None, SegmentationOutput(logits, None, None), [torch.zeros(8, 8, dtype=torch.long)],
+                             [torch.zeros(8, 8, dtype=torch.long)], None, None,
+                             LossConfig(use_attention=False, object_ce_lambda=1.0))

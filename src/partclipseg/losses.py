@@ -41,6 +41,9 @@ class LossConfig:
       object when the image has no ignore pixel, §8.2.7). False: only the ignore value is dropped.
     * ``official_nan_to_zero``: an empty background term makes the sample's loss NaN -> 0 (the whole
       sample is dropped, §8.2.8). False: only the empty term is skipped.
+    * ``object_ce_lambda``: not official (0 = off): weight of an extra per-pixel softmax cross-entropy over
+      the O+1 object channels (target: the pixel's model object on ``obj_mask``, else background), the
+      decision Pred-All takes (argmax over those channels). The BCE terms score each channel alone.
     * ``jsd_lambda``: PartCATSeg's composition JSD weight (``part_lambda`` / ``obj_lambda`` /
       ``background_weight`` / ``per_image`` apply to PartCATSeg too; the attention settings do not, and
       PartCATSeg refuses ``use_attention=true``).
@@ -58,6 +61,7 @@ class LossConfig:
     official_unique_drop_last: bool = True
     official_nan_to_zero: bool = True
     jsd_lambda: float = 1.0
+    object_ce_lambda: float = 0.0
 
     def __post_init__(self) -> None:
         levels = (self.attn_levels,) if isinstance(self.attn_levels, int) else tuple(int(v) for v in self.attn_levels)
@@ -288,6 +292,11 @@ def _segmentation_terms(logits: Tensor, object_part_logits: Tensor, targets: Los
     # L_seg = L_os + obj_lambda * L_obj + part_lambda * L_part (SPEC §3.3.4)
     terms["segmentation"] = (terms["object_specific_parts"] + terms["object_specific_background"]
                              + config.obj_lambda * terms["objects"] + config.part_lambda * terms["generalized_parts"])
+    if config.object_ce_lambda > 0:  # not official: see LossConfig
+        object_index = torch.where(targets.obj_mask, targets.objm_tgt, o)
+        ce = F.cross_entropy(logits[:, p:], object_index, reduction="none")  # [B,S,S]
+        terms["objects_ce"] = g(ce) / g(torch.ones_like(ce))
+        terms["segmentation"] = terms["segmentation"] + config.object_ce_lambda * terms["objects_ce"]
     return terms, bg_gated & (n_bg == 0)
 
 

@@ -216,7 +216,8 @@ class TrainConfig:
             raise ConfigError(f"eval_limit must be >= 1 or null, got {self.eval_limit!r}")
         if isinstance(self.seed, bool) or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name in ("obj_lambda", "part_lambda", "sep_lambda", "enh_lambda", "background_weight"):
+        for name in ("obj_lambda", "part_lambda", "sep_lambda", "enh_lambda", "background_weight",
+                     "object_ce_lambda"):
             number(f"loss.{name}", getattr(self.loss, name), 0)
         number("loss.attn_threshold", self.loss.attn_threshold, 0, 1)
         number("loss.jsd_lambda", self.loss.jsd_lambda, 0)
