@@ -183,3 +183,32 @@ def test_bench_gpu_quick_on_the_cpu(tmp_path):
     resume = result["train_official"]["resume"]
     assert resume["same_length"] and resume["max_abs_loss_diff"] == 0.0
     assert result["train_official"]["fp32"]["last_loss"] < result["train_official"]["fp32"]["first_loss"]
+
+
+@pytest.mark.slow
+def test_gpu_recipe_lab_smoke_compares_variants_at_equal_steps(tmp_path):
+    """benchmarks/gpu_recipe_lab.sh at smoke size on the CPU: each variant's overrides reach its run, the
+    summary holds every evaluated step of every variant, and missing towers are refused with exit 2."""
+    import os
+
+    script = ROOT / "benchmarks" / "gpu_recipe_lab.sh"
+    towers = ROOT / "src" / "partclipseg" / "resources" / "default_model"
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"), W=str(tmp_path / "work"),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(script), str(towers), "base", "ce:loss.object_ce_lambda=0.5,lr=0.002"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary) == ["base", "ce"]
+    assert summary["ce"]["overrides"] == ["loss.object_ce_lambda=0.5", "lr=0.002"]
+    for entry in summary.values():
+        assert entry["last_step"] == 4 and sorted(entry["val_pred_all"]) == ["2", "4"]
+    config = json.loads((tmp_path / "work" / "ce" / "config.json").read_text())
+    assert config["loss"]["object_ce_lambda"] == 0.5 and config["lr"] == 0.002
+    base = json.loads((tmp_path / "work" / "base" / "config.json").read_text())
+    assert base["loss"]["object_ce_lambda"] == json.loads(
+        (ROOT / "src/partclipseg/resources/recipes/toy_world.json").read_text())["loss"]["object_ce_lambda"]
+    assert (tmp_path / "out" / "logs.tgz").stat().st_size > 0
+    bad = subprocess.run(["bash", str(script), str(tmp_path / "nothing"), "base"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "model.safetensors" in bad.stderr
