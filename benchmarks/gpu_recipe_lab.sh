@@ -8,6 +8,9 @@
 #
 # Usage: benchmarks/gpu_recipe_lab.sh TOWERS NAME[:key=value,key=value...] ...
 #   e.g. benchmarks/gpu_recipe_lab.sh runs/pretrain/final base ce05:loss.object_ce_lambda=0.5 lr2e3:lr=0.002
+# NAME: letters, digits, '.', '_' or '-', each once, not "data" or "logs"; overrides are split at commas, so
+# a value cannot hold one (give list values as their own variant-free recipe instead). Relative paths are
+# taken from the caller's folder.
 # Env: OUT (results; default runs/recipe_lab), W (work folder, default /tmp/recipe_lab), DEADLINE (seconds
 # from the start after which the runs are stopped; default 540), TRAIN (training images, default 6000),
 # WORKERS (toy-world drawing processes, default: the CPUs less 2), SMOKE=1 (tiny sizes, seconds).
@@ -15,13 +18,25 @@
 # "last_step", "seconds"}}) and OUT/logs.tgz (every log and metrics file; the device tool returns few files).
 set -u
 if [ $# -lt 2 ]; then echo "usage: $0 TOWERS NAME[:key=value,...] ..." >&2; exit 2; fi
-cd "$(dirname "$0")/.."
 towers=$1; shift
 if [ ! -f "$towers/model.safetensors" ]; then echo "error: $towers has no model.safetensors (a pretraining run's final/)" >&2; exit 2; fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
-PY=${PYTHON:-python3}
+seen=" "
+for spec in "$@"; do
+  name=${spec%%:*}
+  if ! [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || [ "$name" = data ] || [ "$name" = logs ] || [ "$name" = . ] \
+     || [ "$name" = .. ] || [[ "$seen" == *" $name "* ]]; then
+    echo "error: variant name '$name' (from '$spec'): use letters, digits, '.', '_' or '-', each name once, not data or logs" >&2
+    exit 2
+  fi
+  seen="$seen$name "
+done
 OUT=${OUT:-runs/recipe_lab}; W=${W:-/tmp/recipe_lab}; DEADLINE=${DEADLINE:-540}
 mkdir -p "$OUT" "$W/logs"
+towers=$(realpath "$towers"); OUT=$(realpath "$OUT"); W=$(realpath "$W")
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+rm -f "$W"/logs/*
 t0=$(date +%s)
 el() { echo $(( $(date +%s) - t0 )); }
 workers=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
@@ -32,9 +47,13 @@ else
   data=(--train "${TRAIN:-6000}" --val 200 --workers "$workers"); extra=(num_workers=2)
 fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$W/logs/env.txt" 2>&1
-if [ ! -f "$W/data/ToyWorld/captions/val.json" ]; then
+# the drawn world is reused only when it was drawn with the same arguments (a smoke world is not a full one)
+stamp="seed 0 ${data[*]}"
+if [ ! -f "$W/data/ToyWorld/captions/val.json" ] || [ "$(cat "$W/data/lab_stamp.txt" 2>/dev/null)" != "$stamp" ]; then
+  rm -f "$W/data/lab_stamp.txt"
   $PY -m partclipseg.data.toyworld "$W/data" --seed 0 "${data[@]}" --overwrite > "$W/logs/data.log" 2>&1 \
     || { echo "error: drawing the toy world failed (see $W/logs/data.log)" >&2; exit 1; }
+  echo "$stamp" > "$W/data/lab_stamp.txt"
 fi
 echo "data ready at $(el) s" >> "$W/logs/times.txt"
 names=()
@@ -71,3 +90,10 @@ tmp.replace(out)
 PYEOF
 tar czf "$OUT/logs.tgz" -C "$W" logs
 cat "$W/logs/times.txt"
+# a variant that never logged a step failed (a bad override, a crash): say which, exit 1
+$PY - "$OUT/summary.json" <<'PYEOF'
+import json, sys
+failed = [name for name, entry in json.load(open(sys.argv[1])).items() if not entry["last_step"]]
+if failed:
+    sys.exit(f"error: variant(s) {', '.join(failed)} made no step (see their logs in logs.tgz)")
+PYEOF

@@ -40,8 +40,8 @@ import sys
 import time
 from pathlib import Path
 
-#: the CLIPSeg-family rows train as the paper does (the toy_world recipe's own supervision is parts+objects,
-#: and it adds an object cross-entropy term that the paper's loss does not have)
+#: the CLIPSeg-family rows train as the paper does (the toy_world recipe's own supervision is parts+objects;
+#: the object cross-entropy term, not in the paper, is pinned off so that a recipe enabling it cannot reach them)
 PAPER_SUPERVISION = ["supervision=parts", "skip_unseen_images=true", "loss.object_ce_lambda=0"]
 VARIANTS = [
     ("CLIPSeg baseline", "clipseg", ["architecture=clipseg", "loss.use_attention=false"]),

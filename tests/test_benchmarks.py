@@ -206,9 +206,18 @@ def test_gpu_recipe_lab_smoke_compares_variants_at_equal_steps(tmp_path):
     config = json.loads((tmp_path / "work" / "ce" / "config.json").read_text())
     assert config["loss"]["object_ce_lambda"] == 0.5 and config["lr"] == 0.002
     base = json.loads((tmp_path / "work" / "base" / "config.json").read_text())
-    assert base["loss"]["object_ce_lambda"] == json.loads(
-        (ROOT / "src/partclipseg/resources/recipes/toy_world.json").read_text())["loss"]["object_ce_lambda"]
+    recipe_loss = json.loads((ROOT / "src/partclipseg/resources/recipes/toy_world.json").read_text())["loss"]
+    assert base["loss"]["object_ce_lambda"] == recipe_loss.get("object_ce_lambda", 0.0)
     assert (tmp_path / "out" / "logs.tgz").stat().st_size > 0
     bad = subprocess.run(["bash", str(script), str(tmp_path / "nothing"), "base"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "model.safetensors" in bad.stderr
+    for names in (["data"], ["logs"], [":lr=0.002"], ["a", "a"], ["a/b"]):  # would clobber the world, logs or a run
+        bad = subprocess.run(["bash", str(script), str(towers), *names], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and "variant name" in bad.stderr, (names, bad.stderr)
+    assert (tmp_path / "work" / "data" / "ToyWorld").is_dir() and (tmp_path / "work" / "ce").is_dir()
+    # a failing variant (a bad override) makes the whole lab fail, after the others finished
+    failed = subprocess.run(["bash", str(script), str(towers), "base", "broken:lr=-1"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1 and "broken" in failed.stderr, failed.stderr[-2000:]

@@ -438,17 +438,19 @@ def test_untrained_classes_leave_the_object_specific_terms_as_on_the_training_vo
 
 
 @pytest.mark.parametrize("per_image", [True, False])
-def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image):
+@pytest.mark.parametrize("full_cover", [(), (0,)])
+def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image, full_cover):
     """loss.object_ce_lambda (not official): + lambda * mean over pixels of -log softmax(object channels)[y],
-    y = the pixel's model object on obj_mask, else the background channel; 0 leaves the official total."""
-    tg, logits, op_logits = _batch(3, requires_grad=True)
+    y = the pixel's model object on obj_mask, else the background channel; 0 leaves the official total.
+    Images of different sizes, one fully covered by objects (the official NaN rule drops it per image)."""
+    tg, logits, op_logits = _batch(3, sizes=((40, 48), (36, 30), (24, 20)), full_cover=full_cover, requires_grad=True)
     base_cfg = LossConfig(per_image=per_image)
     base = segmentation_losses(logits, op_logits, tg, base_cfg)
     assert "objects_ce" not in base
     got = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=per_image, object_ce_lambda=0.5))
     object_logits = logits[:, P:].permute(0, 2, 3, 1)  # [B,S,S,O+1]
     groups = [[i] for i in range(len(logits))] if per_image else [list(range(len(logits)))]
-    ce_per_group = []
+    ce_per_group, kept = [], []
     for g in groups:
         values = []
         for b in g:
@@ -457,10 +459,16 @@ def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image):
                     target = int(tg.objm_tgt[b, y, x]) if bool(tg.obj_mask[b, y, x]) else object_logits.shape[-1] - 1
                     values.append(-torch.log_softmax(object_logits[b, y, x], 0)[target])
         ce_per_group.append(torch.stack(values).mean())
-    ce = torch.stack(ce_per_group).mean()
+        kept.append(not bool(tg.obj_mask[g].all()))  # official: no background pixel -> the group's loss is 0
+    if full_cover and per_image:
+        assert kept == [False, True, True]
+    ce = torch.stack([c if k else c * 0 for c, k in zip(ce_per_group, kept)]).mean()
     torch.testing.assert_close(got["objects_ce"], ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["total"], base["total"] + 0.5 * ce, atol=1e-5, rtol=1e-5)
-    assert float(ce) > 0.1  # random logits: a term far from zero, so the check above can fail
+    assert float(ce) > 0.1  # random logits: a term far from zero, so the checks above can fail
+    if full_cover:  # every image has S x S pixels, so only a dropped image tells the two groupings apart
+        other = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=not per_image, object_ce_lambda=0.5))
+        assert abs(float(other["objects_ce"]) - float(got["objects_ce"])) > 1e-3
 
 
 def test_architectures_without_the_object_channels_refuse_the_object_cross_entropy_switch():
