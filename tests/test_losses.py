@@ -465,7 +465,7 @@ def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image, f
     ce = torch.stack([c if k else c * 0 for c, k in zip(ce_per_group, kept)]).mean()
     torch.testing.assert_close(got["objects_ce"], ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["total"], base["total"] + 0.5 * ce, atol=1e-5, rtol=1e-5)
-    assert float(ce) > 0.1  # random logits: a term far from zero, so the checks above can fail
+    assert float(ce.detach()) > 0.1  # random logits: a term far from zero, so the checks above can fail
     if full_cover:  # every image has S x S pixels, so only a dropped image tells the two groupings apart
         other = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=not per_image, object_ce_lambda=0.5))
         assert abs(float(other["objects_ce"]) - float(got["objects_ce"])) > 1e-3
