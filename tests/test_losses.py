@@ -468,7 +468,7 @@ def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image, f
     assert float(ce.detach()) > 0.1  # random logits: a term far from zero, so the checks above can fail
     if full_cover:  # every image has S x S pixels, so only a dropped image tells the two groupings apart
         other = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=not per_image, object_ce_lambda=0.5))
-        assert abs(float(other["objects_ce"]) - float(got["objects_ce"])) > 1e-3
+        assert abs(float(other["objects_ce"].detach()) - float(got["objects_ce"].detach())) > 1e-3
 
 
 def test_architectures_without_the_object_channels_refuse_the_object_cross_entropy_switch():
