@@ -69,6 +69,9 @@ while [ -n "$(jobs -rp)" ] && [ "$(el)" -lt "$DEADLINE" ]; do sleep 5; done
 echo "stopped at $(el) s; runs still going: $(jobs -rp | wc -l)" >> "$W/logs/times.txt"
 kill $(jobs -rp) 2>/dev/null; wait 2>/dev/null
 for n in "${names[@]}"; do [ -f "$W/$n/metrics.jsonl" ] && cp "$W/$n/metrics.jsonl" "$W/logs/$n.metrics.jsonl"; done
+tar czf "$OUT/logs.tgz" -C "$W" logs
+cat "$W/logs/times.txt"
+# the summary; a variant that never logged a step failed (a bad override, a crash): named, exit 1
 $PY - "$W/logs" "$OUT/summary.json" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -87,13 +90,7 @@ for line in (logs / "variants.txt").read_text().splitlines():
 tmp = out.with_suffix(".tmp")
 tmp.write_text(json.dumps(summary, indent=1) + "\n")
 tmp.replace(out)
-PYEOF
-tar czf "$OUT/logs.tgz" -C "$W" logs
-cat "$W/logs/times.txt"
-# a variant that never logged a step failed (a bad override, a crash): say which, exit 1
-$PY - "$OUT/summary.json" <<'PYEOF'
-import json, sys
-failed = [name for name, entry in json.load(open(sys.argv[1])).items() if not entry["last_step"]]
+failed = [name for name, entry in summary.items() if not entry["last_step"]]
 if failed:
     sys.exit(f"error: variant(s) {', '.join(failed)} made no step (see their logs in logs.tgz)")
 PYEOF

@@ -473,13 +473,10 @@ def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image, f
 
 def test_architectures_without_the_object_channels_refuse_the_object_cross_entropy_switch():
     from partclipseg.errors import ConfigError
-    from partclipseg.model import CLIPSegBaseline
-    from partclipseg.model.partcatseg.model import PartCATSeg
+    from partclipseg.train import load_recipe
 
-    with pytest.raises(ConfigError, match="object_ce_lambda"):
-        PartCATSeg.loss_forward_options(None, LossConfig(use_attention=False, object_ce_lambda=1.0))
-    logits = torch.zeros(1, T + 1, 8, 8)
-    with pytest.raises(ValueError, match="object_ce_lambda"):
-        CLIPSegBaseline.loss(None, SegmentationOutput(logits, None, None), [torch.zeros(8, 8, dtype=torch.long)],
-                             [torch.zeros(8, 8, dtype=torch.long)], None, None,
-                             LossConfig(use_attention=False, object_ce_lambda=1.0))
+    for recipe, overrides in (("toy_world_partcatseg", []), ("toy_world", ["architecture=clipseg", "supervision=parts"])):
+        with pytest.raises(ConfigError, match="object_ce_lambda"):
+            load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=1"]).validate()
+        load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=0"]).validate()  # off: accepted
+    load_recipe("toy_world", ["root=/data", "loss.object_ce_lambda=1"]).validate()  # partclipseg: accepted

@@ -276,6 +276,8 @@ class PartSegmentationModel(nn.Module):
     trainable_sets: ClassVar[tuple[str, ...]] = ()
     #: whether ``loss`` takes ``trained_text_classes`` (the recipe's ``supervision=parts+objects`` needs it)
     loss_leaves_out_classes: ClassVar[bool] = False
+    #: whether ``loss`` adds the object cross-entropy term (a recipe's ``loss.object_ce_lambda`` > 0 needs it)
+    loss_has_object_cross_entropy: ClassVar[bool] = False
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()

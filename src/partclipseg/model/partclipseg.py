@@ -202,6 +202,7 @@ class PartCLIPSeg(CLIPSegCore):
     """PartCLIPSeg: generalized-part/object head and object-specific part head (SPEC §1)."""
 
     loss_leaves_out_classes = True
+    loss_has_object_cross_entropy = True
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)
@@ -361,8 +362,6 @@ class CLIPSegBaseline(CLIPSegCore):
              trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if trained_text_classes is not None:
             raise ValueError("the CLIPSeg baseline trains every class of its vocabulary (no trained_text_classes)")
-        if loss_config.object_ce_lambda:
-            raise ValueError("the CLIPSeg baseline has no object channels: set loss.object_ce_lambda=0 in the recipe")
         return clipseg_loss(output.logits, part_labels, -1, loss_config)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -163,6 +163,9 @@ class TrainConfig:
         if not self.init:
             raise ConfigError("init is not set: CLIPSeg weights (folder or hub id) or random:<preset>")
         self._validate_numbers()
+        if self.loss.object_ce_lambda and not architecture_class(self.architecture).loss_has_object_cross_entropy:
+            raise ConfigError(f"loss.object_ce_lambda needs an architecture whose loss has the object cross-entropy "
+                              f"term (partclipseg), got {self.architecture!r}: set loss.object_ce_lambda=0")
 
     def _validate_numbers(self) -> None:
         """Ranges of the numeric settings (finite, in range); every problem names its key."""

@@ -353,8 +353,6 @@ class PartCATSeg(PartSegmentationModel):
         """No extra forward outputs; refuses loss settings PartCATSeg has no term for."""
         if getattr(loss_config, "use_attention", False):
             raise ConfigError("PartCATSeg has no attention losses: set loss.use_attention=false in the recipe")
-        if getattr(loss_config, "object_ce_lambda", 0.0):
-            raise ConfigError("PartCATSeg has no object cross-entropy term: set loss.object_ce_lambda=0 in the recipe")
         return {}
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
