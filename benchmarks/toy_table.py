@@ -41,8 +41,9 @@ import time
 from pathlib import Path
 
 #: the CLIPSeg-family rows train as the paper does (the toy_world recipe's own supervision is parts+objects;
-#: the object cross-entropy term, not in the paper, is pinned off so that a recipe enabling it cannot reach them)
-PAPER_SUPERVISION = ["supervision=parts", "skip_unseen_images=true", "loss.object_ce_lambda=0"]
+#: the object cross-entropy term and copy-paste, not in the paper, are pinned off so that a recipe enabling
+#: them cannot reach them)
+PAPER_SUPERVISION = ["supervision=parts", "skip_unseen_images=true", "loss.object_ce_lambda=0", "copy_paste_prob=0"]
 VARIANTS = [
     ("CLIPSeg baseline", "clipseg", ["architecture=clipseg", "loss.use_attention=false"]),
     ("PartCLIPSeg (no attention losses)", "partclipseg", ["loss.use_attention=false"]),

@@ -7,6 +7,7 @@ images, flips and crops as an uninterrupted single-process run.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,9 @@ class TrainDataset(torch.utils.data.Dataset):
             self.object_table = _remap_table(remap["object"], len(info["object_classes"]))
             self.vocabulary = Vocabulary.from_benchmark(config.dataset, "train")
             self.object_to_model = torch.tensor(self.vocabulary.object_label_map(info["seen_object_classes"]))
+        #: copy_paste_prob: the last two loaded records (the donor of position p is the record at p ^ 1,
+        #: which the same process loads next or just loaded: no extra decoding)
+        self._recent: dict[int, tuple | None] = {}
         unseen = [info["object_classes"].index(name) for name in info["unseen_object_classes"]]
         self.unseen_objects = np.asarray(unseen if config.skip_unseen_images else [], dtype=np.int64)
 
@@ -105,7 +109,7 @@ class TrainDataset(torch.utils.data.Dataset):
         needed = 1 if self.config.supervision == "parts" else 2
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
-            sample = self._load(i)
+            sample = self._load_recent(i) if self.config.copy_paste_prob else self._load(i)
             if sample is not None and (sample[needed] != IGNORE).any():
                 image, part, obj = sample
                 break
@@ -113,16 +117,81 @@ class TrainDataset(torch.utils.data.Dataset):
             what = "a seen part label" if needed == 1 else "an object label"
             raise ValueError(f"no training image of {self.config.dataset} has {what}"
                              + (" and no unseen object" if self.unseen_objects.size else ""))
+        if self.config.copy_paste_prob:
+            pasted = self._copy_paste(image, part, obj, position, i)
+            # the cached record's arrays are the donor of the partner position: never hand them out
+            image, part, obj = (a.copy() if a is b else a for a, b in zip(pasted, (image, part, obj)))
         rng = np.random.default_rng([self.config.seed, position])
         image, part, obj = augment(image, part, obj, self.config, rng)
         return TrainSample(self.preprocessor.sample(image), torch.from_numpy(part), torch.from_numpy(obj), position,
                            self.records[i].record_id)
+
+    def _load_recent(self, index: int):
+        """``_load`` through a cache of the last two records (their arrays are never written to)."""
+        if index not in self._recent:
+            if len(self._recent) >= 2:
+                del self._recent[next(iter(self._recent))]
+            self._recent[index] = self._load(index)
+        return self._recent[index]
+
+    def _copy_paste(self, image: np.ndarray, part: np.ndarray, obj: np.ndarray, position: int, index: int):
+        """``copy_paste_prob``: one object of a donor pasted onto the sample (see ``paste_object``). The
+        donor is the record at the partner position ``position ^ 1`` of the same epoch order (the other
+        image of the pair (2k, 2k+1), which one process loads back to back when its share of the batch is
+        even), or the next record when that is the sample itself; the draws come from a generator of
+        their own, seeded by ``(seed, position)``: a function of the position, as every other draw."""
+        rng = np.random.default_rng([self.config.seed, position, 11])
+        if rng.random() >= self.config.copy_paste_prob:
+            return image, part, obj
+        donor_index = record_at(self.config.seed, len(self.records), position ^ 1)
+        if donor_index == index:
+            donor_index = (index + 1) % len(self.records)
+        donor = self._load_recent(donor_index)
+        if donor is None:
+            return image, part, obj
+        return paste_object(image, part, obj, *donor, rng)
 
     def collate(self, samples: list[TrainSample]) -> dict:
         """A batch: ``pixel_values`` = the preprocessor's batch input, label maps as lists (sizes may differ)."""
         return {"pixel_values": self.preprocessor.collate([s.pixel_values for s in samples]),
                 "part_labels": [s.part_labels for s in samples], "object_labels": [s.object_labels for s in samples],
                 "positions": [s.position for s in samples], "record_ids": [s.record_id for s in samples]}
+
+
+def paste_object(image: np.ndarray, part: np.ndarray, obj: np.ndarray, donor_image: np.ndarray,
+                 donor_part: np.ndarray, donor_obj: np.ndarray, rng: np.random.Generator,
+                 width_range: tuple[float, float] = (0.3, 0.6), max_height: float = 0.9):
+    """Simple copy-paste (Ghiasi et al. 2021): one labelled object of the donor, in front of the sample.
+
+    Shapes: ``image`` [H,W,3] uint8, ``part`` / ``obj`` [H,W] int64 (``IGNORE`` = -1); the donor's the same
+    at its own size. One object label present in ``donor_obj`` is drawn; the box of its pixels is scaled
+    (image bilinear, labels nearest) to a width drawn from ``width_range`` x W (at most ``max_height`` x H
+    tall) and placed at a uniform position; where the scaled mask holds that object, the sample's image,
+    part and object labels become the donor's. Returns new arrays; a donor without an object label, or
+    one that would shrink below 4 px, leaves the sample as it was."""
+    labels = np.unique(donor_obj[donor_obj != IGNORE])
+    if labels.size == 0:
+        return image, part, obj
+    chosen = labels[int(rng.integers(labels.size))]
+    ys, xs = np.nonzero(donor_obj == chosen)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = image.shape[:2]
+    scale = rng.uniform(*width_range) * w / (x1 - x0)
+    scale = min(scale, max_height * h / (y1 - y0))
+    nh, nw = int(round((y1 - y0) * scale)), int(round((x1 - x0) * scale))
+    if nh < 4 or nw < 4:
+        return image, part, obj
+    crop_image = resize_bilinear(np.ascontiguousarray(donor_image[y0:y1, x0:x1]), nh, nw)
+    crop_part = nearest_resize(np.ascontiguousarray(donor_part[y0:y1, x0:x1]), (nh, nw))
+    crop_obj = nearest_resize(np.ascontiguousarray(donor_obj[y0:y1, x0:x1]), (nh, nw))
+    top, left = int(rng.integers(h - nh + 1)), int(rng.integers(w - nw + 1))
+    mask = crop_obj == chosen
+    image, part, obj = image.copy(), part.copy(), obj.copy()
+    window = (slice(top, top + nh), slice(left, left + nw))
+    image[window][mask] = crop_image[mask]
+    part[window][mask] = crop_part[mask]
+    obj[window][mask] = chosen
+    return image, part, obj
 
 
 def augment(image: np.ndarray, part: np.ndarray, obj: np.ndarray, config: TrainConfig, rng: np.random.Generator):
@@ -231,6 +300,23 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.clip(np.round((rgb + m[..., None]) * 255), 0, 255).astype(np.uint8)
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The record order of ``epoch``: a permutation of ``n`` seeded by ``(seed, epoch)`` (read-only)."""
+    return _epoch_order(int(seed), int(epoch), int(n))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch, 7]).permutation(n)
+    order.flags.writeable = False
+    return order
+
+
+def record_at(seed: int, n: int, position: int) -> int:
+    """The record index at global sample ``position`` (epoch ``position // n`` of :func:`epoch_order`)."""
+    return int(epoch_order(seed, position // n, n)[position % n])
+
+
 class StepSampler(torch.utils.data.Sampler):
     """Yields, for steps ``start..iterations-1``, this rank's share of the global batch as
     ``(position, record index)`` pairs. Position ``p = step * batch + j``; epoch ``p // n`` uses a
@@ -243,19 +329,13 @@ class StepSampler(torch.utils.data.Sampler):
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
         self.n, self.batch, self.seed = num_records, batch_size, seed
         self.start, self.iterations, self.rank, self.world = start, iterations, rank, world_size
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch, 7]).permutation(self.n)}
-        return self._perms[epoch]
 
     def batch_for(self, step: int) -> list[tuple[int, int]]:
         local = self.batch // self.world
         out = []
         for j in range(self.rank * local, (self.rank + 1) * local):
             position = step * self.batch + j
-            out.append((position, int(self._perm(position // self.n)[position % self.n])))
+            out.append((position, record_at(self.seed, self.n, position)))
         return out
 
     def __iter__(self):
