@@ -121,11 +121,14 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, 
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, allow_safe_changes: bool) -> dict:
+def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, allow_safe_changes: bool,
+                        defaults: dict[str, Any] | None = None) -> dict:
     """Refuse to resume the run in ``out_dir`` with a config other than its own.
 
     Differences are listed; with ``allow_safe_changes`` the keys of ``SAFE_RESUME_CHANGES`` may
-    differ (``iterations`` not below the resumed step). Returns the accepted differences.
+    differ (``iterations`` not below the resumed step). A (dotted) key that the saved config lacks and
+    ``defaults`` (the config class's defaults) holds was added after the run was started: the run did
+    what the default does, so it counts as the default. Returns the accepted differences.
     """
     path = Path(out_dir) / "config.json"
     if not path.is_file():
@@ -136,6 +139,9 @@ def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, a
         raise ConfigError(f"{path} is not valid JSON ({exc}); cannot check that --resume continues the same run") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} does not hold a JSON object")
+    if defaults:
+        flat_saved = _flatten(saved)
+        saved = {**{k: v for k, v in _flatten(defaults).items() if k not in flat_saved}, **flat_saved}
     diff = config_differences(saved, new)
     if not diff:
         return {}

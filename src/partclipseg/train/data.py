@@ -146,10 +146,13 @@ class TrainDataset(torch.utils.data.Dataset):
         donor_index = record_at(self.config.seed, len(self.records), position ^ 1)
         if donor_index == index:
             donor_index = (index + 1) % len(self.records)
-        donor = self._load_recent(donor_index)
+        donor = self._load_recent(donor_index) if donor_index != index else None  # a one-image dataset: none
         if donor is None:
             return image, part, obj
-        return paste_object(image, part, obj, *donor, rng)
+        pasted = paste_object(image, part, obj, *donor, rng)
+        if self.config.supervision == "parts" and not (pasted[1] != IGNORE).any():
+            return image, part, obj  # the paste covered every seen part label: keep the sample as it was
+        return pasted
 
     def collate(self, samples: list[TrainSample]) -> dict:
         """A batch: ``pixel_values`` = the preprocessor's batch input, label maps as lists (sizes may differ)."""
@@ -164,7 +167,8 @@ def paste_object(image: np.ndarray, part: np.ndarray, obj: np.ndarray, donor_ima
     """Simple copy-paste (Ghiasi et al. 2021): one labelled object of the donor, in front of the sample.
 
     Shapes: ``image`` [H,W,3] uint8, ``part`` / ``obj`` [H,W] int64 (``IGNORE`` = -1); the donor's the same
-    at its own size. One object label present in ``donor_obj`` is drawn; the box of its pixels is scaled
+    at its own size. One object label present in ``donor_obj`` is drawn (labels are per class: every
+    instance of that class in the donor comes along); the box of its pixels, whatever its size, is scaled
     (image bilinear, labels nearest) to a width drawn from ``width_range`` x W (at most ``max_height`` x H
     tall) and placed at a uniform position; where the scaled mask holds that object, the sample's image,
     part and object labels become the donor's. Returns new arrays; a donor without an object label, or

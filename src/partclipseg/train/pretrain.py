@@ -484,7 +484,8 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
         remove_stale_temporaries(out_dir)
         ckpt = latest_checkpoint(out_dir, CHECKPOINT_FILES)
         done_step = 0 if ckpt is None else int(ckpt.name.split("_")[1])
-        check_resume_config(out_dir, config.to_dict(), done_step, allow_safe_changes=False)
+        check_resume_config(out_dir, config.to_dict(), done_step, allow_safe_changes=False,
+                            defaults=type(config)().to_dict())
         final = out_dir / "final"
         if done_step >= config.iterations and (final / "model.safetensors").is_file():
             return final  # finished: nothing to decode, train or rewrite

@@ -56,11 +56,14 @@ class TrainConfig:
       at the bottom/right to exactly ``pad_to`` square: the official PartCATSeg mappers).
     * ``copy_paste_prob`` (not official; 0 = off): with this probability a training sample gets one object
       of another training image pasted onto it before the augmentation (Ghiasi et al. 2021, "Simple
-      Copy-Paste"): one object label of a donor image drawn at random, its pixels' image, part and object
-      labels cut out along the object mask, scaled to 30-60% of the image width (at most 90% of its
-      height) and placed at a random position in front of whatever is there. It makes scenes of objects
-      that the data never shows together (a dog beside a cow), with exact labels. Its random draws come
-      from a generator of their own, so 0 leaves every other draw of a run unchanged.
+      Copy-Paste"): one object label of a donor image drawn at random (labels are per class, so every
+      instance of that class comes along), its pixels' image, part and object labels cut out along the
+      object mask, the box scaled to 30-60% of the image width (at most 90% of its height; small objects
+      are enlarged) and placed at a random position in front of whatever is there. It makes scenes of
+      objects that the data never shows together (a dog beside a cow), with exact labels. The donor is
+      the record at the partner position ``position ^ 1`` of the same epoch order; with
+      ``supervision="parts"`` a paste that would cover every seen part label is dropped. Its random
+      draws come from a generator of their own, so 0 leaves every other draw of a run unchanged.
     * ``channel_order``: ``"BGR"`` reproduces the official training input (detectron2 default format).
     * ``skip_unseen_images``: False (official) keeps training images in which an unseen object appears
       (the mapper turns its pixels into background, so the background channel learns to fire on unseen
