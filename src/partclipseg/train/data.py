@@ -146,7 +146,9 @@ class TrainDataset(torch.utils.data.Dataset):
         donor_index = record_at(self.config.seed, len(self.records), position ^ 1)
         if donor_index == index:
             donor_index = (index + 1) % len(self.records)
-        donor = self._load_recent(donor_index) if donor_index != index else None  # a one-image dataset: none
+            if donor_index == index:  # a one-image dataset: no other image to take an object from
+                return image, part, obj
+        donor = self._load_recent(donor_index)
         if donor is None:
             return image, part, obj
         pasted = paste_object(image, part, obj, *donor, rng)
@@ -304,21 +306,18 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.clip(np.round((rgb + m[..., None]) * 255), 0, 255).astype(np.uint8)
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The record order of ``epoch``: a permutation of ``n`` seeded by ``(seed, epoch)`` (read-only)."""
-    return _epoch_order(int(seed), int(epoch), int(n))
-
-
 @functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The record order of ``epoch``: a permutation of ``n`` seeded by ``(seed, epoch)`` (read-only)."""
     order = np.random.default_rng([seed, epoch, 7]).permutation(n)
     order.flags.writeable = False
     return order
 
 
 def record_at(seed: int, n: int, position: int) -> int:
-    """The record index at global sample ``position`` (epoch ``position // n`` of :func:`epoch_order`)."""
-    return int(epoch_order(seed, position // n, n)[position % n])
+    """The record index at global sample ``position``: epoch ``position // n``'s order, at ``position % n``."""
+    seed, n, position = int(seed), int(n), int(position)
+    return int(_epoch_order(seed, position // n, n)[position % n])
 
 
 class StepSampler(torch.utils.data.Sampler):
