@@ -389,3 +389,25 @@ def test_default_model_script_smoke(tmp_path: Path):
     # part training started from the pretrained towers and trained every object's object mask with the parts
     parts = json.loads((tmp_path / "work" / "parts" / "config.json").read_text())
     assert parts["init"].endswith("pretrain/final") and parts["supervision"] == "parts+objects"
+
+
+def test_zero_shot_script_scores_a_checkpoint_as_its_run_did(toy: Path, tmp_path: Path, capsys):
+    """scripts/pretrain_zero_shot.py rebuilds a checkpoint's towers from its run's config: on the run's own
+    validation split it reproduces the run's logged zero-shot evaluation of that step; a folder that is not
+    a pretraining checkpoint is a one-line error with exit code 2."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretrain_zero_shot
+
+    run = tmp_path / "run"
+    pretrain(load_pretrain_recipe("toy_world_pretrain", [f"root={toy}", *TINY]), run, progress=False)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = next(r for r in logged if r.get("eval") == "zero-shot" and r["step"] == 4)
+    out = tmp_path / "zs.json"
+    assert pretrain_zero_shot.main([str(run / "checkpoints" / "step_0000004"), "--root", str(toy), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][str(run / "checkpoints" / "step_0000004")]
+    assert result == {k: v for k, v in logged.items() if k not in ("step", "eval")}
+    assert result["images_seen"] + result["images_unseen"] > 0
+    capsys.readouterr()
+    assert pretrain_zero_shot.main([str(run / "final"), "--root", str(toy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a pretraining checkpoint" in err and err.count("\n") == 1
