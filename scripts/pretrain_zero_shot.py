@@ -7,8 +7,8 @@ same towers on a larger split, e.g. the default model's 300-image test set:
     python scripts/pretrain_zero_shot.py --root runs/default_model/test/ToyWorld --split val \\
         runs/default_model/pretrain/checkpoints/step_0004000 [more checkpoint folders...] [--out F.json]
 
-Each checkpoint folder holds ``towers.safetensors``; its run's ``config.json`` (two folders up) gives the
-towers' shape and input size. Prints one JSON line per checkpoint (``zero_shot_accuracy``'s fields).
+Each checkpoint is loaded with ``partclipseg.train.pretrain.towers_from_checkpoint`` (the run's
+``config.json`` gives the towers' shape and input size). Prints one JSON line per checkpoint (``zero_shot_accuracy``'s fields).
 """
 from __future__ import annotations
 
@@ -28,19 +28,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from partclipseg.data.toyworld import UNSEEN_OBJECTS
     from partclipseg.errors import PartCLIPSegError
-    from partclipseg.train.pretrain import CaptionSampler, _build, load_pretrain_recipe, zero_shot_accuracy
-    from partclipseg.weights import read_safetensors
+    from partclipseg.train.pretrain import CaptionSampler, towers_from_checkpoint, zero_shot_accuracy
 
     results = {}
     try:
         for ckpt in args.checkpoints:
-            towers_file, run_config = ckpt / "towers.safetensors", ckpt.parents[1] / "config.json"
-            if not towers_file.is_file() or not run_config.is_file():
-                raise PartCLIPSegError(f"{ckpt} is not a pretraining checkpoint (needs {towers_file.name} and "
-                                       f"{run_config})")
-            config = load_pretrain_recipe(str(run_config))
-            towers = _build(config)
-            towers.load_state_dict(read_safetensors(towers_file))
+            config, towers = towers_from_checkpoint(ckpt)
             sampler = CaptionSampler(args.root, args.split, config, towers.config.image_mean, towers.config.image_std)
             results[str(ckpt)] = zero_shot_accuracy(towers, sampler, UNSEEN_OBJECTS)
             print(json.dumps({"checkpoint": str(ckpt), **results[str(ckpt)]}), flush=True)

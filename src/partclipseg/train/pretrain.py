@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import PartCLIPSegConfig, get_config
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_path, atomic_write_text, json_text
 from ..model import build_model
 from ..model.clip import CLIPTextTower, CLIPVisionTower
@@ -55,7 +55,7 @@ from .recipe import _coerce, check_run_settings, parse_overrides, read_recipe
 
 __all__ = ["CaptionSampler", "ContrastiveTowers", "PretrainConfig", "caption_for", "clip_loss", "export_towers",
            "load_pretrain_recipe", "model_from_towers", "part_model_from_towers", "pretrain",
-           "pretraining_towers_state", "zero_shot_accuracy"]
+           "pretraining_towers_state", "towers_from_checkpoint", "zero_shot_accuracy"]
 
 RECIPE_KIND = "pretrain"
 
@@ -323,6 +323,21 @@ def _build(config: PretrainConfig) -> ContrastiveTowers:
     towers.text.load_state_dict(reference.text.state_dict())
     nn.init.normal_(towers.image_projection.weight, std=model_config.vision.hidden_size ** -0.5)
     return towers
+
+
+def towers_from_checkpoint(ckpt: str | Path) -> tuple[PretrainConfig, ContrastiveTowers]:
+    """(the run's config, its towers) of a pretraining checkpoint ``RUN/checkpoints/step_*``: the towers
+    are built from ``RUN/config.json`` and loaded from the checkpoint's ``towers.safetensors``."""
+    from ..weights import read_safetensors
+
+    ckpt = Path(ckpt)
+    towers_file, run_config = ckpt / CHECKPOINT_FILES[0], ckpt.parents[1] / "config.json"
+    if not towers_file.is_file() or not run_config.is_file():
+        raise CheckpointError(f"{ckpt} is not a pretraining checkpoint (needs {towers_file.name} and {run_config})")
+    config = load_pretrain_recipe(str(run_config))
+    towers = _build(config)
+    towers.load_state_dict(read_safetensors(towers_file))
+    return config, towers
 
 
 def part_model_from_towers(towers: ContrastiveTowers, seed: int = 0):
