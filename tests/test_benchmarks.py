@@ -221,3 +221,48 @@ def test_gpu_recipe_lab_smoke_compares_variants_at_equal_steps(tmp_path):
     failed = subprocess.run(["bash", str(script), str(towers), "base", "broken:lr=-1"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1 and "broken" in failed.stderr, failed.stderr[-2000:]
+
+
+def test_pred_all_breakdown_ends_are_the_two_protocols(tmp_path):
+    """scripts/pred_all_breakdown.py: its uncorrected variant is `evaluate --protocol pred-all` and its
+    fully corrected one `--protocol oracle-obj`, figure for figure (same samples, GT and metrics)."""
+    from partclipseg.data.toyworld import generate_toy_world
+    from partclipseg.eval_runner import evaluate
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pred_all_breakdown
+
+    root = generate_toy_world(tmp_path / "w", n_train=0, n_val=3, size_range=(96, 128), overwrite=True, seed=11)
+    result = pred_all_breakdown.breakdown(None, Path(root), "toy_world", None)
+    for variant, protocol in (("pred_all", "pred-all"), ("oracle_obj", "oracle-obj")):
+        out = tmp_path / f"{protocol}.json"
+        evaluate("toy_world", root, None, protocol, out, progress=False)
+        official = json.loads(out.read_text())["metrics"]
+        assert result["metrics"][variant] == {"seen": official["mIoU-base"], "unseen": official["mIoU-unbase"],
+                                              "harmonic": official["h-IoU"]}, variant
+    assert result["samples"] > 0 and sum(result["labelled_pixels_percent"].values()) == pytest.approx(100, abs=0.2)
+    # the official rule calls a labelled pixel background exactly where the object head says background
+    pixels = result["labelled_pixels"]
+    assert result["background_by_rule"]["object-head"]["part_pixels_not_called_background"] == \
+        [pixels["right_object"] + pixels["wrong_object"], sum(pixels.values())]
+    assert set(result["metrics"]) == set(pred_all_breakdown.VARIANTS) | {"class_argmax_rule"}
+
+
+def test_pred_all_breakdown_corrects_one_kind_of_error_at_a_time():
+    """Pixel by pixel: background -> the best object's part; another object -> the own object's part."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pred_all_breakdown
+
+    k, own = 9, 1  # 3 objects (0, 1, 2; 3 = background), classes 0..8, 9 = background
+    object_labels = np.array([[1, 3, 0, 2]])  # right, background, wrong, wrong
+    best_object = np.array([[1, 2, 0, 2]])
+    best_part_of = np.array([[[0, 1, 2, 0]], [[3, 4, 5, 3]], [[6, 7, 8, 6]]])  # [O, 1, 4]
+    part_labels = np.array([[3, 9, 2, 6]])  # the official Pred-All of these inputs
+    labelled = np.array([[True, True, True, False]])
+    predictions, counts = pred_all_breakdown.compose(part_labels, object_labels, best_object, best_part_of, own, k,
+                                                     labelled)
+    assert predictions["pred_all"].tolist() == [[3, 9, 2, 6]]
+    assert predictions["no_background_errors"].tolist() == [[3, 7, 2, 6]]
+    assert predictions["no_wrong_object_errors"].tolist() == [[3, 9, 5, 3]]
+    assert predictions["oracle_obj"].tolist() == [[3, 4, 5, 3]]
+    assert counts == {"background": 1, "wrong_object": 1, "right_object": 1}

@@ -116,6 +116,35 @@ def test_three_granularities_are_consistent(predictor, images):
     assert set(np.unique(r.generalized_part_labels)) <= set(range(v.num_parts + 1))
 
 
+def test_pred_all_rule_compares_the_two_gates_on_one_model(predictor, images):
+    """pred_all_rule="class-argmax" is the argmax of the T+1 object-specific sigmoid scores, computed here
+    from the model's own logits; "object-head" is PartCLIPSeg's default; only Pred-All takes the option."""
+    import torch.nn.functional as F
+
+    predictor.set_image(images[0])
+    default = predictor.predict(VOCAB)
+    np.testing.assert_array_equal(predictor.predict(VOCAB, pred_all_rule="object-head").part_labels, default.part_labels)
+    by_class = predictor.predict(VOCAB, pred_all_rule="class-argmax")
+    encoded = predictor.encode_vocabulary(VOCAB)
+    with torch.no_grad():
+        out = predictor.model.decode(predictor.model.encode_image(predictor.model.preprocess([images[0]])), encoded)
+    scores = torch.sigmoid(F.interpolate(out.object_part_logits, size=(45, 70), mode="bilinear", align_corners=False))
+    np.testing.assert_array_equal(by_class.part_labels, scores[0].argmax(0).numpy())
+    assert not np.array_equal(by_class.part_labels, default.part_labels)  # the rules differ on this model
+    v = by_class.vocabulary  # the object and generalized-part maps follow the winning class
+    fg = by_class.part_labels != len(v)
+    np.testing.assert_array_equal(np.array(v.text_to_object)[by_class.part_labels[fg]], by_class.object_labels[fg])
+    with pytest.raises(PartCLIPSegError, match="unknown pred_all_rule 'max'"):
+        predictor.predict(VOCAB, pred_all_rule="max")
+    with pytest.raises(PartCLIPSegError, match="Pred-All only"):
+        predictor.predict(VOCAB, object_name="dog", pred_all_rule="class-argmax")
+    torch.manual_seed(0)
+    baseline = Predictor(build_model(get_config("tiny-fast", architecture="clipseg")))
+    baseline.set_image(images[0])
+    with pytest.raises(PartCLIPSegError, match="no object head"):
+        baseline.predict(VOCAB, pred_all_rule="class-argmax")
+
+
 def test_mask_prompt_with_and_without_object(predictor, images):
     predictor.set_image(images[0])
     mask = np.zeros((45, 70), dtype=bool)

@@ -46,6 +46,7 @@ import torch
 from .errors import PartCLIPSegError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
+from .model.base import PRED_ALL_RULES
 from .postprocess import (ProtocolOutput, ScoreResizedLogits, box_region, mean_scores_inside, object_conditioned,
                           object_labels_of, point_region, pred_all, pred_all_classes, scores_at, single_head,
                           upsample)
@@ -141,8 +142,15 @@ class Predictor:
                 object_mask: np.ndarray | None = None, object_name: str | Sequence[str] | None = None,
                 box: Sequence[float] | None = None, point: Sequence[float] | None = None,
                 return_scores: bool = False, attention_for: Sequence[str] | None = None,
-                image_index: int = 0) -> PartSegmentation:
-        """Segment the parts of image ``image_index`` for ``vocabulary``; see the module docstring."""
+                image_index: int = 0, pred_all_rule: str | None = None) -> PartSegmentation:
+        """Segment the parts of image ``image_index`` for ``vocabulary``; see the module docstring.
+
+        ``pred_all_rule`` (Pred-All only; ``None``: the model's own, ``SegmentationOutput.pred_all_rule``):
+        ``"object-head"`` (PartCLIPSeg's gating, SPEC §4.2) or ``"class-argmax"`` (PartCATSeg's rule), to
+        compare the two on one model with an object head.
+        """
+        if pred_all_rule is not None and pred_all_rule not in PRED_ALL_RULES:
+            raise PartCLIPSegError(f"unknown pred_all_rule {pred_all_rule!r}; expected one of {PRED_ALL_RULES}")
         encoded = self.encode_vocabulary(vocabulary)
         vocab = encoded.vocabulary
         if not self._images:
@@ -152,7 +160,12 @@ class Predictor:
         image = self._images[image_index]
         size = image.shape[:2]
         mode = _check_prompts(protocol, object_mask, object_name, box, point)
+        if pred_all_rule is not None and mode != "pred-all":
+            raise PartCLIPSegError(f"pred_all_rule applies to Pred-All only, not to a '{mode}' prediction")
         out = self._decode(encoded)
+        if pred_all_rule is not None and not out.has_object_head:
+            raise PartCLIPSegError(f"this model ({type(self.model).__name__}) has no object head: its Pred-All has "
+                                   f"one rule (argmax over its classes), so pred_all_rule does not apply")
         logits, object_part_logits = _image_logits(out, image_index)
         selected = None
         rule = _DIRECT_REGION_RULE[mode] if mode != "oracle-obj" or object_mask is None else "mask"
@@ -160,7 +173,7 @@ class Predictor:
             result = self._single_head(logits, encoded, size, mode, object_mask, object_name, return_scores)
             if mode == "oracle-obj":
                 selected = ", ".join(vocab.objects[o] for o in self._oracle(vocab, object_name)[1])
-        elif mode == "pred-all" and out.pred_all_rule == "class-argmax":
+        elif mode == "pred-all" and (pred_all_rule or out.pred_all_rule) == "class-argmax":
             result = pred_all_classes(object_part_logits, encoded.text_to_part, encoded.text_to_object,
                                       vocab.num_parts, vocab.num_objects, size, return_scores)
         elif mode == "pred-all":

@@ -177,6 +177,12 @@ class LazyLogits:
         return maps
 
 
+#: how Pred-All reads a model with an object head (``SegmentationOutput.pred_all_rule``): the object head's
+#: argmax gates the parts (PartCLIPSeg, SPEC §4.2), or the argmax over the T+1 object-specific scores
+#: (PartCATSeg's ``sem_seg_all``)
+PRED_ALL_RULES = ("object-head", "class-argmax")
+
+
 @dataclass
 class SegmentationOutput:
     """What ``decode`` / ``forward`` return (all logits at the processing size, before any sigmoid).
@@ -219,7 +225,7 @@ class SegmentationOutput:
     vision_hidden_states: list[torch.Tensor] | None = None
     valid_sizes: list[tuple[int, int]] | None = None
     resize_scores: bool = False
-    pred_all_rule: str = "object-head"
+    pred_all_rule: str = "object-head"  # one of PRED_ALL_RULES
 
     @property
     def has_object_head(self) -> bool:
