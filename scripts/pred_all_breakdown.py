@@ -19,7 +19,8 @@ channel, no object gate), and ``background_by_rule`` says for both rules where "
 share of every class's labelled pixels *not* called background, and the share of true background (and
 of objects without part classes) given a part, which the official Pred-All never counts (SPEC §5.3).
 
-A diagnosis, not a protocol: the corrections use the ground truth. Uses only the public Predictor API
+A diagnosis, not a protocol: the corrections use the ground truth. For models with an object head
+(PartCLIPSeg's Pred-All rule; a model without one is refused). Uses only the public Predictor API
 (``predict(protocol="pred-all", return_scores=True)`` and one ``oracle-obj`` prediction per object).
 
     python scripts/pred_all_breakdown.py --root runs/default_model/test/ToyWorld \\
@@ -64,13 +65,12 @@ def breakdown(model: str | None, root: Path, dataset: str, limit: int | None) ->
     kept = {rule: np.zeros((k, 2), np.int64) for rule in rules}
     current, cache = None, None
     for ref in refs:
-        sample = reader.load_eval_sample(ref)
-        if sample is None:
-            continue
-        if sample.image_path != current:  # one image, several samples: predict once
-            predictor.set_image(load_image(sample.image_path, exif_transpose=False))
-            current = sample.image_path
-            official = predictor.predict(vocab, protocol="pred-all", return_scores=True)
+        if ref.image_path != current:  # one image, several samples: predict once (also for an image
+            # whose samples have no labelled part pixel: it still counts in the background statistics)
+            predictor.set_image(load_image(ref.image_path, exif_transpose=False))
+            current = ref.image_path
+            # the object-head rule by name: a model without an object head is refused in one line
+            official = predictor.predict(vocab, protocol="pred-all", pred_all_rule="object-head", return_scores=True)
             object_labels = official.object_labels  # o*: [H, W], num_objects = background
             best_object = official.object_scores[:num_objects].argmax(0)  # background left out
             best_part_of = np.stack([predictor.predict(vocab, protocol="oracle-obj", object_name=o).part_labels
@@ -82,6 +82,9 @@ def breakdown(model: str | None, root: Path, dataset: str, limit: int | None) ->
                 for rule, labels in (("object-head", official.part_labels), ("class-argmax", by_class)):
                     a_part, bg, partless = labels != k, objects_png == 255, ~with_parts[objects_png] & (objects_png != 255)
                     rules[rule] += [(a_part & bg).sum(), bg.sum(), (a_part & partless).sum(), partless.sum()]
+        sample = reader.load_eval_sample(ref)
+        if sample is None:
+            continue
         part_labels, object_labels, best_object, best_part_of, by_class = cache
         names = [n for n in sample.object_names if n in vocab.objects]
         if len(names) != 1:

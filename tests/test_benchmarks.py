@@ -266,3 +266,17 @@ def test_pred_all_breakdown_corrects_one_kind_of_error_at_a_time():
     assert predictions["no_wrong_object_errors"].tolist() == [[3, 9, 5, 3]]
     assert predictions["oracle_obj"].tolist() == [[3, 4, 5, 3]]
     assert counts == {"background": 1, "wrong_object": 1, "right_object": 1}
+
+
+def test_pred_all_breakdown_refuses_a_model_without_an_object_head(tmp_path):
+    """The CLIPSeg baseline has no object head to break down: one error line, exit 2."""
+    from partclipseg.config import get_config
+    from partclipseg.data.toyworld import generate_toy_world
+    from partclipseg.model import build_model
+
+    root = generate_toy_world(tmp_path / "w", n_train=0, n_val=1, size_range=(64, 80), overwrite=True, seed=3)
+    build_model(get_config("tiny-fast", architecture="clipseg")).save_pretrained(tmp_path / "baseline")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pred_all_breakdown.py"), "--root", str(root),
+                           "--model", str(tmp_path / "baseline")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "no object head" in proc.stderr
