@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 VARIANTS = ("pred_all", "no_background_errors", "no_wrong_object_errors", "oracle_obj")
+SCORED = VARIANTS + ("class_argmax_rule",)  # every mIoU row of the output
 
 
 def breakdown(model: str | None, root: Path, dataset: str, limit: int | None) -> dict:
@@ -49,15 +50,15 @@ def breakdown(model: str | None, root: Path, dataset: str, limit: int | None) ->
     from partclipseg.vocabulary import Vocabulary, load_benchmark_info
 
     vocab = Vocabulary.from_benchmark(dataset, "test")
-    base = load_benchmark_info(dataset)["evaluation_set"]["base"]
+    info = load_benchmark_info(dataset)
+    base = info["evaluation_set"]["base"]
     k, num_objects = len(vocab), vocab.num_objects
     reader = open_dataset(dataset, root, "val")
     reader.check(full=False)
     refs = reader.eval_samples()[:limit]
     predictor = Predictor.from_pretrained(model)
-    info = load_benchmark_info(dataset)
     with_parts = np.array([o in vocab.objects for o in info["object_classes"]] + [False] * 256)[:256]
-    totals = {v: ConfusionAccumulator(k) for v in VARIANTS + ("class_argmax_rule",)}
+    totals = {v: ConfusionAccumulator(k) for v in SCORED}
     pixels = {"right_object": 0, "background": 0, "wrong_object": 0}
     # per rule: [true-background pixels given a part, true-background pixels, pixels of objects without part
     # classes given a part, such pixels]; per class: [part pixels not called background, part pixels]
@@ -103,7 +104,7 @@ def breakdown(model: str | None, root: Path, dataset: str, limit: int | None) ->
             np.add.at(kept[rule], (gt[labelled], 0), labels[labelled] != k)
             np.add.at(kept[rule], (gt[labelled], 1), 1)
     metrics, per_class = {}, {}
-    for variant in VARIANTS + ("class_argmax_rule",):
+    for variant in SCORED:
         protocol = "oracle-obj" if variant == "oracle_obj" else "pred-all"
         m = compute_metrics(totals[variant].matrix, base, vocab.object_specific_classes, protocol)
         metrics[variant] = {"seen": m.get("mIoU-base"), "unseen": m.get("mIoU-unbase"), "harmonic": m.get("h-IoU")}

@@ -245,7 +245,7 @@ def test_pred_all_breakdown_ends_are_the_two_protocols(tmp_path):
     pixels = result["labelled_pixels"]
     assert result["background_by_rule"]["object-head"]["part_pixels_not_called_background"] == \
         [pixels["right_object"] + pixels["wrong_object"], sum(pixels.values())]
-    assert set(result["metrics"]) == set(pred_all_breakdown.VARIANTS) | {"class_argmax_rule"}
+    assert tuple(result["metrics"]) == pred_all_breakdown.VARIANTS + ("class_argmax_rule",)
 
 
 def test_pred_all_breakdown_corrects_one_kind_of_error_at_a_time():
