@@ -29,7 +29,8 @@ def toy_root(tmp_path_factory) -> Path:
 
 
 def _dataset(root: Path, prob: float, *overrides: str) -> TrainDataset:
-    config = load_recipe("toy_world", [f"root={root}", f"copy_paste_prob={prob}", "iterations=10", *overrides])
+    config = load_recipe("toy_world", [f"root={root}", f"copy_paste_prob={prob}", "cache_resized=false", "iterations=10",
+                                       *overrides])
     return TrainDataset(config, _Identity())
 
 

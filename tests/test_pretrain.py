@@ -293,7 +293,7 @@ def test_parts_and_objects_supervision_never_touches_an_unseen_part(tmp_path: Pa
     vocab = json.loads((ROOT / "src" / "partclipseg" / "resources" / "vocab" / "toy_world.json").read_text())
     unseen = {vocab["object_classes"].index(name) for name in vocab["unseen_object_classes"]}
     cow = vocab["object_classes"].index("cow")
-    config = load_recipe("toy_world", [f"root={root}"])
+    config = load_recipe("toy_world", [f"root={root}", "cache_resized=false"])  # labels at their own size
     assert config.supervision == "parts+objects" and not config.skip_unseen_images
     dataset = TrainDataset(config, ResizeNormalise(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"))
     classes = list(dataset.vocabulary.object_specific_classes)

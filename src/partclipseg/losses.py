@@ -13,10 +13,12 @@ over the whole batch (the official code on one GPU's images, e.g. the B=2 refere
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,6 +46,15 @@ class LossConfig:
     * ``object_ce_lambda``: not official (0 = off): weight of an extra per-pixel softmax cross-entropy over
       the O+1 object channels (target: the pixel's model object on ``obj_mask``, else background), the
       decision Pred-All takes (argmax over those channels). The BCE terms score each channel alone.
+    * ``pixel_stride``: not official (1 = off, every pixel). ``s`` > 1: each training image's BCE terms
+      read one pixel of every ``s`` x ``s`` block, at an offset drawn per image and step
+      (:class:`PixelSample`: a stratified sample of 1/s^2 of the pixels; the object term, a plain pixel
+      mean, is estimated without bias, the part and background terms, ratios of sums, consistently; an
+      image whose sample holds object pixels but no background pixel is dropped by the official NaN rule,
+      as at full size), and the mask heads compute the logits of those pixels only (the last
+      transposed convolution's kernel equals its stride, so a sampled pixel needs one kernel tap:
+      ``MaskHead``). The per-pixel work of the two heads and the loss falls by s^2 (toy world, s = 4:
+      a third of a training step). The attention losses need the whole map: not with ``use_attention``.
     * ``jsd_lambda``: PartCATSeg's composition JSD weight (``part_lambda`` / ``obj_lambda`` /
       ``background_weight`` / ``per_image`` apply to PartCATSeg too; the attention settings do not, and
       PartCATSeg refuses ``use_attention=true``).
@@ -62,12 +73,50 @@ class LossConfig:
     official_nan_to_zero: bool = True
     jsd_lambda: float = 1.0
     object_ce_lambda: float = 0.0
+    pixel_stride: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.pixel_stride, bool) or not isinstance(self.pixel_stride, int) or self.pixel_stride < 1:
+            raise ValueError(f"pixel_stride must be an integer >= 1 (1: every pixel), got {self.pixel_stride!r}")
+        if self.pixel_stride > 1 and self.use_attention:
+            raise ValueError("pixel_stride > 1 samples pixels, but the attention losses need the whole map: "
+                             "set use_attention=false or pixel_stride=1")
         levels = (self.attn_levels,) if isinstance(self.attn_levels, int) else tuple(int(v) for v in self.attn_levels)
         if not levels or len(set(levels)) != len(levels):
             raise ValueError(f"attn_levels must be distinct decoder layer indices, got {self.attn_levels!r}")
         object.__setattr__(self, "attn_levels", levels)
+
+
+@dataclass(frozen=True)
+class PixelSample:
+    """The pixels a training step's loss reads (``LossConfig.pixel_stride``): in image ``n``, rows
+    ``stride*i + offsets[n, 0]`` and columns ``stride*j + offsets[n, 1]`` of the S x S logit grid.
+    ``offsets``: one (row, column) pair in ``0..stride-1`` per image (plain ints: reading them never
+    synchronises a device)."""
+
+    stride: int
+    offsets: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        offsets = tuple((int(a), int(b)) for a, b in self.offsets)
+        if any(not (0 <= v < self.stride) for pair in offsets for v in pair):
+            raise ValueError(f"pixel offsets must lie in 0..{self.stride - 1}, got {offsets}")
+        object.__setattr__(self, "offsets", offsets)
+
+    @classmethod
+    def for_positions(cls, stride: int, positions: Sequence[int], seed: int) -> "PixelSample":
+        """Offsets uniform over the ``stride`` x ``stride`` block, one per sample, each a function of
+        ``(seed, the sample's global position)`` as every other random draw of training
+        (``train/data.py``): a resumed run, or one split over processes, reads the same pixels."""
+        return cls(stride, tuple(tuple(np.random.default_rng([seed, int(p), 23]).integers(stride, size=2).tolist())
+                                 for p in positions))
+
+    def select(self, maps: Tensor) -> Tensor:
+        """[B, S, S] (or [B, C, S, S]) -> the sampled pixels [B, (C,) S/stride, S/stride]."""
+        if maps.shape[0] != len(self.offsets):
+            raise ValueError(f"{len(self.offsets)} pixel offsets for a batch of {maps.shape[0]}")
+        s = self.stride
+        return torch.stack([maps[n, ..., a::s, b::s] for n, (a, b) in enumerate(self.offsets)])
 
 
 @dataclass
@@ -105,6 +154,13 @@ class LossTargets:
         """``Y_os`` [B,T+1,S,S]: one-hot of ``tgt`` on ``mask``; last channel 1 on ``~obj_mask``."""
         bg = (~self.obj_mask).unsqueeze(1).float()
         return torch.cat([_onehot(self.tgt, self.mask, self.num_text_classes), bg], 1)
+
+    def sampled(self, sample: "PixelSample") -> "LossTargets":
+        """The targets at ``sample``'s pixels (every [B,S,S] map -> [B,S/stride,S/stride])."""
+        if self.tgt.shape[-1] % sample.stride or self.tgt.shape[-2] % sample.stride:
+            raise ValueError(f"targets {tuple(self.tgt.shape)} are not a multiple of the pixel stride {sample.stride}")
+        return dataclasses.replace(self, **{name: sample.select(getattr(self, name)) for name in
+                                            ("tgt", "part_tgt", "objm_tgt", "mask", "part_mask", "obj_mask")})
 
     def generalized_onehot(self) -> Tensor:
         """``Y_gen`` [B,N,S,S]: parts on ``part_mask``, objects on ``obj_mask``, background on ``~obj_mask``."""

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..config import PartCLIPSegConfig, get_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..vocabulary import Vocabulary
 from .loading import load_pretrained, save_pretrained
 
@@ -284,6 +284,12 @@ class PartSegmentationModel(nn.Module):
     loss_leaves_out_classes: ClassVar[bool] = False
     #: whether ``loss`` adds the object cross-entropy term (a recipe's ``loss.object_ce_lambda`` > 0 needs it)
     loss_has_object_cross_entropy: ClassVar[bool] = False
+    #: whether ``forward`` and ``loss`` take ``pixel_sample`` (a recipe's ``loss.pixel_stride`` > 1 needs it)
+    loss_samples_pixels: ClassVar[bool] = False
+    #: a token-embedding table read only at ``TextInputs.input_ids`` (its gradient lives on those rows), so
+    #: that training with several processes may average just those rows (``train.loop.SyncedRows``); None: no
+    #: such table (DDP averages every parameter)
+    synced_token_table: ClassVar[str | None] = None
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()
@@ -434,6 +440,11 @@ class PartSegmentationModel(nn.Module):
         ``config.image_size`` with the model's statistics."""
         return ResizeNormalise(self.config.image_size, tuple(self.config.image_mean), tuple(self.config.image_std),
                                channel_order)
+
+    def check_pixel_stride(self, stride: int) -> None:
+        """``ConfigError`` unless the heads can compute the logits of pixels sampled at ``stride``
+        (``loss.pixel_stride``; architectures with ``loss_samples_pixels`` say when they can)."""
+        raise ConfigError(f"{type(self).__name__} cannot train on sampled pixels: set loss.pixel_stride=1")
 
     def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         """Start from converted CLIPSeg weights (``weights.init_from_clipseg``); only the CLIPSeg family can."""

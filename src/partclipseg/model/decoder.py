@@ -53,37 +53,43 @@ class DecoderLayer(nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
-def patch_transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+def patch_transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d, weight: torch.Tensor | None = None) -> torch.Tensor:
     """A ``ConvTranspose2d`` whose kernel equals its stride (no padding), as one matrix product.
 
     Each input pixel writes its own non-overlapping k x k output block, so
     ``y[n, o, i*k + a, j*k + b] = bias[o] + sum_c x[n, c, i, j] * W[c, o, a, b]``: a [pixels, C] x
     [C, O*k*k] product and a pixel shuffle. Much faster than the generic kernel on CPU; same numbers
-    up to float summation order.
+    up to float summation order. ``weight`` replaces ``conv.weight`` (a sub-kernel: ``MaskHead`` on
+    sampled pixels).
     """
     n, c, h, w = x.shape
-    _, o, k, _ = conv.weight.shape
-    y = x.permute(0, 2, 3, 1).reshape(-1, c) @ conv.weight.reshape(c, o * k * k)
+    weight = conv.weight if weight is None else weight
+    _, o, k, _ = weight.shape
+    y = x.permute(0, 2, 3, 1).reshape(-1, c) @ weight.reshape(c, o * k * k)
     y = y.view(n, h, w, o, k, k).permute(0, 3, 1, 4, 2, 5).reshape(n, o, h * k, w * k)
     return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
 
 
-def two_patch_transposed_convs(x: torch.Tensor, first: nn.ConvTranspose2d, second: nn.ConvTranspose2d) -> torch.Tensor:
+def two_patch_transposed_convs(x: torch.Tensor, first: nn.ConvTranspose2d, second: nn.ConvTranspose2d,
+                               second_weight: torch.Tensor | None = None) -> torch.Tensor:
     """``second(relu(first(x)))`` for two kernel-equals-stride ``ConvTranspose2d``, as two matrix products.
 
     The intermediate map stays channels-last in (pixel, sub-pixel) order, [N, h, w, k1, k1, M], which is
     the row order the second product needs, so only the input and the final output are permuted (the
     one-product-per-layer form, ``patch_transposed_conv``, permutes the large intermediate twice).
     Same numbers up to float summation order. x [N, C, h, w] -> [N, O, h k1 k2, w k1 k2].
+    ``second_weight`` replaces ``second.weight``: a sub-kernel [M, O, k2', k2'] (``MaskHead`` on sampled
+    pixels), and the output is [N, O, h k1 k2', w k1 k2'].
     """
     n, c, h, w = x.shape
     _, m, k1, _ = first.weight.shape
-    _, o, k2, _ = second.weight.shape
+    second_w = second.weight if second_weight is None else second_weight
+    _, o, k2, _ = second_w.shape
     # F.linear rather than ``@``: on one CPU thread its kernel runs these tall, 16-column products ~2x faster
     y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), first.weight.permute(0, 2, 3, 1).reshape(c, k1 * k1 * m).t(),
                  None if first.bias is None else first.bias.repeat(k1 * k1))
     y = y.view(-1, m)  # rows: (n, i, j, a, b), the intermediate pixel (i k1 + a, j k1 + b)
-    z = F.linear(F.relu(y), second.weight.reshape(m, o * k2 * k2).t())  # columns: (o, c, d)
+    z = F.linear(F.relu(y), second_w.reshape(m, o * k2 * k2).t())  # columns: (o, c, d)
     z = z.view(n, h, w, k1, k1, o, k2, k2).permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(n, o, h * k1 * k2, w * k1 * k2)
     return z if second.bias is None else z.add_(second.bias.view(1, o, 1, 1))
 
@@ -96,16 +102,41 @@ class MaskHead(nn.Sequential):
     run as matrix products (``two_patch_transposed_convs``, ``patch_transposed_conv``).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pixels: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """[M, D, g, g] -> [M, 1, S, S]; with ``pixels = (stride, row offset, column offset)`` only the
+        logits at rows ``stride*i + row offset`` and columns ``stride*j + column offset``: [M, 1, S/stride,
+        S/stride], equal to ``forward(x)[..., r::stride, c::stride]``. The last transposed convolution's
+        kernel equals its stride, so each output pixel reads one pixel of its input through one kernel
+        tap: the sampled pixels are a transposed convolution with the taps ``[r::stride, c::stride]``
+        (``stride`` must divide that kernel), and the full-size map is never built."""
+        last = self[-1]
+        sub_weight = None
+        if pixels is not None:
+            stride, row, col = pixels
+            k = last.kernel_size[0]
+            if k % stride or not (0 <= row < stride and 0 <= col < stride):
+                raise ValueError(f"pixel sample (stride {stride}, offset {row}, {col}) does not fit the mask "
+                                 f"head's last {k} x {k} transposed convolution")
+            sub_weight = last.weight[:, :, row::stride, col::stride]
         if len(self) == 5:  # complex: conv, relu, then both transposed convolutions in one pass
             x = self[1](self[0](x))
-            return two_patch_transposed_convs(x, self[2], self[4])
+            return two_patch_transposed_convs(x, self[2], last, sub_weight)
         for layer in self:
             if isinstance(layer, nn.ConvTranspose2d):
-                x = patch_transposed_conv(x, layer)
+                x = patch_transposed_conv(x, layer, sub_weight if layer is last else None)
             else:
                 x = layer(x)
         return x
+
+    def sampled(self, x: torch.Tensor, sample) -> torch.Tensor:
+        """``forward`` on the pixels of a :class:`~partclipseg.losses.PixelSample` (one offset per image):
+        ``x`` [B*C, D, g, g] (image-major) -> [B*C, 1, S/stride, S/stride]."""
+        b = len(sample.offsets)
+        if x.shape[0] % b:
+            raise ValueError(f"{x.shape[0]} maps do not split over the {b} images of the pixel sample")
+        per_image = x.shape[0] // b
+        return torch.cat([self(x[n * per_image:(n + 1) * per_image], (sample.stride, *offset))
+                          for n, offset in enumerate(sample.offsets)])
 
     def output_side(self, grid: int) -> int:
         """The side ``S`` of the mask logits for a ``grid`` x ``grid`` feature map."""
@@ -224,8 +255,9 @@ class ObjectPartHead(nn.Module):
     def forward(self, maps: torch.Tensor, class_embeddings: torch.Tensor, text_to_part: torch.Tensor,
                 text_to_object: torch.Tensor, num_parts: int, object_index_offset_bug: bool = True,
                 conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
-                chunk_size: int | None = None) -> torch.Tensor:
-        """``maps`` [B, N, D, g, g] -> object-specific logits [B, T+1, S, S].
+                chunk_size: int | None = None, pixel_sample=None) -> torch.Tensor:
+        """``maps`` [B, N, D, g, g] -> object-specific logits [B, T+1, S, S] (``pixel_sample``, a
+        ``losses.PixelSample``: at its pixels only, [B, T+1, S/stride, S/stride]).
 
         ``chunk_size`` bounds how many classes go through the mask head at once (memory); the result
         does not depend on it.
@@ -239,7 +271,7 @@ class ObjectPartHead(nn.Module):
         step = chunk_size or t1
         out = None
         for start in range(0, t1, step):
-            logits = self.class_logits(sides, rows, conditions, slice(start, start + step))
+            logits = self.class_logits(sides, rows, conditions, slice(start, start + step), pixel_sample)
             if out is None:
                 if step >= t1:
                     return logits
@@ -264,7 +296,8 @@ class ObjectPartHead(nn.Module):
         return torch.cat([text_to_part, bg]), torch.cat([text_to_object + num_parts, bg])
 
     def class_logits(self, sides: tuple[torch.Tensor, torch.Tensor], rows: tuple[torch.Tensor, torch.Tensor],
-                     conditions: tuple[torch.Tensor, torch.Tensor], which: slice | torch.Tensor) -> torch.Tensor:
+                     conditions: tuple[torch.Tensor, torch.Tensor], which: slice | torch.Tensor,
+                     pixel_sample=None) -> torch.Tensor:
         """Logits [B, t, S, S] of the object-specific classes ``which`` (a slice or long tensor of indices
         into the T+1 classes): fuse the part and object sides (``visual_sides``), FiLM, mask head."""
         part_side, obj_side = sides
@@ -274,5 +307,6 @@ class ObjectPartHead(nn.Module):
         fused = part_side[:, part_rows[which]] + obj_side[:, obj_rows[which]] + self.visual_fuse.bias
         fused = scale[which][None, :, None, None] * fused + shift[which][None, :, None, None]  # [B, t, g, g, D]
         t = fused.shape[1]
-        logits = self.mask_head(fused.permute(0, 1, 4, 2, 3).reshape(b * t, d, g, g))
+        flat = fused.permute(0, 1, 4, 2, 3).reshape(b * t, d, g, g)
+        logits = self.mask_head(flat) if pixel_sample is None else self.mask_head.sampled(flat, pixel_sample)
         return logits.view(b, t, *logits.shape[-2:])

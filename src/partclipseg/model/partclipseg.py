@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import load_state_dict_checked
 from ..config import PartCLIPSegConfig
+from ..errors import ConfigError
 from ..losses import LossConfig, build_targets, clipseg_loss, partclipseg_loss
 from ..vocabulary import Vocabulary
 from .base import (EAGER_LOGITS_BYTES, EncodedVocabulary, ImageFeatures, LazyLogits, PartSegmentationModel,
@@ -48,6 +49,7 @@ class CLIPSegCore(PartSegmentationModel):
     # modules a CLIPSeg checkpoint does not hold (init_from_clipseg keeps their fresh values)
     new_vs_clipseg = ("visual_adapter.", "non_object_embedding", "object_part_head.")
     trainable_sets = ("VA+L+F+D", "all", "all-but-text", "all-but-text-layers")
+    synced_token_table = "text.token_embedding.weight"  # the text tower reads it at the prompts' token ids only
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)
@@ -154,13 +156,14 @@ class CLIPSegCore(PartSegmentationModel):
 
     def decode_features(self, features: ImageFeatures, class_embeddings: torch.Tensor,
                         output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
-                        chunk_size: int | None = None, class_logits: bool = True):
+                        chunk_size: int | None = None, class_logits: bool = True, pixel_sample=None):
         """Shared decoder -> (maps [B, N, D, g, g], class logits [B, N, S, S], attentions, hidden states).
 
         Classes are decoded independently, so ``chunk_size`` (classes per pass, for memory) does not
         change the result. The chunks are written into tensors allocated once (no concatenated copy).
         ``class_logits=False`` skips the class head (logits ``None``; ``decode_for_inference`` runs it
-        on demand).
+        on demand). ``pixel_sample`` (a ``losses.PixelSample``, training): class logits at its pixels only,
+        [B, N, S/stride, S/stride].
         """
         n = class_embeddings.shape[0]
         step = chunk_size or n
@@ -172,7 +175,7 @@ class CLIPSegCore(PartSegmentationModel):
                                                       need_hidden_states=output_hidden_states)
             chunk_maps = tokens_to_maps(tokens)
             del tokens
-            chunk_logits = self._class_logits(chunk_maps) if class_logits else None
+            chunk_logits = self._class_logits(chunk_maps, pixel_sample) if class_logits else None
             if step >= n:
                 return chunk_maps, chunk_logits, attentions, hidden
             if maps is None:
@@ -190,10 +193,19 @@ class CLIPSegCore(PartSegmentationModel):
         hidden = tuple(torch.cat(ls, dim=1) for ls in zip(*chunk_hidden)) if output_hidden_states else None
         return maps, logits, attentions, hidden
 
-    def _class_logits(self, maps: torch.Tensor) -> torch.Tensor:
-        """Class head: maps [B, C, D, g, g] -> logits [B, C, S, S]."""
+    def check_pixel_stride(self, stride: int) -> None:
+        """``ConfigError`` unless the mask heads can compute sampled pixels at ``stride``
+        (``loss.pixel_stride``): it must divide their last transposed convolution's kernel."""
+        kernel = self.class_head[-1].kernel_size[0]
+        if kernel % stride:
+            raise ConfigError(f"loss.pixel_stride={stride} does not divide the mask head's last {kernel} x {kernel} "
+                              f"transposed convolution: use a divisor of {kernel}")
+
+    def _class_logits(self, maps: torch.Tensor, pixel_sample=None) -> torch.Tensor:
+        """Class head: maps [B, C, D, g, g] -> logits [B, C, S, S] (at ``pixel_sample``'s pixels if given)."""
         b, c, d, g, _ = maps.shape
-        logits = self.class_head(maps.reshape(b * c, d, g, g))
+        flat = maps.reshape(b * c, d, g, g)
+        logits = self.class_head(flat) if pixel_sample is None else self.class_head.sampled(flat, pixel_sample)
         return logits.view(b, c, *logits.shape[-2:])
 
 
@@ -203,6 +215,7 @@ class PartCLIPSeg(CLIPSegCore):
 
     loss_leaves_out_classes = True
     loss_has_object_cross_entropy = True
+    loss_samples_pixels = True
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)
@@ -276,9 +289,18 @@ class PartCLIPSeg(CLIPSegCore):
 
     def loss(self, output: SegmentationOutput, part_labels, object_labels, text: TextInputs,
              object_to_model: torch.Tensor, loss_config: LossConfig,
-             trained_text_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             trained_text_classes: torch.Tensor | None = None, pixel_sample=None) -> dict[str, torch.Tensor]:
+        """``pixel_sample``: the ``losses.PixelSample`` the output was computed at (``forward(...,
+        pixel_sample=)``); the targets are taken at the same pixels."""
+        stride = 1 if pixel_sample is None else pixel_sample.stride
+        full_side = self.class_head.output_side(self.config.grid_size)
+        if output.logits.shape[-1] * stride != full_side:
+            raise ValueError(f"logits of side {output.logits.shape[-1]} are not this model's {full_side}-pixel maps "
+                             f"sampled at stride {stride}: run forward with the same pixel_sample as the loss")
         targets = build_targets(part_labels, object_labels, text.text_to_part, text.text_to_object, object_to_model,
-                                output.logits.shape[-1], trained=trained_text_classes)
+                                output.logits.shape[-1] * stride, trained=trained_text_classes)
+        if pixel_sample is not None:
+            targets = targets.sampled(pixel_sample)
         return partclipseg_loss(output, targets, loss_config)
 
     def init_from_clipseg_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -296,33 +318,37 @@ class PartCLIPSeg(CLIPSegCore):
                        text_to_object: torch.Tensor, output_attentions: bool | Sequence[int] = False,
                        output_hidden_states: bool = False,
                        conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       chunk_size: int | None = None) -> SegmentationOutput:
+                       chunk_size: int | None = None, pixel_sample=None) -> SegmentationOutput:
         """Decode image features for explicit class embeddings.
 
         ``class_embeddings`` [N, E] (P parts, O objects, non-object); ``text_to_part`` / ``text_to_object``
         [T] index the object-specific classes into parts (0..P-1) and objects (0..O-1). ``conditions``
         may carry precomputed ``object_part_head.class_conditions`` (they depend on text only).
         ``chunk_size`` bounds the classes decoded at once (memory only; results are unchanged).
+        ``pixel_sample`` (training, ``LossConfig.pixel_stride``): both heads' logits at its pixels only.
         """
         text_to_part, text_to_object = _index(text_to_part, class_embeddings), _index(text_to_object, class_embeddings)
         num_parts = class_embeddings.shape[0] - 1 - (int(text_to_object.max()) + 1 if text_to_object.numel() else 0)
         maps, logits, attentions, hidden = self.decode_features(features, class_embeddings, output_attentions,
-                                                                output_hidden_states, chunk_size)
+                                                                output_hidden_states, chunk_size,
+                                                                pixel_sample=pixel_sample)
         object_part_logits = self.object_part_head(
             maps, class_embeddings, text_to_part, text_to_object, num_parts,
             object_index_offset_bug=self.config.official.object_text_index_offset_bug, conditions=conditions,
-            chunk_size=chunk_size)
+            chunk_size=chunk_size, pixel_sample=pixel_sample)
         return SegmentationOutput(logits, object_part_logits, class_embeddings, attentions, hidden,
                                   features.hidden_states)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, text_to_part: torch.Tensor,
                 text_to_object: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False) -> SegmentationOutput:
-        """pixel_values [B,3,S,S]; input_ids [P+O, L] (prompts = parts then objects); index maps [T]."""
+                output_attentions: bool | Sequence[int] = False, output_hidden_states: bool = False,
+                pixel_sample=None) -> SegmentationOutput:
+        """pixel_values [B,3,S,S]; input_ids [P+O, L] (prompts = parts then objects); index maps [T].
+        ``pixel_sample``: a ``losses.PixelSample`` (training): logits [.., S/stride, S/stride] at its pixels."""
         features = self.encode_image(pixel_values, output_hidden_states)
         class_embeddings = self.class_embeddings(self.encode_text(input_ids, attention_mask))
         return self.decode_classes(features, class_embeddings, text_to_part, text_to_object,
-                                   output_attentions, output_hidden_states)
+                                   output_attentions, output_hidden_states, pixel_sample=pixel_sample)
 
 
 @register_architecture("clipseg")

@@ -16,6 +16,8 @@ import torch
 
 from ..data import open_dataset
 from ..data.common import IGNORE, DatasetError, nearest_resize, resize_shortest_edge_shape
+from ..errors import ConfigError
+from ..losses import resize_labels
 from ..resample import resize_bilinear
 from ..vocabulary import Vocabulary, load_benchmark_info
 from .recipe import TrainConfig
@@ -86,6 +88,14 @@ class TrainDataset(torch.utils.data.Dataset):
         #: copy_paste_prob: the last two loaded records (the donor of position p is the record at p ^ 1,
         #: which the same process loads next or just loaded: no extra decoding)
         self._recent: dict[int, tuple | None] = {}
+        #: cache_resized: record index -> (image [S,S,3] uint8, part / object labels [S,S] int16) or None
+        self._resized: dict[int, tuple | None] = {}
+        self.cache_size = None
+        if config.cache_resized:
+            self.cache_size = getattr(preprocessor, "size", None)
+            if not isinstance(self.cache_size, int):
+                raise ConfigError(f"cache_resized needs a model whose training input has one fixed size; "
+                                  f"{type(preprocessor).__name__} has none: set cache_resized=false")
         unseen = [info["object_classes"].index(name) for name in info["unseen_object_classes"]]
         self.unseen_objects = np.asarray(unseen if config.skip_unseen_images else [], dtype=np.int64)
 
@@ -109,7 +119,8 @@ class TrainDataset(torch.utils.data.Dataset):
         needed = 1 if self.config.supervision == "parts" else 2
         for offset in range(len(self.records)):
             i = (index + offset) % len(self.records)
-            sample = self._load_recent(i) if self.config.copy_paste_prob else self._load(i)
+            sample = (self._load_recent(i) if self.config.copy_paste_prob
+                      else self._load_resized(i) if self.cache_size else self._load(i))
             if sample is not None and (sample[needed] != IGNORE).any():
                 image, part, obj = sample
                 break
@@ -125,6 +136,25 @@ class TrainDataset(torch.utils.data.Dataset):
         image, part, obj = augment(image, part, obj, self.config, rng)
         return TrainSample(self.preprocessor.sample(image), torch.from_numpy(part), torch.from_numpy(obj), position,
                            self.records[i].record_id)
+
+    def _load_resized(self, index: int):
+        """``_load`` at the processing size, decoded once and kept (``cache_resized``): the image resized
+        as the preprocessor resizes it (Pillow 9.5 bilinear), the labels as the loss resizes them
+        (``losses.resize_labels``), both before the flip; returned as new arrays."""
+        if index not in self._resized:
+            sample = self._load(index)
+            if sample is not None:
+                size = self.cache_size
+                image, part, obj = sample
+                part, obj = (resize_labels(torch.from_numpy(x), (size, size)).numpy().astype(np.int16)
+                             for x in (part, obj))
+                sample = (resize_bilinear(image, size, size), part, obj)
+            self._resized[index] = sample
+        sample = self._resized[index]
+        if sample is None:
+            return None
+        image, part, obj = sample
+        return image.copy(), part.astype(np.int64), obj.astype(np.int64)
 
     def _load_recent(self, index: int):
         """``_load`` through a cache of the last two records (their arrays are never written to)."""
