@@ -3,7 +3,6 @@
 (``cache_resized``) and the checks that refuse them where they do not apply."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from partclipseg.train import load_recipe, train
 from partclipseg.train import loop as train_loop
 from partclipseg.train.data import TrainDataset
 from partclipseg.vocabulary import Vocabulary
+from train_helpers import full_and_killed_runs, losses
 
 
 @pytest.fixture(scope="module")
@@ -233,24 +233,7 @@ def test_a_killed_run_with_pixel_sampling_and_the_cache_resumes_exactly(toy_root
     save_pretrained(build_model(config), init)
     args = [f"root={toy_root}", f"init={init}", "image_size=64", "iterations=6", "batch_size=2", "log_period=1",
             "checkpoint_period=3", "eval_period=1000", "num_workers=0", "loss.pixel_stride=4", "cache_resized=true"]
-    recipe = load_recipe("toy_world", args)
-    train(recipe, tmp_path / "full", progress=False)
-    real = train_loop.scheduled_lr
-
-    def killed_at_step_5(config, step):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return real(config, step)
-
-    monkeypatch.setattr(train_loop, "scheduled_lr", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_recipe("toy_world", args), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(train_loop, "scheduled_lr", real)
-    train(load_recipe("toy_world", args), tmp_path / "killed", resume=True, progress=False)
-
-    def losses(run):
-        return [json.loads(x)["total"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"total"' in x]
-
+    full_and_killed_runs("toy_world", args, tmp_path, monkeypatch, 5)
     assert losses(tmp_path / "killed") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
     drawn = []
     real_draw = PixelSample.for_positions

@@ -19,6 +19,8 @@ from partclipseg.model import PartCLIPSeg
 from partclipseg.train import load_recipe, train
 from partclipseg.train import loop as train_loop
 from partclipseg.train.data import StepSampler
+from train_helpers import full_and_killed_runs
+from train_helpers import losses as _losses
 
 FAST = ["init=random:tiny-fast", "image_size=96", "batch_size=2", "log_period=1", "eval_period=1000",
         "num_workers=0", "augmentation=flip", "channel_order=RGB", "grad_clip=1.0", "lr=1e-3", "trainable=all"]
@@ -27,11 +29,6 @@ FAST = ["init=random:tiny-fast", "image_size=96", "batch_size=2", "log_period=1"
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
     return synthetic.make_pascal_part(tmp_path_factory.mktemp("voc") / "PascalPart116", n_train=4, n_val=2)
-
-
-def _losses(run: Path) -> list[float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["total"] for r in records if "total" in r]
 
 
 def test_shipped_recipes_hold_the_official_settings():
@@ -74,22 +71,13 @@ def test_a_few_steps_lower_the_loss(voc_root, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_with_identical_losses(voc_root, tmp_path, monkeypatch):
     args = [f"root={voc_root}", "iterations=8", "checkpoint_period=3", *FAST]
-    train(load_recipe("pascal_part_116", args), tmp_path / "full", progress=False)
-    real_schedule = train_loop.scheduled_lr
 
-    def killed_at_step_7(config, step):
-        if step == 7:
-            raise KeyboardInterrupt("simulated kill")
-        return real_schedule(config, step)
+    def checks_before_resume(killed):
+        assert len(_losses(killed)) == 7
+        with pytest.raises(ConfigError, match="--resume"):
+            train(load_recipe("pascal_part_116", args), killed, progress=False)
 
-    monkeypatch.setattr(train_loop, "scheduled_lr", killed_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
-    assert len(_losses(tmp_path / "killed")) == 7
-    monkeypatch.setattr(train_loop, "scheduled_lr", real_schedule)
-    with pytest.raises(ConfigError, match="--resume"):
-        train(load_recipe("pascal_part_116", args), tmp_path / "killed", progress=False)
-    train(load_recipe("pascal_part_116", args), tmp_path / "killed", resume=True, progress=False)
+    full_and_killed_runs("pascal_part_116", args, tmp_path, monkeypatch, 7, checks_before_resume)
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
