@@ -480,3 +480,57 @@ def test_architectures_without_the_object_channels_refuse_the_object_cross_entro
             load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=1"]).validate()
         load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=0"]).validate()  # off: accepted
     load_recipe("toy_world", ["root=/data", "loss.object_ce_lambda=1"]).validate()  # partclipseg: accepted
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("full_cover", [(), (0,)])
+def test_balanced_objects_switch_weighs_object_and_background_pixels_half_each(per_image, full_cover):
+    """loss.balanced_objects (not official): the object term = (mean BCE over object pixels + mean BCE over
+    the other pixels) / 2 per group, with the O+1 channels' weights as in the official term (background
+    channel weighted by background_weight). An image covered by objects keeps its one mean; the other
+    terms are untouched. Checked against F.binary_cross_entropy_with_logits on explicit one-hot targets."""
+    tg, logits, op_logits = _batch(4, sizes=((40, 48), (36, 30), (24, 20)), full_cover=full_cover, requires_grad=True)
+    # object pixels' channels raised, so that their mean BCE differs from the background pixels' one
+    logits = (logits.detach() + 2.0 * tg.obj_mask[:, None].float()).requires_grad_(True)
+    cfg = LossConfig(per_image=per_image, background_weight=0.3, official_nan_to_zero=False)
+    base = segmentation_losses(logits, op_logits, tg, cfg)
+    got = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=per_image, background_weight=0.3,
+                                                               official_nan_to_zero=False, balanced_objects=True))
+    y = tg.generalized_onehot().permute(0, 2, 3, 1)[..., P:]
+    x = logits.permute(0, 2, 3, 1)[..., P:]
+    w = torch.ones(N - P)
+    w[-1] = 0.3
+    groups = [[i] for i in range(len(logits))] if per_image else [list(range(len(logits)))]
+    expected, plain = [], []
+    for g in groups:
+        om = tg.obj_mask[g]
+        means = [F.binary_cross_entropy_with_logits(x[g][m], y[g][m], weight=w) for m in (om, ~om) if m.any()]
+        expected.append(torch.stack(means).mean())
+        plain.append(F.binary_cross_entropy_with_logits(x[g], y[g], weight=w))
+    if full_cover and per_image:
+        assert not (~tg.obj_mask[0]).any()  # the fully covered image: one mean only
+    torch.testing.assert_close(got["objects"], torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(base["objects"], torch.stack(plain).mean(), atol=1e-5, rtol=1e-5)
+    assert abs(float(got["objects"] - base["objects"])) > 1e-3  # the switch changes the term
+    for key in ("object_specific_parts", "generalized_parts", "object_specific_background"):
+        torch.testing.assert_close(got[key], base[key])
+    # per pixel, the gradient is the official one times N / (2 n_object) on object pixels and N / (2 n_other)
+    # on the others (N / n where a group has one kind only), N, n_object, n_other counted per group
+    grad_on = torch.autograd.grad(got["objects"], logits, retain_graph=True)[0][:, P:]
+    grad_base = torch.autograd.grad(base["objects"], logits)[0][:, P:]
+    for g in groups:
+        om = tg.obj_mask[g]
+        n_on, n_off, kinds = int(om.sum()), int((~om).sum()), int(om.any()) + int((~om).any())
+        factor = torch.where(om, om.numel() / max(n_on, 1), om.numel() / max(n_off, 1)) / kinds
+        torch.testing.assert_close(grad_on[g], grad_base[g] * factor[:, None], atol=1e-9, rtol=1e-4)
+
+
+def test_architectures_without_the_object_channels_refuse_the_balanced_objects_switch():
+    from partclipseg.errors import ConfigError
+    from partclipseg.train import load_recipe
+
+    for recipe, overrides in (("toy_world_partcatseg", []),
+                              ("toy_world", ["architecture=clipseg", "supervision=parts", "loss.pixel_stride=1"])):
+        with pytest.raises(ConfigError, match="balanced_objects"):
+            load_recipe(recipe, ["root=/data", *overrides, "loss.balanced_objects=true"]).validate()
+    assert load_recipe("toy_world", ["root=/data", "loss.balanced_objects=true"]).loss.balanced_objects

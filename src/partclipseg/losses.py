@@ -46,6 +46,12 @@ class LossConfig:
     * ``object_ce_lambda``: not official (0 = off): weight of an extra per-pixel softmax cross-entropy over
       the O+1 object channels (target: the pixel's model object on ``obj_mask``, else background), the
       decision Pred-All takes (argmax over those channels). The BCE terms score each channel alone.
+    * ``balanced_objects``: not official (False = off). The object term (the O+1 generalized object
+      channels) averages its BCE over the object pixels and over the background pixels separately and
+      weighs the two means half each, as the object-specific terms already do (part pixels and
+      background normalised apart, SPEC §3.3); off, it is one mean over all pixels, in which the
+      background, most of an image, sets the object channels' calibration. An image without object
+      (or without background) pixels keeps the one mean it has.
     * ``pixel_stride``: not official (1 = off, every pixel). ``s`` > 1: each training image's BCE terms
       read one pixel of every ``s`` x ``s`` block, at an offset drawn per image and step
       (:class:`PixelSample`: a stratified sample of 1/s^2 of the pixels; the object term, a plain pixel
@@ -74,6 +80,7 @@ class LossConfig:
     jsd_lambda: float = 1.0
     object_ce_lambda: float = 0.0
     pixel_stride: int = 1
+    balanced_objects: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.pixel_stride, bool) or not isinstance(self.pixel_stride, int) or self.pixel_stride < 1:
@@ -320,6 +327,19 @@ def _group_sum(x: Tensor, per_image: bool) -> Tensor:
     return s if per_image else s.sum(0, keepdim=True)
 
 
+def _objects_term(l_obj: Tensor, obj_mask: Tensor, balanced: bool, g) -> Tensor:
+    """Per-group ([G]) mean of the object term's per-pixel channel sums ``l_obj`` [B,S,S]: over all pixels
+    (official), or (``balanced``) the mean over the ``obj_mask`` pixels and the mean over the others, half
+    each where the group has both kinds (the one it has otherwise)."""
+    if not balanced:
+        return g(l_obj) / g(torch.ones_like(l_obj))
+    on, off = obj_mask.to(l_obj.dtype), (~obj_mask).to(l_obj.dtype)
+    n_on, n_off = g(on), g(off)
+    has_on, has_off = (n_on > 0).to(l_obj.dtype), (n_off > 0).to(l_obj.dtype)
+    mean_on, mean_off = g(l_obj * on) / n_on.clamp(min=1), g(l_obj * off) / n_off.clamp(min=1)
+    return (has_on * mean_on + has_off * mean_off) / (has_on + has_off)
+
+
 def _segmentation_terms(logits: Tensor, object_part_logits: Tensor, targets: LossTargets, config: LossConfig):
     """The four BCE terms per group ([G], G = B or 1) and the groups whose background term is empty."""
     t, p, o = targets.num_text_classes, targets.num_parts, targets.num_objects
@@ -343,7 +363,7 @@ def _segmentation_terms(logits: Tensor, object_part_logits: Tensor, targets: Los
         "generalized_parts": torch.where(has_part, g(l_part * targets.part_mask) / (n_part.clamp(min=1) * p), zero),
         "object_specific_background": torch.where(bg_gated & (n_bg > 0),
                                                   g(l_os * bg) / (n_bg.clamp(min=1) * os_channels), zero),
-        "objects": g(l_obj) / (g(torch.ones_like(l_obj)) * (o + 1)),
+        "objects": _objects_term(l_obj, targets.obj_mask, config.balanced_objects, g) / (o + 1),
     }
     # L_seg = L_os + obj_lambda * L_obj + part_lambda * L_part (SPEC §3.3.4)
     terms["segmentation"] = (terms["object_specific_parts"] + terms["object_specific_background"]

@@ -214,7 +214,7 @@ class PartCLIPSeg(CLIPSegCore):
     """PartCLIPSeg: generalized-part/object head and object-specific part head (SPEC §1)."""
 
     loss_leaves_out_classes = True
-    loss_has_object_cross_entropy = True
+    loss_has_object_channels = True
     loss_samples_pixels = True
 
     def __init__(self, config: PartCLIPSegConfig) -> None:

@@ -190,9 +190,12 @@ class TrainConfig:
         if self.loss.pixel_stride > 1 and not architecture_class(self.architecture).loss_samples_pixels:
             raise ConfigError(f"loss.pixel_stride needs an architecture whose heads and loss can run on sampled "
                               f"pixels (partclipseg), got {self.architecture!r}: set loss.pixel_stride=1")
-        if self.loss.object_ce_lambda and not architecture_class(self.architecture).loss_has_object_cross_entropy:
-            raise ConfigError(f"loss.object_ce_lambda needs an architecture whose loss has the object cross-entropy "
-                              f"term (partclipseg), got {self.architecture!r}: set loss.object_ce_lambda=0")
+        if not architecture_class(self.architecture).loss_has_object_channels:
+            for key, value, off in (("object_ce_lambda", self.loss.object_ce_lambda, "0"),
+                                    ("balanced_objects", self.loss.balanced_objects, "false")):
+                if value:
+                    raise ConfigError(f"loss.{key} needs an architecture whose loss has the generalized object "
+                                      f"channels' terms (partclipseg), got {self.architecture!r}: set loss.{key}={off}")
 
     def _validate_numbers(self) -> None:
         """Ranges of the numeric settings (finite, in range); every problem names its key."""
