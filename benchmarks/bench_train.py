@@ -58,7 +58,8 @@ def run_one(data: str, steps: int, preset: str, size: int, attention: bool, head
                                            f"checkpoint_period={10 ** 9}", f"eval_period={10 ** 9}",
                                            f"loss.use_attention={str(attention).lower()}", "trainable=all",
                                            # the resized-image cache helps from the second epoch on only
-                                           f"loss.pixel_stride={pixel_stride}", "cache_resized=false"])
+                                           f"loss.pixel_stride={pixel_stride}", "cache_resized=false",
+                                           "loss.balanced_objects=false"])
         train(recipe, Path(tmp) / "run", progress=False)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in records if "total" in r]

@@ -41,11 +41,12 @@ import time
 from pathlib import Path
 
 #: the CLIPSeg-family rows train as the paper does (the toy_world recipe's own supervision is parts+objects;
-#: the object cross-entropy term and copy-paste, not in the paper, are pinned off so that a recipe enabling
-#: them cannot reach them; so are the recipe's speed settings, pixel sampling and the resized-image cache:
-#: the baseline and the attention losses need every pixel, and the table was measured without them)
+#: the object cross-entropy term, the balanced object term and copy-paste, not in the paper, are pinned off so
+#: that a recipe enabling them cannot reach them; so are the recipe's speed settings, pixel sampling and the
+#: resized-image cache: the baseline and the attention losses need every pixel, and the table was measured
+#: without them)
 PAPER_SUPERVISION = ["supervision=parts", "skip_unseen_images=true", "loss.object_ce_lambda=0", "copy_paste_prob=0",
-                     "loss.pixel_stride=1", "cache_resized=false"]
+                     "loss.balanced_objects=false", "loss.pixel_stride=1", "cache_resized=false"]
 VARIANTS = [
     ("CLIPSeg baseline", "clipseg", ["architecture=clipseg", "loss.use_attention=false"]),
     ("PartCLIPSeg (no attention losses)", "partclipseg", ["loss.use_attention=false"]),

@@ -475,7 +475,9 @@ def test_architectures_without_the_object_channels_refuse_the_object_cross_entro
     from partclipseg.errors import ConfigError
     from partclipseg.train import load_recipe
 
-    for recipe, overrides in (("toy_world_partcatseg", []), ("toy_world", ["architecture=clipseg", "supervision=parts", "loss.pixel_stride=1"])):
+    for recipe, overrides in (("toy_world_partcatseg", []), ("toy_world", ["architecture=clipseg", "supervision=parts",
+                                                                         "loss.pixel_stride=1",
+                                                                         "loss.balanced_objects=false"])):
         with pytest.raises(ConfigError, match="object_ce_lambda"):
             load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=1"]).validate()
         load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=0"]).validate()  # off: accepted
