@@ -486,18 +486,26 @@ def test_architectures_without_the_object_channels_refuse_the_object_cross_entro
 
 @pytest.mark.parametrize("per_image", [True, False])
 @pytest.mark.parametrize("full_cover", [(), (0,)])
-def test_balanced_objects_switch_weighs_object_and_background_pixels_half_each(per_image, full_cover):
+@pytest.mark.parametrize("nan_to_zero", [True, False])
+def test_balanced_objects_switch_weighs_object_and_background_pixels_half_each(per_image, full_cover, nan_to_zero):
     """loss.balanced_objects (not official): the object term = (mean BCE over object pixels + mean BCE over
     the other pixels) / 2 per group, with the O+1 channels' weights as in the official term (background
-    channel weighted by background_weight). An image covered by objects keeps its one mean; the other
+    channel weighted by background_weight). A group with one kind of pixel keeps its one mean: an image
+    covered by objects, and the third image, which holds only a part-less object (no obj_mask pixel). With
+    the official NaN rule a group with object pixels but no other pixel is dropped (its terms 0). The other
     terms are untouched. Checked against F.binary_cross_entropy_with_logits on explicit one-hot targets."""
-    tg, logits, op_logits = _batch(4, sizes=((40, 48), (36, 30), (24, 20)), full_cover=full_cover, requires_grad=True)
-    # object pixels' channels raised, so that their mean BCE differs from the background pixels' one
-    logits = (logits.detach() + 2.0 * tg.obj_mask[:, None].float()).requires_grad_(True)
-    cfg = LossConfig(per_image=per_image, background_weight=0.3, official_nan_to_zero=False)
-    base = segmentation_losses(logits, op_logits, tg, cfg)
-    got = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=per_image, background_weight=0.3,
-                                                               official_nan_to_zero=False, balanced_objects=True))
+    gen = torch.Generator().manual_seed(7)
+    labels = [_labels(gen, h, w, full_cover=i in full_cover) for i, (h, w) in enumerate(((40, 48), (36, 30)))]
+    labels.append((torch.full((24, 20), -1), torch.zeros(24, 20, dtype=torch.long)))  # a bird alone: no parts
+    tg = _targets([p for p, _ in labels], [o for _, o in labels], 32)
+    assert not tg.obj_mask[2].any()
+    assert int(tg.obj_mask[1].sum()) not in (0, 512)  # both kinds, in unequal numbers: the switch matters
+    # object pixels' channels raised, so that their mean BCE differs from the other pixels' one
+    logits = (torch.randn(3, N, 32, 32, generator=gen) + 2.0 * tg.obj_mask[:, None].float()).requires_grad_(True)
+    op_logits = torch.randn(3, T + 1, 32, 32, generator=gen)
+    common = dict(per_image=per_image, background_weight=0.3, official_nan_to_zero=nan_to_zero)
+    base = segmentation_losses(logits, op_logits, tg, LossConfig(**common))
+    got = segmentation_losses(logits, op_logits, tg, LossConfig(**common, balanced_objects=True))
     y = tg.generalized_onehot().permute(0, 2, 3, 1)[..., P:]
     x = logits.permute(0, 2, 3, 1)[..., P:]
     w = torch.ones(N - P)
@@ -506,11 +514,12 @@ def test_balanced_objects_switch_weighs_object_and_background_pixels_half_each(p
     expected, plain = [], []
     for g in groups:
         om = tg.obj_mask[g]
+        dropped = nan_to_zero and bool(om.any()) and not bool((~om).any())
         means = [F.binary_cross_entropy_with_logits(x[g][m], y[g][m], weight=w) for m in (om, ~om) if m.any()]
-        expected.append(torch.stack(means).mean())
-        plain.append(F.binary_cross_entropy_with_logits(x[g], y[g], weight=w))
+        expected.append(torch.stack(means).mean() * (0.0 if dropped else 1.0))
+        plain.append(F.binary_cross_entropy_with_logits(x[g], y[g], weight=w) * (0.0 if dropped else 1.0))
     if full_cover and per_image:
-        assert not (~tg.obj_mask[0]).any()  # the fully covered image: one mean only
+        assert not (~tg.obj_mask[0]).any()  # the fully covered image: one mean only (dropped by the NaN rule)
     torch.testing.assert_close(got["objects"], torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(base["objects"], torch.stack(plain).mean(), atol=1e-5, rtol=1e-5)
     assert abs(float(got["objects"] - base["objects"])) > 1e-3  # the switch changes the term
@@ -525,6 +534,29 @@ def test_balanced_objects_switch_weighs_object_and_background_pixels_half_each(p
         n_on, n_off, kinds = int(om.sum()), int((~om).sum()), int(om.any()) + int((~om).any())
         factor = torch.where(om, om.numel() / max(n_on, 1), om.numel() / max(n_off, 1)) / kinds
         torch.testing.assert_close(grad_on[g], grad_base[g] * factor[:, None], atol=1e-9, rtol=1e-4)
+
+
+def test_balanced_objects_term_on_sampled_pixels_is_the_balanced_term_of_those_pixels():
+    """With loss.pixel_stride, the balanced object term of the sampled logits equals the balanced term
+    computed on the full maps' pixels at the sample (targets sampled the same way): the switch reads the
+    sample's own object / other pixel counts."""
+    from partclipseg.losses import PixelSample
+
+    tg, logits, op_logits = _batch(6, sizes=((40, 48), (36, 30)))
+    cfg = LossConfig(balanced_objects=True, official_nan_to_zero=False)
+    sample = PixelSample(4, ((1, 2), (3, 0)))
+    sampled = segmentation_losses(sample.select(logits), sample.select(op_logits), tg.sampled(sample), cfg)
+    y = tg.generalized_onehot().permute(0, 2, 3, 1)[..., P:]
+    x = logits.permute(0, 2, 3, 1)[..., P:]
+    w = torch.ones(N - P)
+    w[-1] = cfg.background_weight
+    per_image = []
+    for b, (r, c) in enumerate(sample.offsets):
+        om = tg.obj_mask[b, r::4, c::4]
+        xs, ys = x[b, r::4, c::4], y[b, r::4, c::4]
+        per_image.append(torch.stack([F.binary_cross_entropy_with_logits(xs[m], ys[m], weight=w)
+                                      for m in (om, ~om) if m.any()]).mean())
+    torch.testing.assert_close(sampled["objects"], torch.stack(per_image).mean(), atol=1e-5, rtol=1e-5)
 
 
 def test_architectures_without_the_object_channels_refuse_the_balanced_objects_switch():

@@ -47,15 +47,17 @@ class LossConfig:
       the O+1 object channels (target: the pixel's model object on ``obj_mask``, else background), the
       decision Pred-All takes (argmax over those channels). The BCE terms score each channel alone.
     * ``balanced_objects``: not official (False = off). The object term (the O+1 generalized object
-      channels) averages its BCE over the object pixels and over the background pixels separately and
-      weighs the two means half each, as the object-specific terms already do (part pixels and
-      background normalised apart, SPEC §3.3); off, it is one mean over all pixels, in which the
-      background, most of an image, sets the object channels' calibration. An image without object
-      (or without background) pixels keeps the one mean it has.
+      channels) averages its BCE over the ``obj_mask`` pixels and over the other pixels (background,
+      unlabelled pixels, objects without parts) separately and weighs the two means half each, as the
+      object-specific terms already do (part pixels and background normalised apart, SPEC §3.3); off, it
+      is one mean over all pixels, most of which are background. A group (image, or batch) with one kind
+      of pixel only keeps the one mean it has (with the official NaN rule, a group with object pixels
+      and no other pixel is dropped anyway).
     * ``pixel_stride``: not official (1 = off, every pixel). ``s`` > 1: each training image's BCE terms
       read one pixel of every ``s`` x ``s`` block, at an offset drawn per image and step
       (:class:`PixelSample`: a stratified sample of 1/s^2 of the pixels; the object term, a plain pixel
-      mean, is estimated without bias, the part and background terms, ratios of sums, consistently; an
+      mean, is estimated without bias, the part and background terms, ratios of sums, consistently, and
+      so is the object term with ``balanced_objects``, whose means use the sample's own counts; an
       image whose sample holds object pixels but no background pixel is dropped by the official NaN rule,
       as at full size), and the mask heads compute the logits of those pixels only (the last
       transposed convolution's kernel equals its stride, so a sampled pixel needs one kernel tap:
