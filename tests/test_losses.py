@@ -471,6 +471,39 @@ def test_object_cross_entropy_switch_adds_the_weighted_softmax_term(per_image, f
         assert abs(float(other["objects_ce"].detach()) - float(got["objects_ce"].detach())) > 1e-3
 
 
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("full_cover", [(), (0,)])
+def test_object_identity_switch_adds_a_softmax_over_the_object_channels_on_object_pixels(per_image, full_cover):
+    """loss.object_identity_lambda (not official): + lambda * mean over the obj_mask pixels of
+    -log softmax(the O object channels, no background)[the pixel's object]; background pixels and the
+    background channel play no part; 0 leaves the official total. Images of different sizes, one fully
+    covered by objects (the official NaN rule drops it per image)."""
+    tg, logits, op_logits = _batch(3, sizes=((40, 48), (36, 30), (24, 20)), full_cover=full_cover, requires_grad=True)
+    base = segmentation_losses(logits, op_logits, tg, LossConfig(per_image=per_image))
+    assert "object_identity" not in base
+    cfg = LossConfig(per_image=per_image, object_identity_lambda=0.3)
+    got = segmentation_losses(logits, op_logits, tg, cfg)
+    object_logits = logits[:, P:-1].permute(0, 2, 3, 1)  # [B,S,S,O]: the background channel left out
+    groups = [[i] for i in range(len(logits))] if per_image else [list(range(len(logits)))]
+    per_group, kept = [], []
+    for g in groups:
+        values = [-torch.log_softmax(object_logits[b, y, x], 0)[int(tg.objm_tgt[b, y, x])]
+                  for b in g for y in range(logits.shape[-2]) for x in range(logits.shape[-1])
+                  if bool(tg.obj_mask[b, y, x])]
+        assert values  # every group holds object pixels, so the term is not trivially 0
+        per_group.append(torch.stack(values).mean())
+        kept.append(not bool(tg.obj_mask[g].all()))  # official: no background pixel -> the group's loss is 0
+    term = torch.stack([c if k else c * 0 for c, k in zip(per_group, kept)]).mean()
+    torch.testing.assert_close(got["object_identity"], term, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["total"], base["total"] + 0.3 * term, atol=1e-5, rtol=1e-5)
+    assert float(term.detach()) > 0.1  # random logits: far from zero, so the checks above can fail
+    # the background channel and the background pixels' object logits get no gradient from the term
+    grad, = torch.autograd.grad(got["object_identity"], logits)
+    assert float(grad[:, -1].abs().max()) == 0.0
+    assert float(grad[:, P:-1].permute(1, 0, 2, 3)[:, ~tg.obj_mask].abs().max()) == 0.0
+    assert float(grad[:, P:-1].permute(1, 0, 2, 3)[:, tg.obj_mask].abs().max()) > 0.0
+
+
 def test_architectures_without_the_object_channels_refuse_the_object_cross_entropy_switch():
     from partclipseg.errors import ConfigError
     from partclipseg.train import load_recipe
@@ -478,10 +511,13 @@ def test_architectures_without_the_object_channels_refuse_the_object_cross_entro
     for recipe, overrides in (("toy_world_partcatseg", []), ("toy_world", ["architecture=clipseg", "supervision=parts",
                                                                          "loss.pixel_stride=1",
                                                                          "loss.balanced_objects=false"])):
-        with pytest.raises(ConfigError, match="object_ce_lambda"):
-            load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=1"]).validate()
-        load_recipe(recipe, ["root=/data", *overrides, "loss.object_ce_lambda=0"]).validate()  # off: accepted
-    load_recipe("toy_world", ["root=/data", "loss.object_ce_lambda=1"]).validate()  # partclipseg: accepted
+        for key in ("object_ce_lambda", "object_identity_lambda"):
+            with pytest.raises(ConfigError, match=key):
+                load_recipe(recipe, ["root=/data", *overrides, f"loss.{key}=1"]).validate()
+            load_recipe(recipe, ["root=/data", *overrides, f"loss.{key}=0"]).validate()  # off: accepted
+            load_recipe("toy_world", ["root=/data", f"loss.{key}=1"]).validate()  # partclipseg: accepted
+    with pytest.raises(ConfigError, match="object_identity_lambda"):
+        load_recipe("toy_world", ["root=/data", "loss.object_identity_lambda=-0.5"]).validate()
 
 
 @pytest.mark.parametrize("per_image", [True, False])
@@ -557,6 +593,24 @@ def test_balanced_objects_term_on_sampled_pixels_is_the_balanced_term_of_those_p
         per_image.append(torch.stack([F.binary_cross_entropy_with_logits(xs[m], ys[m], weight=w)
                                       for m in (om, ~om) if m.any()]).mean())
     torch.testing.assert_close(sampled["objects"], torch.stack(per_image).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_object_identity_term_on_sampled_pixels_is_the_term_of_those_pixels():
+    """With loss.pixel_stride, the object-identity term of the sampled logits equals the term computed on
+    the full maps' object pixels at the sample (targets sampled the same way)."""
+    from partclipseg.losses import PixelSample
+
+    tg, logits, op_logits = _batch(7, sizes=((40, 48), (36, 30)))
+    sample = PixelSample(4, ((0, 3), (2, 1)))
+    cfg = LossConfig(object_identity_lambda=1.0, official_nan_to_zero=False)
+    sampled = segmentation_losses(sample.select(logits), sample.select(op_logits), tg.sampled(sample), cfg)
+    x = logits.permute(0, 2, 3, 1)[..., P:-1]
+    per_image = []
+    for b, (r, c) in enumerate(sample.offsets):
+        om = tg.obj_mask[b, r::4, c::4]
+        assert om.any()
+        per_image.append(F.cross_entropy(x[b, r::4, c::4][om], tg.objm_tgt[b, r::4, c::4][om]))
+    torch.testing.assert_close(sampled["object_identity"], torch.stack(per_image).mean(), atol=1e-5, rtol=1e-5)
 
 
 def test_architectures_without_the_object_channels_refuse_the_balanced_objects_switch():

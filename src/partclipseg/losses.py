@@ -46,6 +46,12 @@ class LossConfig:
     * ``object_ce_lambda``: not official (0 = off): weight of an extra per-pixel softmax cross-entropy over
       the O+1 object channels (target: the pixel's model object on ``obj_mask``, else background), the
       decision Pred-All takes (argmax over those channels). The BCE terms score each channel alone.
+    * ``object_identity_lambda``: not official (0 = off): weight of a per-pixel softmax cross-entropy over
+      the O object channels alone (no background channel), on the ``obj_mask`` pixels only (target: the
+      pixel's model object), averaged over those pixels per group (0 for a group without any): which
+      object a pixel belongs to, given that it belongs to one. Unlike ``object_ce_lambda`` it leaves the
+      object-or-background decision to the BCE terms and weighs nothing on background pixels; it aims at
+      the object head's confusions between neighbouring objects (a dog's pixels called a cat's).
     * ``balanced_objects``: not official (False = off). The object term (the O+1 generalized object
       channels) averages its BCE over the ``obj_mask`` pixels and over the other pixels (background,
       unlabelled pixels, objects without parts) separately and weighs the two means half each, as the
@@ -81,6 +87,7 @@ class LossConfig:
     official_nan_to_zero: bool = True
     jsd_lambda: float = 1.0
     object_ce_lambda: float = 0.0
+    object_identity_lambda: float = 0.0
     pixel_stride: int = 1
     balanced_objects: bool = False
 
@@ -375,6 +382,11 @@ def _segmentation_terms(logits: Tensor, object_part_logits: Tensor, targets: Los
         ce = F.cross_entropy(logits[:, p:], object_index, reduction="none")  # [B,S,S]
         terms["objects_ce"] = g(ce) / g(torch.ones_like(ce))
         terms["segmentation"] = terms["segmentation"] + config.object_ce_lambda * terms["objects_ce"]
+    if config.object_identity_lambda > 0:  # not official: see LossConfig
+        on = targets.obj_mask
+        ce = F.cross_entropy(logits[:, p:p + o], torch.where(on, targets.objm_tgt, 0), reduction="none")  # [B,S,S]
+        terms["object_identity"] = torch.where(n_obj > 0, g(ce * on.to(ce.dtype)) / n_obj.clamp(min=1), zero)
+        terms["segmentation"] = terms["segmentation"] + config.object_identity_lambda * terms["object_identity"]
     return terms, bg_gated & (n_bg == 0)
 
 

@@ -283,7 +283,8 @@ class PartSegmentationModel(nn.Module):
     #: whether ``loss`` takes ``trained_text_classes`` (the recipe's ``supervision=parts+objects`` needs it)
     loss_leaves_out_classes: ClassVar[bool] = False
     #: whether ``loss`` has the generalized object channels' terms that the not-official switches
-    #: ``loss.object_ce_lambda`` > 0 and ``loss.balanced_objects`` change (a recipe setting either needs it)
+    #: ``loss.object_ce_lambda`` > 0, ``loss.object_identity_lambda`` > 0 and ``loss.balanced_objects``
+    #: change (a recipe setting any of them needs it)
     loss_has_object_channels: ClassVar[bool] = False
     #: whether ``forward`` and ``loss`` take ``pixel_sample`` (a recipe's ``loss.pixel_stride`` > 1 needs it)
     loss_samples_pixels: ClassVar[bool] = False

@@ -192,6 +192,7 @@ class TrainConfig:
                               f"pixels (partclipseg), got {self.architecture!r}: set loss.pixel_stride=1")
         if not architecture_class(self.architecture).loss_has_object_channels:
             for key, value, off in (("object_ce_lambda", self.loss.object_ce_lambda, "0"),
+                                    ("object_identity_lambda", self.loss.object_identity_lambda, "0"),
                                     ("balanced_objects", self.loss.balanced_objects, "false")):
                 if value:
                     raise ConfigError(f"loss.{key} needs an architecture whose loss has the generalized object "
@@ -253,7 +254,7 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("obj_lambda", "part_lambda", "sep_lambda", "enh_lambda", "background_weight",
-                     "object_ce_lambda"):
+                     "object_ce_lambda", "object_identity_lambda"):
             number(f"loss.{name}", getattr(self.loss, name), 0)
         number("loss.attn_threshold", self.loss.attn_threshold, 0, 1)
         number("loss.jsd_lambda", self.loss.jsd_lambda, 0)
