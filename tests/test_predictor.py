@@ -217,6 +217,10 @@ def test_oracle_obj_restricts_classes_to_the_given_object(predictor, images):
     ({"protocol": "oracle-obj"}, "needs the object: object_name="),
     ({"protocol": "sliding"}, "unknown protocol"),
     ({"box": (0, 0, 5, 5), "point": (1, 1)}, "at most one"),
+    ({"box": (0, 0, float("nan"), 5)}, "box must be 4 finite numbers"),
+    ({"point": (1, float("inf"))}, "point must be 2 finite numbers"),
+    ({"object_name": []}, "non-empty object name"),
+    ({"object_name": " "}, "non-empty object name"),
 ])
 def test_bad_prompts_give_clear_errors(predictor, images, kwargs, message):
     predictor.set_image(images[0])
@@ -306,3 +310,22 @@ def test_json_and_segments_give_each_class_its_area_and_mean_score():
     assert [s["label"] for s in segments] == [p["label"] for p in parts]
     assert [s["score"] for s in segments] == [p["score"] for p in parts]
     assert all(np.array_equal(s["mask"], labels == p["id"]) for s, p in zip(segments, parts))
+
+
+def test_predict_batch_refuses_what_it_cannot_batch(predictor, images, tmp_path):
+    """A single path (a string is not a list of images), a batch size that is not an integer >= 1 and an
+    image_index (the batch answers for every image) are one-line errors, not a walk over characters,
+    an empty answer or a raw TypeError."""
+    from PIL import Image
+
+    path = tmp_path / "one.png"
+    Image.fromarray(images[0]).save(path)
+    for one in (str(path), path):
+        with pytest.raises(PartCLIPSegError, match="takes a list of images"):
+            predictor.predict_batch(one, VOCAB)
+    for size in (0, -1, 1.5, True):
+        with pytest.raises(PartCLIPSegError, match="batch_size must be an integer >= 1"):
+            predictor.predict_batch(images[:2], VOCAB, batch_size=size)
+    with pytest.raises(PartCLIPSegError, match="no image_index"):
+        predictor.predict_batch(images[:2], VOCAB, image_index=1)
+    assert len(predictor.predict_batch([path, images[1]], VOCAB, batch_size=1)) == 2

@@ -463,3 +463,51 @@ def test_reading_the_umask_from_many_threads_never_changes_it(tmp_path):
         assert os.umask(0o077) == 0o077
     finally:
         os.umask(old)
+
+
+# ---------------------------------------------------------------------------- prompts checked before the output
+@pytest.mark.parametrize("extra, says", [
+    (("--point", "10,10", "--box", "0,0,20,20"), "at most one of object_mask, box and point"),
+    (("--point", "10,10", "--object", "dog"), "object_name goes with object_mask"),
+    (("--protocol", "pred-all", "--object", "dog"), "the pred-all protocol takes no prompt"),
+    (("--attention", "giraffe's neck"), "--attention: class \"giraffe's neck\" is not in this vocabulary"),
+    (("--object", ""), "--object '' has no part classes"),
+    (("--box", "20,5,10,15"), "is not a non-empty box"),
+    (("--box", "5,5,5,15"), "is not a non-empty box"),
+    (("--point", "nan,3"), "point must be 2 finite numbers"),
+    (("--point", "inf,1"), "point must be 2 finite numbers"),
+])
+def test_a_prompt_mistake_is_one_line_and_exit_2_and_leaves_the_earlier_job_intact(capsys, model_dir, tmp_path,
+                                                                                     extra, says):
+    """Prompt mistakes that do not depend on the image stop the job before it touches --out: the
+    complete outputs of an earlier job in the same folder stay as they were (the job file included)."""
+    folder = tmp_path / "in"
+    _image(folder / "a.jpg", 0)
+    _image(folder / "b.jpg", 1)
+    out = tmp_path / "out"
+    code, summary, err = _segment(capsys, model_dir, out, folder)
+    assert code == 0 and summary["processed"] == 2, err
+    before = read_tree(out)
+    code, summary, err = _segment(capsys, model_dir, out, folder, extra=extra)
+    assert code == 2 and summary == {}
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], err
+    assert read_tree(out) == before
+
+
+@pytest.mark.parametrize("inputs", [("missing.jpg",), ("empty_folder",), ("nothing*.jpg",)])
+def test_no_image_to_segment_is_one_line_and_exit_2_and_creates_no_output(capsys, model_dir, tmp_path, inputs):
+    (tmp_path / "empty_folder").mkdir()
+    out = tmp_path / "out"
+    code, summary, err = _segment(capsys, model_dir, out, *(tmp_path / i for i in inputs))
+    assert code == 2 and summary == {}
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: nothing to segment:"), err
+    assert not out.exists()
+
+
+def test_a_missing_input_beside_a_real_one_fails_that_input_only(capsys, model_dir, tmp_path):
+    _image(tmp_path / "a.jpg", 0)
+    code, summary, err = _segment(capsys, model_dir, tmp_path / "out", tmp_path / "a.jpg", tmp_path / "missing.jpg")
+    assert code == 1 and summary["processed"] == 1 and summary["failed"] == 1, err
+    assert "missing.jpg: no such file" in err

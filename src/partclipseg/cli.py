@@ -415,7 +415,7 @@ def _segment(args) -> int:
         vocabulary = Vocabulary.parse(args.parts)
     else:
         raise PartCLIPSegError("give the parts to find: --parts \"dog's head, dog's leg\" or --vocab NAME")
-    if args.object and args.object not in vocabulary.objects:
+    if args.object is not None and args.object not in vocabulary.objects:
         raise PartCLIPSegError(f"--object {_short(args.object)!r} has no part classes in the vocabulary "
                                f"(objects: {_short(', '.join(vocabulary.objects))})")
     if args.protocol == "oracle-obj" and not args.object:

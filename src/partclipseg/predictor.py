@@ -37,6 +37,7 @@ in words, as it does for Oracle-Obj without a mask, where every pixel gets a par
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -159,7 +160,7 @@ class Predictor:
             raise PartCLIPSegError(f"image_index {image_index} out of range ({len(self._images)} image(s) set)")
         image = self._images[image_index]
         size = image.shape[:2]
-        mode = _check_prompts(protocol, object_mask, object_name, box, point)
+        mode = check_prompt_arguments(protocol, object_mask, object_name, box, point)
         if pred_all_rule is not None and mode != "pred-all":
             raise PartCLIPSegError(f"pred_all_rule applies to Pred-All only, not to a '{mode}' prediction")
         out = self._decode(encoded)
@@ -192,6 +193,12 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[Any], vocabulary, *, batch_size: int = 4, **kwargs) -> list[PartSegmentation]:
         """Embed and segment many images, ``batch_size`` at a time (same vocabulary and options)."""
+        if isinstance(images, (str, bytes, os.PathLike)) or isinstance(images, np.ndarray) and images.ndim < 4:
+            raise PartCLIPSegError("predict_batch takes a list of images; for one image use set_image() and predict()")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PartCLIPSegError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if "image_index" in kwargs:
+            raise PartCLIPSegError("predict_batch answers for every image it is given: no image_index")
         results = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
@@ -298,6 +305,45 @@ def _image_logits(out: SegmentationOutput, index: int):
 
 
 # ---------------------------------------------------------------------------- validation helpers
+def check_prompt_arguments(protocol=None, object_mask=None, object_name=None, box=None, point=None) -> str:
+    """The checks of a prediction's prompts that need no image: the protocol, which prompts go together,
+    a non-empty object name, a box of four finite numbers with 0 <= x0 < x1 and 0 <= y0 < y1, a point of
+    two finite numbers >= 0. Returns the mode ("pred-all", "oracle-obj", "mask", "box", "point"); raises
+    ``PartCLIPSegError`` with one line otherwise. Whether a box or point lies inside the image is checked
+    per image (``predict``). ``partclipseg segment`` runs this before it touches its output folder."""
+    mode = _check_prompts(protocol, object_mask, object_name, box, point)
+    if object_name is not None:
+        names = [object_name] if isinstance(object_name, str) else object_name
+        try:
+            names = list(names)
+        except TypeError:
+            raise PartCLIPSegError(f"object_name must be an object name or a list of them, got {object_name!r}") from None
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise PartCLIPSegError(f"object_name must be a non-empty object name or a non-empty list of them, "
+                                   f"got {object_name!r}")
+    if box is not None:
+        x0, y0, x1, y1 = _numbers(box, 4, "box", "x0,y0,x1,y1")
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise PartCLIPSegError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box: need 0 <= x0 < x1 and "
+                                   f"0 <= y0 < y1 (x0,y0 = top-left corner, x1,y1 = bottom-right corner)")
+    if point is not None:
+        x, y = _numbers(point, 2, "point", "x,y")
+        if x < 0 or y < 0:
+            raise PartCLIPSegError(f"point {x:g},{y:g} is outside the image (a negative coordinate)")
+    return mode
+
+
+def _numbers(values, count: int, what: str, form: str) -> list[float]:
+    """``count`` finite numbers from ``values`` or a one-line error naming ``what``."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise PartCLIPSegError(f"{what} must be {count} numbers {form}, got {values!r}") from None
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise PartCLIPSegError(f"{what} must be {count} finite numbers {form}, got {values!r}")
+    return numbers
+
+
 def _check_prompts(protocol, object_mask, object_name, box, point) -> str:
     if protocol is not None and protocol not in PROTOCOLS:
         raise PartCLIPSegError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

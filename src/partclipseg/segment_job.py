@@ -97,6 +97,24 @@ class SegmentOptions:
             raise PartCLIPSegError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise PartCLIPSegError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        self.check_prompts()
+
+    def check_prompts(self) -> None:
+        """What can be wrong with the prompts whatever the image (which go together, box and point numbers,
+        the object and the attention classes in the vocabulary): one-line errors before any output is
+        touched, instead of one failure per image. A box or point outside an image still fails that image."""
+        from .predictor import check_prompt_arguments
+
+        check_prompt_arguments(self.protocol, self.object_mask, self.object_name, self.box, self.point)
+        vocabulary = self.vocabulary()
+        if self.object_name is not None and self.object_name not in vocabulary.objects:
+            raise PartCLIPSegError(f"--object {self.object_name!r} has no part classes in the vocabulary "
+                                   f"(objects: {', '.join(vocabulary.objects)})")
+        for name in self.attention:
+            try:
+                vocabulary.index(name)
+            except PartCLIPSegError as exc:
+                raise PartCLIPSegError(f"--attention: {exc}") from None
 
     def vocabulary(self):
         from .vocabulary import Vocabulary
@@ -422,7 +440,8 @@ def prepare_output(store: OutputStore, key: dict, items: Sequence[Item], *, resu
         if resume:
             raise PartCLIPSegError(f"--resume: the outputs in {store.root} were made with another {differs}; "
                                    f"use a new --out, or run without --resume to redo every image")
-        log(f"note: {store.root} holds outputs made with another {differs}: redoing every image")
+        log(f"note: {store.root} holds outputs made with another {differs}: redoing every image given "
+            f"(outputs there of images not given stay from the earlier job)")
     if not resume:
         _remove_markers(store, items)
     record = {"format": JOB_FORMAT, "job": key_hash(key), "key": key, "model_source": model_source}
@@ -447,6 +466,10 @@ def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict
               log: Log = _stderr) -> StartedJob:
     """Plan the inputs, take the output's job lock, check and prepare the output, find what is left to do."""
     plan = plan_inputs(specs, out)
+    if not plan.items:  # nothing to segment: a command-line mistake, reported before --out is touched
+        shown = "; ".join(message for _, message in plan.problems[:3]) or "no image among the inputs"
+        more = f" (+{len(plan.problems) - 3} more)" if len(plan.problems) > 3 else ""
+        raise PartCLIPSegError(f"nothing to segment: {shown}{more}")
     for _, message in plan.problems:
         log(f"error: {message}")
     if plan.earlier_outputs:
