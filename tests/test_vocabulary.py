@@ -222,3 +222,20 @@ def test_object_label_to_model_object_every_object_has_parts(name):
         mapping = object_label_to_model_object(info, split)
         assert len(mapping) == len(info[key])
         assert sorted(mapping) == list(range(len(info[key])))  # a permutation: every object has parts
+
+
+def test_names_that_differ_only_in_letter_case_are_refused_and_the_separator_ignores_case():
+    """The text encoder lower-cases every prompt, so "Dog" and "dog" would be one object to the model:
+    such vocabularies are refused in one line. An upper-case "'S" separates object and part as "'s" does."""
+    from partclipseg.vocabulary import baseline_prompt
+
+    for names, kind in (("Dog's Head, dog's leg", "object names 'Dog' and 'dog'"),
+                        ("dog's head, Dog's Head", "object names 'Dog' and 'dog'"),
+                        ("dog's head, cat's Head", "part names 'Head' and 'head'")):
+        with pytest.raises(VocabularyError, match=kind):
+            Vocabulary.parse(names)
+    assert parse_class_name("DOG'S Head") == ("DOG", "Head")
+    assert parse_class_name("chest of drawers'S door") == ("chest of drawers", "door")
+    assert baseline_prompt("DOG'S Head") == "DOG Head"
+    vocab = Vocabulary.parse("Dog's Head, Dog's Leg")  # one spelling per name: accepted as written
+    assert vocab.objects == ("Dog",) and vocab.parts == ("Head", "Leg")

@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import operator
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
@@ -49,15 +50,17 @@ _SEPARATOR = "'s"
 def parse_class_name(name: str) -> tuple[str, str]:
     """Split an object-specific class name into ``(object, part)``.
 
-    The name is split at the **first** ``'s``; both pieces are stripped of surrounding
-    whitespace: ``"chest of drawers's door"`` -> ``("chest of drawers", "door")``.
+    The name is split at the **first** ``'s`` (or ``'S``: the text encoder reads names in lower case);
+    both pieces are stripped of surrounding whitespace: ``"chest of drawers's door"`` ->
+    ``("chest of drawers", "door")``.
 
     Raises:
         VocabularyError: if ``name`` is not a string, has no ``'s``, or the object or part is empty.
     """
     if not isinstance(name, str):
         raise VocabularyError(f"class name {name!r} is not a string (got {type(name).__name__})")
-    obj, sep, part = name.partition(_SEPARATOR)
+    at = name.lower().find(_SEPARATOR)
+    obj, sep, part = (name[:at], name[at:at + len(_SEPARATOR)], name[at + len(_SEPARATOR):]) if at >= 0 else (name, "", "")
     if not sep:
         raise VocabularyError(
             f"class name {name!r} has no \"'s\"; expected the form \"<object>'s <part>\" (e.g. \"dog's head\")"
@@ -77,7 +80,7 @@ def baseline_prompt(name: str) -> str:
     ``"cat's head"`` -> ``"cat head"``, ``"chest of drawers's door"`` -> ``"chest of drawers door"``.
     (For all benchmark names this equals the official ``name.replace("'s", "")``.)
     """
-    return " ".join(name.replace(_SEPARATOR, "").split())
+    return " ".join(re.sub("'[sS]", "", name).split())
 
 
 def _check_index(t: int, size: int) -> int:
@@ -136,6 +139,14 @@ class Vocabulary:
             parsed.append((obj, part))
         parts = tuple(sorted({p for _, p in parsed}))
         objects = tuple(sorted({o for o, _ in parsed}))
+        for kind, found in (("object", objects), ("part", parts)):  # the text encoder lower-cases every prompt
+            folded: dict[str, str] = {}
+            for item in found:
+                other = folded.setdefault(item.lower(), item)
+                if other != item:
+                    raise VocabularyError(
+                        f"{kind} names {other!r} and {item!r} differ only in letter case: the model reads names in "
+                        f"lower case, so they would be one {kind} to it; write them the same way")
         part_pos = {p: i for i, p in enumerate(parts)}
         obj_pos = {o: i for i, o in enumerate(objects)}
         setattr_ = object.__setattr__  # frozen dataclass: derived fields are set once, here
