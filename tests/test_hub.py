@@ -256,6 +256,9 @@ def test_path_like_values_that_do_not_exist_are_not_sent_to_the_hub(tmp_path, mo
             load_pretrained(value)
     with pytest.raises(CheckpointError, match="unknown model 'pascal_part'.*pascal_part_116"):
         load_pretrained("pascal_part")
+    for empty in ("", "  "):  # not the current folder
+        with pytest.raises(CheckpointError, match="empty name"):
+            load_pretrained(empty)
 
 
 def test_toy_name_is_the_builtin_model_and_no_model_prints_one_note(tmp_path, capsys):

@@ -239,6 +239,8 @@ def test_bad_vocabularies_and_images(predictor, images, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match="broken.jpg"):
         predictor.set_image(tmp_path / "broken.jpg")
+    with pytest.raises(PartCLIPSegError, match="no image set"):  # the image set before is gone too
+        predictor.predict(VOCAB)
 
 
 def test_segment_parts_returns_pipeline_shape(predictor, images):

@@ -99,7 +99,9 @@ class Predictor:
 
     @torch.inference_mode()
     def set_images(self, images: Sequence[Any]) -> None:
-        """Embed a batch of images; ``predict(image_index=i)`` then answers for image ``i``."""
+        """Embed a batch of images; ``predict(image_index=i)`` then answers for image ``i``. If an image
+        cannot be read, the error leaves no image set (no answer for the images set before)."""
+        self._images, self._features, self._decoded, self._object_labels = [], None, None, None
         arrays = [load_image(image) for image in images]
         if not arrays:
             raise PartCLIPSegError("no images given")

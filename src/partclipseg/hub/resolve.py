@@ -40,6 +40,8 @@ def resolve_model(source: str | os.PathLike, progress: bool = True) -> Path | st
             raise CheckpointError(f"no such file or folder: {source}")
         return path
     text = source.strip()
+    if not text:  # Path("") is the current folder: never what an empty --model meant
+        raise CheckpointError("the model is an empty name: give a named model, a folder or a checkpoint file")
     path = Path(text).expanduser()
     if path.exists():
         return path
