@@ -476,6 +476,10 @@ def test_reading_the_umask_from_many_threads_never_changes_it(tmp_path):
     (("--box", "5,5,5,15"), "is not a non-empty box"),
     (("--point", "nan,3"), "point must be 2 finite numbers"),
     (("--point", "inf,1"), "point must be 2 finite numbers"),
+    # a value after a space that begins with '-' reaches the check (argparse alone: "expected one argument")
+    (("--point", "-3,4"), "point -3,4 is outside the image (a negative coordinate)"),
+    (("--box", "-10,0,20,20"), "box -10,0,20,20 is not a non-empty box"),
+    (("--box", "-.5,0,20,20"), "box -0.5,0,20,20 is not a non-empty box"),
 ])
 def test_a_prompt_mistake_is_one_line_and_exit_2_and_leaves_the_earlier_job_intact(capsys, model_dir, tmp_path,
                                                                                      extra, says):

@@ -124,6 +124,9 @@ def test_parse_comma_separated_and_list():
         Vocabulary.parse(" , ")
     with pytest.raises(VocabularyError, match="dog leg"):
         Vocabulary.parse("dog's head, dog leg")
+    # a semicolon typed for a comma: one part "head; dog's leg" without this check
+    with pytest.raises(VocabularyError, match=r"contains ';'; separate class names with commas"):
+        Vocabulary.parse("dog's head; dog's leg")
 
 
 @pytest.mark.reference

@@ -168,10 +168,15 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # pickle, zip and weights-only errors all end here
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        if first_line.startswith("Weights only load failed"):
+            # torch's own text goes on to suggest weights_only=False, which would run the file's pickled code
+            reason = "it holds pickled Python objects other than tensors"
+        else:
+            reason = f"{type(exc).__name__}: {first_line}"
         raise CheckpointError(
-            f"cannot read checkpoint {path} safely (torch.load with weights_only=True): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. Only tensor checkpoints are loaded; pickled code "
-            f"is never executed.") from None
+            f"cannot read checkpoint {path} safely (torch.load with weights_only=True): {reason}. Only tensor "
+            f"checkpoints are loaded; pickled code is never executed.") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model')")

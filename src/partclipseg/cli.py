@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -215,8 +216,27 @@ USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPER
                             errno.ENOTEMPTY})
 
 
+# Options whose value may begin with '-' (a negative coordinate): argparse would read "--box -10,0,5,5" as
+# an option "-10,0,5,5" and answer "expected one argument"; joined as "--box=-10,0,5,5" the value reaches
+# the prompt checks, which name the problem.
+_NUMBER_LIST_OPTIONS = ("--box", "--point")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _NUMBER_LIST_OPTIONS and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "segment":
             return _segment(args)

@@ -55,10 +55,13 @@ def parse_class_name(name: str) -> tuple[str, str]:
     ``("chest of drawers", "door")``.
 
     Raises:
-        VocabularyError: if ``name`` is not a string, has no ``'s``, or the object or part is empty.
+        VocabularyError: if ``name`` is not a string, contains ``;`` (a separator typed for ``,``), has
+            no ``'s``, or the object or part is empty.
     """
     if not isinstance(name, str):
         raise VocabularyError(f"class name {name!r} is not a string (got {type(name).__name__})")
+    if ";" in name:  # "dog's head; dog's leg" would be one part named "head; dog's leg"
+        raise VocabularyError(f"class name {name!r} contains ';'; separate class names with commas")
     at = name.lower().find(_SEPARATOR)
     obj, sep, part = (name[:at], name[at:at + len(_SEPARATOR)], name[at + len(_SEPARATOR):]) if at >= 0 else (name, "", "")
     if not sep:
