@@ -331,3 +331,17 @@ def test_predict_batch_refuses_what_it_cannot_batch(predictor, images, tmp_path)
     with pytest.raises(PartCLIPSegError, match="no image_index"):
         predictor.predict_batch(images[:2], VOCAB, image_index=1)
     assert len(predictor.predict_batch([path, images[1]], VOCAB, batch_size=1)) == 2
+    # one image as a PIL image, an HWC array or a CHW tensor is refused (a CHW tensor gave one result
+    # per channel); a numpy integer batch size, a stack of grayscale images and a generator are batches
+    chw = torch.from_numpy(images[0]).permute(2, 0, 1).contiguous()
+    for one in (Image.fromarray(images[0]), images[0], chw, images[0][..., 0]):
+        with pytest.raises(PartCLIPSegError, match="takes a list of images"):
+            predictor.predict_batch(one, VOCAB)
+    gray = np.stack([images[0][..., 0], images[0][..., 1]])  # 2 x H x W
+    by_stack = predictor.predict_batch(gray, VOCAB, batch_size=np.int64(2))
+    by_list = predictor.predict_batch(list(gray), VOCAB, batch_size=torch.tensor(1))
+    by_generator = predictor.predict_batch((g for g in gray), VOCAB)
+    assert len(by_stack) == len(by_list) == len(by_generator) == 2
+    for a, b, c in zip(by_stack, by_list, by_generator):
+        np.testing.assert_array_equal(a.part_labels, b.part_labels)
+        np.testing.assert_array_equal(a.part_labels, c.part_labels)

@@ -480,6 +480,9 @@ def test_reading_the_umask_from_many_threads_never_changes_it(tmp_path):
     (("--point", "-3,4"), "point -3,4 is outside the image (a negative coordinate)"),
     (("--box", "-10,0,20,20"), "box -10,0,20,20 is not a non-empty box"),
     (("--box", "-.5,0,20,20"), "box -0.5,0,20,20 is not a non-empty box"),
+    (("--bo", "-1,0,20,20"), "box -1,0,20,20 is not a non-empty box"),  # argparse's abbreviations
+    (("--po", "-1,2"), "point -1,2 is outside the image"),
+    (("--object-mask", "EMPTY_MASK"), "the object mask is empty"),
 ])
 def test_a_prompt_mistake_is_one_line_and_exit_2_and_leaves_the_earlier_job_intact(capsys, model_dir, tmp_path,
                                                                                      extra, says):
@@ -492,6 +495,9 @@ def test_a_prompt_mistake_is_one_line_and_exit_2_and_leaves_the_earlier_job_inta
     code, summary, err = _segment(capsys, model_dir, out, folder)
     assert code == 0 and summary["processed"] == 2, err
     before = read_tree(out)
+    if "EMPTY_MASK" in extra:
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "empty_mask.png")
+        extra = tuple(str(tmp_path / "empty_mask.png") if e == "EMPTY_MASK" else e for e in extra)
     code, summary, err = _segment(capsys, model_dir, out, folder, extra=extra)
     assert code == 2 and summary == {}
     lines = [line for line in err.splitlines() if line.strip()]

@@ -27,6 +27,8 @@ TINY = ["cat's tail", "cat's head", "cat's leg", "dog's head", "dog's leg", "dog
         ("car's license plate", ("car", "license plate")),
         ("American alligator's foot", ("American alligator", "foot")),
         ("a's b's c", ("a", "b's c")),  # split at the first "'s"
+        ("İstanbul's tower", ("İstanbul", "tower")),  # "İ".lower() is two characters
+        ("İİ dog'S head", ("İİ dog", "head")),
     ],
 )
 def test_parse_class_name(name, expected):

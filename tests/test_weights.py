@@ -95,9 +95,15 @@ def test_unreadable_and_unsafe_files_are_refused(tmp_path):
             return (print, ("pickled code ran",))
 
     torch.save({"model": {"x": torch.zeros(1)}, "payload": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="weights_only=True.*pickled Python objects other than tensors") as info:
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*pickled Python objects other than tensors "
+                                              r"\(Unsupported global: GLOBAL print was not an allowed global by default\)\. Only") as info:
         load_pretrained(tmp_path / "evil.pth")
     # torch's own advice (load with weights_only=False, i.e. run the pickled code) is not passed on
+    assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
+    # a damaged pickle is not called "pickled objects": torch gives the same first line for both
+    (tmp_path / "damaged.pth").write_bytes(b"\x80\x02garbage" * 3)
+    with pytest.raises(CheckpointError, match=r"damaged or not a tensor checkpoint \(Unsupported operand") as info:
+        load_pretrained(tmp_path / "damaged.pth")
     assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
     torch.save({"something": 1}, tmp_path / "nostate.pth")
     with pytest.raises(CheckpointError, match="no state dict"):

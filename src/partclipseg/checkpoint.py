@@ -168,12 +168,7 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # pickle, zip and weights-only errors all end here
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        if first_line.startswith("Weights only load failed"):
-            # torch's own text goes on to suggest weights_only=False, which would run the file's pickled code
-            reason = "it holds pickled Python objects other than tensors"
-        else:
-            reason = f"{type(exc).__name__}: {first_line}"
+        reason = _unreadable_reason(exc)
         raise CheckpointError(
             f"cannot read checkpoint {path} safely (torch.load with weights_only=True): {reason}. Only tensor "
             f"checkpoints are loaded; pickled code is never executed.") from None
@@ -181,6 +176,21 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model')")
     return state
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed. torch's own text on a weights-only
+    failure goes on to suggest ``weights_only=False`` (which would run the file's pickled code); only
+    its specific reason is kept."""
+    text = str(exc)
+    first_line = text.splitlines()[0] if text else ""
+    if not first_line.startswith("Weights only load failed"):
+        return f"{type(exc).__name__}: {first_line}"
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    detail = rest.strip().splitlines()[0].split(" Please ")[0].strip().rstrip(".") if marker and rest.strip() else ""
+    if detail.startswith("Unsupported global"):
+        return f"it holds pickled Python objects other than tensors ({detail})"
+    return f"the file is damaged or not a tensor checkpoint ({detail or 'the unpickler refused it'})"
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -218,15 +218,24 @@ USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPER
 
 # Options whose value may begin with '-' (a negative coordinate): argparse would read "--box -10,0,5,5" as
 # an option "-10,0,5,5" and answer "expected one argument"; joined as "--box=-10,0,5,5" the value reaches
-# the prompt checks, which name the problem.
+# the prompt checks, which name the problem. Only in `segment`, before a "--", and for the option's
+# unambiguous abbreviations too ("--bo", "--po": no other segment option begins so).
 _NUMBER_LIST_OPTIONS = ("--box", "--point")
 
 
+def _takes_number_list(word: str) -> bool:
+    return len(word) >= 4 and any(option.startswith(word) for option in _NUMBER_LIST_OPTIONS)
+
+
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    if not argv or argv[0] != "segment":
+        return list(argv)
     joined: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in _NUMBER_LIST_OPTIONS and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+        if argv[i] == "--":
+            return joined + list(argv[i:])
+        if _takes_number_list(argv[i]) and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
             joined.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:

@@ -37,6 +37,7 @@ in words, as it does for Oracle-Obj without a mask, where every pixel gets a par
 """
 from __future__ import annotations
 
+import operator
 import os
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -195,10 +196,11 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[Any], vocabulary, *, batch_size: int = 4, **kwargs) -> list[PartSegmentation]:
         """Embed and segment many images, ``batch_size`` at a time (same vocabulary and options)."""
-        if isinstance(images, (str, bytes, os.PathLike)) or isinstance(images, np.ndarray) and images.ndim < 4:
-            raise PartCLIPSegError("predict_batch takes a list of images; for one image use set_image() and predict()")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        images = _batch_of_images(images)
+        size = None if isinstance(batch_size, bool) else _as_index(batch_size)  # int, numpy or torch integer
+        if size is None or size < 1:
             raise PartCLIPSegError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = size
         if "image_index" in kwargs:
             raise PartCLIPSegError("predict_batch answers for every image it is given: no image_index")
         results = []
@@ -307,13 +309,51 @@ def _image_logits(out: SegmentationOutput, index: int):
 
 
 # ---------------------------------------------------------------------------- validation helpers
+_ONE_IMAGE = "predict_batch takes a list of images; for one image use set_image() and predict()"
+
+
+def _batch_of_images(images) -> Sequence[Any]:
+    """``images`` as something ``predict_batch`` can slice, or a one-line error when it is one image.
+
+    A list or tuple of images, a 4-D array or tensor (N images of HWC or CHW), a 3-D stack of N
+    grayscale images (N, H, W) whose first and last dimensions are not 1, 3 or 4 (else it reads as one
+    HWC or CHW image, as :func:`~partclipseg.preprocess.load_image` reads it), or any other iterable of
+    images (a generator: read into a list)."""
+    if isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "getpixel"):  # a path or a PIL image
+        raise PartCLIPSegError(_ONE_IMAGE)
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        shape = tuple(images.shape)
+        if len(shape) < 3 or len(shape) == 3 and (shape[0] in (1, 3, 4) or shape[-1] in (1, 3, 4)):
+            raise PartCLIPSegError(f"{_ONE_IMAGE} (an array of shape {shape} reads as one image; a stack of "
+                                   f"images is N x H x W x C, N x C x H x W or N x H x W)")
+        if len(shape) > 4:
+            raise PartCLIPSegError(f"predict_batch takes at most 4-D arrays of images, got shape {shape}")
+        return images
+    if isinstance(images, (list, tuple)):
+        return images
+    try:
+        return list(images)
+    except TypeError:
+        raise PartCLIPSegError(f"{_ONE_IMAGE} (got {type(images).__name__})") from None
+
+
+def _as_index(value) -> int | None:
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_prompt_arguments(protocol=None, object_mask=None, object_name=None, box=None, point=None) -> str:
     """The checks of a prediction's prompts that need no image: the protocol, which prompts go together,
-    a non-empty object name, a box of four finite numbers with 0 <= x0 < x1 and 0 <= y0 < y1, a point of
+    an object mask with at least one pixel set, a non-empty object name, a box of four finite numbers with 0 <= x0 < x1 and 0 <= y0 < y1, a point of
     two finite numbers >= 0. Returns the mode ("pred-all", "oracle-obj", "mask", "box", "point"); raises
     ``PartCLIPSegError`` with one line otherwise. Whether a box or point lies inside the image is checked
     per image (``predict``). ``partclipseg segment`` runs this before it touches its output folder."""
     mode = _check_prompts(protocol, object_mask, object_name, box, point)
+    if object_mask is not None and not bool(object_mask.any() if isinstance(object_mask, torch.Tensor)
+                                            else np.asarray(object_mask).any()):
+        raise PartCLIPSegError("the object mask is empty")
     if object_name is not None:
         names = [object_name] if isinstance(object_name, str) else object_name
         try:

@@ -44,8 +44,6 @@ BENCHMARKS: tuple[str, ...] = ("pascal_part_116", "ade20k_part_234", "partimagen
 #: Vocabulary splits: "train" = the seen classes in seen order, "test" = all classes in label order.
 SPLITS: tuple[str, ...] = ("test", "train")
 
-_SEPARATOR = "'s"
-
 
 def parse_class_name(name: str) -> tuple[str, str]:
     """Split an object-specific class name into ``(object, part)``.
@@ -62,8 +60,9 @@ def parse_class_name(name: str) -> tuple[str, str]:
         raise VocabularyError(f"class name {name!r} is not a string (got {type(name).__name__})")
     if ";" in name:  # "dog's head; dog's leg" would be one part named "head; dog's leg"
         raise VocabularyError(f"class name {name!r} contains ';'; separate class names with commas")
-    at = name.lower().find(_SEPARATOR)
-    obj, sep, part = (name[:at], name[at:at + len(_SEPARATOR)], name[at + len(_SEPARATOR):]) if at >= 0 else (name, "", "")
+    # searched in the name itself, not in name.lower(): lower-casing can change the length ("İ" -> "i̇")
+    found = re.search("'[sS]", name)
+    obj, sep, part = (name[:found.start()], found.group(), name[found.end():]) if found else (name, "", "")
     if not sep:
         raise VocabularyError(
             f"class name {name!r} has no \"'s\"; expected the form \"<object>'s <part>\" (e.g. \"dog's head\")"
