@@ -236,7 +236,10 @@ def test_names_that_differ_only_in_letter_case_are_refused_and_the_separator_ign
 
     for names, kind in (("Dog's Head, dog's leg", "object names 'Dog' and 'dog'"),
                         ("dog's head, Dog's Head", "object names 'Dog' and 'dog'"),
-                        ("dog's head, cat's Head", "part names 'Head' and 'head'")):
+                        ("dog's head, cat's Head", "part names 'Head' and 'head'"),
+                        ("big  dog's head, big dog's leg", "object names 'big  dog' and 'big dog'"),
+                        ("dog's front  leg, cat's front leg", "part names 'front  leg' and 'front leg'"),
+                        ("cafe\u0301's door, caf\u00e9's roof", "object names")):  # NFC: one name
         with pytest.raises(VocabularyError, match=kind):
             Vocabulary.parse(names)
     assert parse_class_name("DOG'S Head") == ("DOG", "Head")

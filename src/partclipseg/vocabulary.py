@@ -22,6 +22,7 @@ import functools
 import json
 import operator
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
@@ -43,6 +44,12 @@ BENCHMARKS: tuple[str, ...] = ("pascal_part_116", "ade20k_part_234", "partimagen
 
 #: Vocabulary splits: "train" = the seen classes in seen order, "test" = all classes in label order.
 SPLITS: tuple[str, ...] = ("test", "train")
+
+
+def _as_the_encoder_reads(name: str) -> str:
+    """A name as the text encoder's normaliser leaves it (``tokenizer.normalize``: Unicode NFC, every run
+    of whitespace one space, lower case): two names equal here are one name to the model."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", name)).lower()
 
 
 def parse_class_name(name: str) -> tuple[str, str]:
@@ -141,14 +148,15 @@ class Vocabulary:
             parsed.append((obj, part))
         parts = tuple(sorted({p for _, p in parsed}))
         objects = tuple(sorted({o for o, _ in parsed}))
-        for kind, found in (("object", objects), ("part", parts)):  # the text encoder lower-cases every prompt
+        for kind, found in (("object", objects), ("part", parts)):
             folded: dict[str, str] = {}
             for item in found:
-                other = folded.setdefault(item.lower(), item)
+                other = folded.setdefault(_as_the_encoder_reads(item), item)
                 if other != item:
                     raise VocabularyError(
-                        f"{kind} names {other!r} and {item!r} differ only in letter case: the model reads names in "
-                        f"lower case, so they would be one {kind} to it; write them the same way")
+                        f"{kind} names {other!r} and {item!r} differ only in letter case or spacing: the model reads "
+                        f"names in lower case with every run of spaces as one, so they would be one {kind} to it; "
+                        f"write them the same way")
         part_pos = {p: i for i, p in enumerate(parts)}
         obj_pos = {o: i for i, o in enumerate(objects)}
         setattr_ = object.__setattr__  # frozen dataclass: derived fields are set once, here
