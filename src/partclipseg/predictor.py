@@ -346,8 +346,8 @@ def _as_index(value) -> int | None:
 
 def check_prompt_arguments(protocol=None, object_mask=None, object_name=None, box=None, point=None) -> str:
     """The checks of a prediction's prompts that need no image: the protocol, which prompts go together,
-    an object mask with at least one pixel set, a non-empty object name, a box of four finite numbers with 0 <= x0 < x1 and 0 <= y0 < y1, a point of
-    two finite numbers >= 0. Returns the mode ("pred-all", "oracle-obj", "mask", "box", "point"); raises
+    an object mask with at least one pixel set, a non-empty object name, a box of four finite numbers
+    with 0 <= x0 < x1 and 0 <= y0 < y1, a point of two finite numbers >= 0. Returns the mode ("pred-all", "oracle-obj", "mask", "box", "point"); raises
     ``PartCLIPSegError`` with one line otherwise. Whether a box or point lies inside the image is checked
     per image (``predict``). ``partclipseg segment`` runs this before it touches its output folder."""
     mode = _check_prompts(protocol, object_mask, object_name, box, point)
