@@ -89,6 +89,30 @@ def test_train_missing_root_and_list_recipe(capsys, tmp_path):
     _one_line_exit_2(_cli(capsys, "train", recipe, "--out", tmp_path / "run"), "JSON object", "list")
 
 
+def test_recipe_and_captions_that_are_not_json_in_utf8_are_one_line(capsys, tmp_path):
+    """A recipe file or a toy world's captions file in another encoding or damaged: one line naming the
+    file (it was a UnicodeDecodeError or JSONDecodeError traceback)."""
+    recipe = tmp_path / "latin1.json"
+    recipe.write_bytes(b"\xff\xfe{}")
+    for verb in ("train", "pretrain"):
+        _one_line_exit_2(_cli(capsys, verb, recipe, "--out", tmp_path / f"run_{verb}"), "latin1.json",
+                         "not valid JSON in UTF-8")
+    captions = tmp_path / "ToyWorld" / "captions"
+    captions.mkdir(parents=True)
+    for content, needle in ((b"{bad", "not valid JSON in UTF-8"), (b"\xff{}", "not valid JSON in UTF-8"),
+                            (b'["a"]', "must map image names")):
+        (captions / "train.json").write_bytes(content)
+        _one_line_exit_2(_cli(capsys, "pretrain", "toy_world_pretrain", f"root={tmp_path / 'ToyWorld'}",
+                              "iterations=2", "batch_size=2", "image_size=64", "--out", tmp_path / "pre",
+                              "--no-progress"), "train.json", needle)
+        assert not (tmp_path / "pre" / "checkpoints").exists()
+
+
+def test_a_too_long_output_name_is_shortened_and_keeps_its_reason(capsys, voc, tmp_path):
+    result = _cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", tmp_path / ("a" * 300) / "run")
+    _one_line_exit_2(result, "characters): File name too long")
+
+
 def test_train_output_unwritable_or_occupied(capsys, voc, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -308,6 +332,23 @@ def test_demo_without_gradio_keeps_pillow(capsys, monkeypatch):
     code, out, err = _cli(capsys, "demo")
     assert code == 2 and "gradio" in err
     assert f"pillow=={PIL.__version__}" in err and ".[demo]" not in err
+
+
+def test_demo_port_and_address_mistakes_are_one_line(capsys):
+    """A port outside 1..65535, an address that does not resolve or is not this machine's and a port in
+    use are refused before the model loads (they were tracebacks from inside gradio)."""
+    import socket
+
+    pytest.importorskip("gradio")
+    for port in ("-1", "0", "70000", "abc"):
+        _one_line_exit_2(_cli(capsys, "demo", "--port", port), "--port must be a whole number from 1 to 65535")
+    _one_line_exit_2(_cli(capsys, "demo", "--host", "999.1.1.1", "--port", "7999"),
+                     "cannot listen on 999.1.1.1:7999", "does not resolve")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _one_line_exit_2(_cli(capsys, "demo", "--port", str(port)), f"cannot listen on 127.0.0.1:{port}")
 
 
 # ---------------------------------------------------------------------------- help

@@ -35,6 +35,16 @@ def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
 MAX_ECHO = 200  # longest user text echoed back in an error message
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be a whole number from 1 to 65535, got {text[:MAX_ECHO]!r}")
+    return port
+
+
 def _positive_int(what: str):
     def parse(text: str) -> int:
         try:
@@ -196,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the interactive web demo (needs the 'demo' extra: gradio)", **helpful)
     demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    demo.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    demo.add_argument("--port", type=_port, default=None, help="port (default: 7860 or the next free one)")
     demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     sub.add_parser("models", help="list the named pretrained models (name, training data, size, source, cached)",
                    **helpful)
@@ -264,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pretrained towers (in a model to train parts from): {final}")
             return 0
         if args.command == "demo":
+            _check_listen_address(args.host, args.port)
             _toy_note(args)
             return _demo(args)
         if args.command == "models":
@@ -288,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in USER_OS_ERRORS:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {_short(where)}{exc.strerror or exc}", file=sys.stderr)
+        where = f"{_short(str(exc.filename))}: " if exc.filename else ""  # the ": " survives a shortened name
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -410,6 +421,24 @@ def _demo(args) -> int:
         raise PartCLIPSegError(f"the demo needs gradio, which is not importable ({exc}): {demo_install_hint()}") from None
     launch(args.model, host=args.host, port=args.port, device=resolve_device(args.device))
     return 0
+
+
+def _check_listen_address(host: str, port: int | None) -> None:
+    """One line (exit code 2) when the demo could not listen on ``host``:``port`` (an address that is
+    not this machine's or does not resolve, a port in use), before the model is loaded; ``port=None``
+    checks the address only (the demo then takes 7860 or the next free port)."""
+    import socket
+
+    where = f"{host}:{port}" if port is not None else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise PartCLIPSegError(f"cannot listen on {where}: the address does not resolve ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise PartCLIPSegError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------- evaluate

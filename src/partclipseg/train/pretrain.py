@@ -188,7 +188,12 @@ class CaptionSampler:
         if not path.is_file():
             raise ConfigError(f"{path} not found: pretraining needs a toy world written by this version of "
                               f"python -m partclipseg.data.toyworld (it writes captions/)")
-        captions = json.loads(path.read_text())
+        try:
+            captions = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid JSON in UTF-8: {exc}") from None
+        if not isinstance(captions, dict) or not all(isinstance(c, list) for c in captions.values()):
+            raise ConfigError(f"{path} must map image names to lists of their objects' words (a JSON object)")
         self.stems = sorted(captions)
         if not self.stems:
             raise ConfigError(f"{path} lists no images")

@@ -281,11 +281,11 @@ def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"recipe file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"recipe {path} is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"recipe {path} is not valid JSON in UTF-8: {exc}") from None
         source = str(path)
     elif name_or_path in recipe_names():
         data = json.loads(resources.files("partclipseg").joinpath("resources", "recipes",
