@@ -41,7 +41,7 @@ def _port(text: str) -> int:
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be a whole number from 1 to 65535, got {text[:MAX_ECHO]!r}")
+        raise argparse.ArgumentTypeError(f"--port must be a whole number from 1 to 65535, got {_short(text)!r}")
     return port
 
 

@@ -197,8 +197,11 @@ class Predictor:
     def predict_batch(self, images: Sequence[Any], vocabulary, *, batch_size: int = 4, **kwargs) -> list[PartSegmentation]:
         """Embed and segment many images, ``batch_size`` at a time (same vocabulary and options)."""
         images = _batch_of_images(images)
-        size = None if isinstance(batch_size, bool) else _as_index(batch_size)  # int, numpy or torch integer
-        if size is None or size < 1:
+        try:  # an int, numpy or torch integer; not a bool
+            size = 0 if isinstance(batch_size, bool) else operator.index(batch_size)
+        except TypeError:
+            size = 0
+        if size < 1:
             raise PartCLIPSegError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         batch_size = size
         if "image_index" in kwargs:
@@ -337,19 +340,12 @@ def _batch_of_images(images) -> Sequence[Any]:
         raise PartCLIPSegError(f"{_ONE_IMAGE} (got {type(images).__name__})") from None
 
 
-def _as_index(value) -> int | None:
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def check_prompt_arguments(protocol=None, object_mask=None, object_name=None, box=None, point=None) -> str:
     """The checks of a prediction's prompts that need no image: the protocol, which prompts go together,
     an object mask with at least one pixel set, a non-empty object name, a box of four finite numbers
-    with 0 <= x0 < x1 and 0 <= y0 < y1, a point of two finite numbers >= 0. Returns the mode ("pred-all", "oracle-obj", "mask", "box", "point"); raises
-    ``PartCLIPSegError`` with one line otherwise. Whether a box or point lies inside the image is checked
-    per image (``predict``). ``partclipseg segment`` runs this before it touches its output folder."""
+    with 0 <= x0 < x1 and 0 <= y0 < y1, a point of two finite numbers >= 0. Returns the mode ("pred-all",
+    "oracle-obj", "mask", "box", "point"); raises ``PartCLIPSegError`` with one line otherwise. Whether a
+    box or point lies inside the image is checked per image (``predict``). ``partclipseg segment`` runs this before it touches its output folder."""
     mode = _check_prompts(protocol, object_mask, object_name, box, point)
     if object_mask is not None and not bool(object_mask.any() if isinstance(object_mask, torch.Tensor)
                                             else np.asarray(object_mask).any()):

@@ -166,12 +166,27 @@ class CLIPTokenizer:
         return input_ids, attention_mask
 
 
+def _normalizer() -> normalizers.Normalizer:
+    """The official normaliser: NFC, every run of whitespace one space, lower case."""
+    return normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_normalizer() -> normalizers.Normalizer:
+    return _normalizer()
+
+
+def normalize_text(text: str) -> str:
+    """``text`` as the text encoder reads it (the official normaliser; no merges file needed): two names
+    equal here are one name to the model."""
+    return _shared_normalizer().normalize_str(text)
+
+
 def _fast_pipeline(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
     """The official fast tokenizer's pipeline (see the module docstring), without BOS/EOS."""
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                      end_of_word_suffix="</w>", fuse_unk=False, unk_token=_EOS))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tokenizer.normalizer = _normalizer()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),

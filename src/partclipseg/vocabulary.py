@@ -22,7 +22,6 @@ import functools
 import json
 import operator
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
@@ -44,12 +43,6 @@ BENCHMARKS: tuple[str, ...] = ("pascal_part_116", "ade20k_part_234", "partimagen
 
 #: Vocabulary splits: "train" = the seen classes in seen order, "test" = all classes in label order.
 SPLITS: tuple[str, ...] = ("test", "train")
-
-
-def _as_the_encoder_reads(name: str) -> str:
-    """A name as the text encoder's normaliser leaves it (``tokenizer.normalize``: Unicode NFC, every run
-    of whitespace one space, lower case): two names equal here are one name to the model."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", name)).lower()
 
 
 def parse_class_name(name: str) -> tuple[str, str]:
@@ -148,10 +141,12 @@ class Vocabulary:
             parsed.append((obj, part))
         parts = tuple(sorted({p for _, p in parsed}))
         objects = tuple(sorted({o for o, _ in parsed}))
+        from .tokenizer import normalize_text  # what the text encoder reads
+
         for kind, found in (("object", objects), ("part", parts)):
             folded: dict[str, str] = {}
             for item in found:
-                other = folded.setdefault(_as_the_encoder_reads(item), item)
+                other = folded.setdefault(normalize_text(item), item)
                 if other != item:
                     raise VocabularyError(
                         f"{kind} names {other!r} and {item!r} differ only in letter case or spacing: the model reads "
