@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from partclipseg.config import get_config
 from partclipseg.data.toyworld import generate_toy_world
@@ -18,7 +17,6 @@ from partclipseg.model import build_model
 from partclipseg.model.decoder import MaskHead
 from partclipseg.tokenizer import get_tokenizer
 from partclipseg.train import load_recipe, train
-from partclipseg.train import loop as train_loop
 from partclipseg.train.data import TrainDataset
 from partclipseg.vocabulary import Vocabulary
 from train_helpers import full_and_killed_runs, losses
@@ -251,47 +249,6 @@ def test_a_killed_run_with_pixel_sampling_and_the_cache_resumes_exactly(toy_root
     assert len(set(offsets)) > 1  # a new draw per sample
     again = real_draw(4, [4, 5], 0).offsets  # a function of (seed, position): the same pixels every time
     assert again == drawn[2][1] and real_draw(4, [4, 5], 1).offsets != again
-
-
-def test_synced_rows_are_the_token_ids_of_the_training_prompts():
-    model, text = _toy2_model_and_text()
-    train_loop.set_trainable(model, "all-but-text-layers")
-    rows = train_loop.SyncedRows.find(model, text)
-    assert rows.name == "text.token_embedding.weight" and rows.parameter is model.text.token_embedding.weight
-    assert torch.equal(rows.rows, torch.unique(text.input_ids)) and 10 < rows.rows.numel() < 1000
-    # the table's gradient lives on those rows only (so syncing them is syncing the table)
-    model.zero_grad()
-    model.encode_text(text.input_ids, text.attention_mask).sum().backward()
-    grad = model.text.token_embedding.weight.grad
-    others = torch.ones(grad.shape[0], dtype=torch.bool)
-    others[rows.rows] = False
-    assert grad[rows.rows].abs().sum() > 0 and grad[others].abs().sum() == 0
-    train_loop.set_trainable(model, "all-but-text")
-    assert train_loop.SyncedRows.find(model, text) is None
-    assert train_loop.SyncedRows.find(_partcatseg_toy(), text) is None  # no such table
-
-
-def test_synced_rows_average_only_their_rows(tmp_path, monkeypatch):
-    import torch.distributed as dist
-
-    table = nn.Parameter(torch.zeros(6, 2))
-    table.grad = torch.arange(12.0).view(6, 2)
-    rows = train_loop.SyncedRows("table", table, torch.tensor([1, 4]))
-    calls = []
-
-    def all_reduce(tensor):  # stands in for a second process holding the same gradient rows + 1
-        calls.append(tensor.shape)
-        tensor.mul_(2).add_(1)
-
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    rows.all_reduce(world_size=2)
-    assert calls == [(2, 2)]  # one all-reduce, of the two rows only
-    want = torch.arange(12.0).view(6, 2)
-    want[[1, 4]] = want[[1, 4]] + 0.5  # (g + (g + 1)) / 2
-    assert torch.equal(table.grad, want)
-    table.grad = None
-    with pytest.raises(RuntimeError, match="got no gradient"):
-        rows.all_reduce(world_size=2)
 
 
 def test_a_stride_the_mask_head_cannot_sample_is_refused_before_training(toy_root, tmp_path):

@@ -288,10 +288,10 @@ class PartSegmentationModel(nn.Module):
     loss_has_object_channels: ClassVar[bool] = False
     #: whether ``forward`` and ``loss`` take ``pixel_sample`` (a recipe's ``loss.pixel_stride`` > 1 needs it)
     loss_samples_pixels: ClassVar[bool] = False
-    #: a token-embedding table read only at ``TextInputs.input_ids`` (its gradient lives on those rows), so
-    #: that training with several processes may average just those rows (``train.loop.SyncedRows``); None: no
-    #: such table (DDP averages every parameter)
-    synced_token_table: ClassVar[str | None] = None
+    #: an ``nn.Embedding`` weight (a token table) read only at ``TextInputs.input_ids``, so that its gradient
+    #: lives on those rows: when it trains, part training trains just those rows
+    #: (``train.token_rows.TrainedTokenRows``); None: no such table (every trained parameter trains whole)
+    prompt_token_table: ClassVar[str | None] = None
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__()

@@ -49,7 +49,7 @@ class CLIPSegCore(PartSegmentationModel):
     # modules a CLIPSeg checkpoint does not hold (init_from_clipseg keeps their fresh values)
     new_vs_clipseg = ("visual_adapter.", "non_object_embedding", "object_part_head.")
     trainable_sets = ("VA+L+F+D", "all", "all-but-text", "all-but-text-layers")
-    synced_token_table = "text.token_embedding.weight"  # the text tower reads it at the prompts' token ids only
+    prompt_token_table = "text.token_embedding.weight"  # the text tower reads it at the prompts' token ids only
 
     def __init__(self, config: PartCLIPSegConfig) -> None:
         super().__init__(config)

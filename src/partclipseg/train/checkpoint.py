@@ -59,18 +59,21 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     return stale
 
 
-def save_checkpoint(out_dir: Path, model, optimizer, step: int, config, keep: int) -> Path:
-    """Write checkpoint ``step`` of a part-training run (the model as a saved folder + ``trainer.pt``)."""
+def save_checkpoint(out_dir: Path, model, optimizer, step: int, config, keep: int,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint ``step`` of a part-training run (the model as a saved folder + ``trainer.pt``).
+    ``optimizer_state``: what to save in place of ``optimizer.state_dict()``."""
     from ..weights import save_pretrained
 
     return write_checkpoint(out_dir, step, lambda folder: save_pretrained(model, folder),
-                            trainer_state(optimizer, step, config), keep)
+                            trainer_state(optimizer, step, config, optimizer_state), keep)
 
 
-def trainer_state(optimizer, step: int, config) -> dict[str, Any]:
-    """What ``trainer.pt`` holds: step, optimizer state, the run's config and the torch RNG state."""
-    return {"step": step, "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-            "torch_rng": torch.random.get_rng_state()}
+def trainer_state(optimizer, step: int, config, optimizer_state: dict | None = None) -> dict[str, Any]:
+    """What ``trainer.pt`` holds: step, optimizer state (``optimizer.state_dict()`` unless given), the run's
+    config and the torch RNG state."""
+    return {"step": step, "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+            "config": config.to_dict(), "torch_rng": torch.random.get_rng_state()}
 
 
 def write_checkpoint(out_dir: Path, step: int, write_weights, trainer: dict[str, Any], keep: int,

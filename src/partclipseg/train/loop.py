@@ -37,6 +37,7 @@ from .data import StepSampler, TrainDataset
 from .checkpoint import (check_resume_config, checkpoint_dir, ensure_output_folder, latest_checkpoint,
                          remove_stale_temporaries, save_checkpoint, trim_metrics)
 from .recipe import TrainConfig
+from .token_rows import TrainedTokenRows
 
 
 # ---------------------------------------------------------------------------- model set-up
@@ -112,34 +113,43 @@ def set_trainable(model: PartSegmentationModel, which: str) -> list[str]:
     return names
 
 
-def freeze_object_word_rows(model: nn.Module, vocabulary, tokenizer) -> list[int]:
+def freeze_object_word_rows(model: nn.Module, vocabulary, tokenizer,
+                            token_rows: TrainedTokenRows | None = None) -> list[int]:
     """``freeze_object_words``: zero the gradient of the text token-embedding rows of ``vocabulary``'s
     object names (tokens that also occur in a part name, and the start / end tokens, keep training), so
     that the seen objects' names stay in the pretrained geometry the unseen objects' names keep.
-    Returns the frozen token ids. Every trained ``*token_embedding.weight`` table gets the hook."""
-    tables = [p for n, p in model.named_parameters() if n.endswith("token_embedding.weight") and p.requires_grad]
-    if not tables:
-        raise ConfigError("freeze_object_words: the text token embeddings do not train in this trainable set "
-                          "(use e.g. trainable=all-but-text-layers or VA+L+F+D)")
+    Returns the frozen token ids. Every trained ``*token_embedding.weight`` table gets the hook; a table
+    whose prompt rows train on their own (``token_rows``) gets it on those rows."""
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id}
     part_tokens = {t for name in vocabulary.parts for t in tokenizer.encode(name)}
     rows = sorted({t for name in vocabulary.objects for t in tokenizer.encode(name)} - part_tokens - special)
-    for table in tables:
-        index = torch.tensor(rows, dtype=torch.long, device=table.device)
+    tables = [(p, torch.tensor(rows, dtype=torch.long, device=p.device))
+              for n, p in model.named_parameters() if n.endswith("token_embedding.weight") and p.requires_grad]
+    if token_rows is not None and token_rows.name.endswith("token_embedding.weight"):
+        index = token_rows.lookup[torch.tensor(rows, dtype=torch.long, device=token_rows.lookup.device)]
+        tables.append((token_rows.weight, index[index >= 0]))
+    if not tables:
+        raise ConfigError("freeze_object_words: the text token embeddings do not train in this trainable set "
+                          "(use e.g. trainable=all-but-text-layers or VA+L+F+D)")
+    for table, index in tables:
         table.register_hook(lambda grad, index=index: grad.index_fill(0, index, 0.0))
     return rows
 
 
-def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+def parameter_groups(model: nn.Module, config: TrainConfig,
+                     token_rows: TrainedTokenRows | None = None) -> list[dict]:
     """detectron2-style groups: one per trainable parameter; weight decay 0 for norm layers and
     embedding tables (``weight_decay_norm`` / ``weight_decay_embed``), ``weight_decay`` otherwise
     (biases included); ``lr_multiplier`` from ``config.lr_multipliers`` (longest matching name prefix,
-    1 otherwise; a prefix that matches no trained parameter is refused)."""
+    1 otherwise; a prefix that matches no trained parameter is refused). ``token_rows``: its ``weight``
+    takes its frozen table's place (same group, same position in the order)."""
     groups = []
     seen: set[int] = set()
     used: set[str] = set()
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
+            if token_rows is not None and param is token_rows.table:
+                param = token_rows.weight
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
@@ -199,43 +209,6 @@ _checkpoint_dir = checkpoint_dir  # (the old private name)
 
 # ---------------------------------------------------------------------------- the loop
 @dataclass
-class SyncedRows:
-    """A trainable token-embedding table whose gradient is non-zero only on ``rows``: the token ids of the
-    training prompts (the vocabulary is fixed for a run). DDP leaves it out, and ``train_step`` averages
-    just those rows over the processes, as DDP would average the whole table (the other rows' gradients
-    are zero in every process). The toy model's table holds 3.2 million entries, of which its 20 prompts read
-    24 rows: a gloo all-reduce of the whole table took ~14 ms of a ~157 ms two-process step."""
-
-    name: str
-    parameter: nn.Parameter
-    rows: torch.Tensor  # [R] long, sorted unique token ids
-
-    @classmethod
-    def find(cls, model: PartSegmentationModel, text: TextInputs) -> "SyncedRows | None":
-        """The model's ``synced_token_table`` (read only at ``text.input_ids``) when it trains; else None."""
-        name = type(model).synced_token_table
-        if name is None:
-            return None
-        parameter = model.get_parameter(name)
-        if not parameter.requires_grad:
-            return None
-        return cls(name, parameter, torch.unique(text.input_ids).to(parameter.device))
-
-    def broadcast(self) -> None:
-        """Rank 0's table to every process (DDP does this for the parameters it holds)."""
-        torch.distributed.broadcast(self.parameter.data, 0)
-
-    def all_reduce(self, world_size: int) -> None:
-        """Average the gradient's ``rows`` over the processes (after ``backward``, before clipping)."""
-        grad = self.parameter.grad
-        if grad is None:
-            raise RuntimeError(f"{self.name} got no gradient: it is not read by the training prompts")
-        picked = grad[self.rows]
-        torch.distributed.all_reduce(picked)
-        grad[self.rows] = picked / world_size
-
-
-@dataclass
 class TrainRun:
     """The state of a training run, set up once (``setup``) and advanced by ``train_step``."""
 
@@ -252,7 +225,7 @@ class TrainRun:
     loader: Any
     autocast: Any
     bar: Any = None
-    synced_rows: "SyncedRows | None" = None  # the token table DDP leaves out (several processes only)
+    token_rows: TrainedTokenRows | None = None  # the token table's prompt rows, trained on their own
 
     @property
     def metrics_file(self) -> Path:
@@ -277,24 +250,26 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     dataset = TrainDataset(config, model.train_preprocessor(config.channel_order))
     tokenizer = get_tokenizer()
     text = model.tokenize_vocabulary(dataset.vocabulary, tokenizer).to(device)
+    token_rows = TrainedTokenRows.attach(model, text.input_ids)
     if config.freeze_object_words:
-        freeze_object_word_rows(model, dataset.vocabulary, tokenizer)
+        freeze_object_word_rows(model, dataset.vocabulary, tokenizer, token_rows)
     # fused: one kernel per parameter; the groups hold one parameter each, so the default (for-each) update
     # runs as a loop of small ops (toy_world step, 1 thread: 37 -> 7 ms of a ~480 ms step)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
-                                  eps=config.eps, fused=device.split(":")[0] in ("cpu", "cuda") or None)
-    start = _resume(out_dir, model, optimizer, info) if resume else 0
+    optimizer = torch.optim.AdamW(parameter_groups(model, config, token_rows), lr=config.lr,
+                                  betas=tuple(config.betas), eps=config.eps,
+                                  fused=device.split(":")[0] in ("cpu", "cuda") or None)
+    start = _resume(out_dir, model, optimizer, info, token_rows) if resume else 0
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.json", json_text(config.to_dict(), indent=1) + "\n")
     net: nn.Module = model
-    synced_rows = None
     if info.distributed:
-        synced_rows = SyncedRows.find(model, text)
-        if synced_rows is not None:
-            synced_rows.broadcast()
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, [synced_rows.name])
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device != "cpu" else None)
+        if token_rows is not None:  # frozen, so DDP would not average it; its rows are averaged in train_step
+            torch.distributed.broadcast(token_rows.table.data, 0)
+            token_rows.refresh()
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, [token_rows.name])
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device != "cpu" else None,
+                                                  **_ddp_buckets(model, device))
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, start, config.iterations,
                           info.rank, info.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
@@ -308,7 +283,19 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
 
         bar = tqdm(total=config.iterations, initial=start, unit="it", desc=f"train {config.dataset}")
     return TrainRun(config, out_dir, info, device, model, net, dataset, text, optimizer, start, loader, autocast, bar,
-                    synced_rows)
+                    token_rows)
+
+
+def _ddp_buckets(model: nn.Module, device: str) -> dict[str, Any]:
+    """DDP's bucket sizes. On CPU (gloo) one bucket for all the gradients, averaged once after the whole
+    backward: the default 25 MB buckets start all-reduces during the backward,
+    and on a 2-core machine running one process per core their threads take turns with the compute
+    (toy_world step of 2 x 2 images on session 21's 2-core AMD EPYC: 0.196 s, one bucket 0.163 s).
+    On GPUs (NCCL) the overlap pays: defaults."""
+    if device.split(":")[0] != "cpu":
+        return {}
+    size_mb = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2 ** 20
+    return {"bucket_cap_mb": math.ceil(size_mb) + 1}
 
 
 def check_run_folder(config: TrainConfig, out_dir: Path, resume: bool, allow_safe_changes: bool,
@@ -328,14 +315,19 @@ def check_run_folder(config: TrainConfig, out_dir: Path, resume: bool, allow_saf
         print("resume with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
 
-def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistInfo) -> int:
+def _resume(out_dir: Path, model: PartSegmentationModel, optimizer, info: DistInfo,
+            token_rows: TrainedTokenRows | None = None) -> int:
     """Load the newest checkpoint (model, optimizer, RNG); returns its step (0 when there is none)."""
     ckpt = latest_checkpoint(out_dir)
     if ckpt is None:
         return 0
     state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
     load_state_dict_checked(model, read_safetensors(ckpt / "model.safetensors"), str(ckpt))
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer_state = state["optimizer"]
+    if token_rows is not None:
+        token_rows.refresh()
+        optimizer_state = token_rows.rows_optimizer_state(optimizer, optimizer_state)
+    optimizer.load_state_dict(optimizer_state)
     torch.random.set_rng_state(state["torch_rng"])
     start = int(state["step"])
     if info.is_main:
@@ -365,11 +357,14 @@ def train_step(run: TrainRun, step: int, batch: dict) -> tuple[float, dict]:
                             else run.dataset.trained_text_classes.to(device), **sampled)
     run.optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
-    if run.synced_rows is not None:
-        run.synced_rows.all_reduce(run.info.world_size)
+    if run.token_rows is not None and run.info.distributed:
+        run.token_rows.all_reduce(run.info.world_size)
     if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for group in run.optimizer.param_groups for p in group["params"]],
+                                       config.grad_clip)
     run.optimizer.step()
+    if run.token_rows is not None:
+        run.token_rows.write_back()
     return lr, losses
 
 
@@ -395,7 +390,9 @@ def after_step(run: TrainRun, done: int) -> None:
     config = run.config
     if done % config.checkpoint_period == 0 or done == config.iterations:
         if run.info.is_main:
-            save_checkpoint(run.out_dir, run.model, run.optimizer, done, config, config.keep_checkpoints)
+            optimizer_state = None if run.token_rows is None else run.token_rows.full_optimizer_state(run.optimizer)
+            save_checkpoint(run.out_dir, run.model, run.optimizer, done, config, config.keep_checkpoints,
+                            optimizer_state)
         barrier(run.info)
     if done % config.eval_period == 0 and done < config.iterations:
         _evaluate(run.model, config, run.out_dir, done)
@@ -405,6 +402,8 @@ def finish(run: TrainRun) -> Path:
     """Save the final model (rank 0), run the final evaluation (unless evaluation is off)."""
     if run.bar is not None:
         run.bar.close()
+    if run.token_rows is not None:
+        run.token_rows.detach()
     final = run.out_dir / "final"
     if run.info.is_main:
         run.model.eval()
