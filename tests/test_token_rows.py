@@ -104,6 +104,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "final" / "model.safetensors"))
 
 
+def test_with_weight_decay_on_embeddings_the_whole_table_trains(toy_root, tmp_path):
+    args = _args(toy_root, "weight_decay_embed=0.5", "iterations=2")
+    train(load_recipe("toy_world", args), tmp_path / "run", progress=False)
+    init = train_loop.build_initial_model(load_recipe("toy_world", args)).state_dict()["text.token_embedding.weight"]
+    table = _weights(tmp_path / "run")["text.token_embedding.weight"]
+    assert bool(((table - init).abs().sum(1) > 0).all())  # every row decayed, not only the prompts' rows
+
+
 @pytest.mark.parametrize("extra", [(), ("freeze_object_words=true",)])
 def test_training_the_rows_equals_training_the_whole_table(toy_root, tmp_path, monkeypatch, extra):
     args = _args(toy_root, *extra)

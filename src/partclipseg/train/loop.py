@@ -250,7 +250,8 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
     dataset = TrainDataset(config, model.train_preprocessor(config.channel_order))
     tokenizer = get_tokenizer()
     text = model.tokenize_vocabulary(dataset.vocabulary, tokenizer).to(device)
-    token_rows = TrainedTokenRows.attach(model, text.input_ids)
+    # with weight decay on embedding tables every row of the table moves every step: the whole table trains
+    token_rows = TrainedTokenRows.attach(model, text.input_ids) if config.weight_decay_embed == 0 else None
     if config.freeze_object_words:
         freeze_object_word_rows(model, dataset.vocabulary, tokenizer, token_rows)
     # fused: one kernel per parameter; the groups hold one parameter each, so the default (for-each) update
