@@ -58,10 +58,15 @@ def test_the_trained_rows_are_the_prompts_token_ids_and_the_text_tower_reads_the
     assert torch.equal(model.text.token_embedding(text.input_ids), table[text.input_ids])  # hook removed
 
 
-def test_no_rows_when_the_table_does_not_train_or_the_model_has_none():
+def test_no_rows_when_the_table_does_not_train_or_the_model_has_none_or_is_not_a_plain_lookup():
     model, text = _model_and_text()
     train_loop.set_trainable(model, "all-but-text")
     assert TrainedTokenRows.attach(model, text.input_ids) is None
+    holder = type("Holder", (nn.Module,), {"prompt_token_table": "embed.weight"})()
+    for options in ({"padding_idx": 0}, {"max_norm": 1.0}, {"scale_grad_by_freq": True}, {"sparse": True}):
+        holder.embed = nn.Embedding(6, 2, **options)
+        assert TrainedTokenRows.attach(holder, torch.tensor([[1, 4]])) is None, options
+        assert holder.embed.weight.requires_grad
     from partclipseg.model.registry import architecture_class
 
     catseg = build_model(architecture_class("partcatseg").preset_config("partcatseg-toy", None))
@@ -84,15 +89,17 @@ def test_the_rows_gradient_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     rows.all_reduce(world_size=2)
     assert calls == [(2, 2)]  # one all-reduce, of the two rows only
-    assert torch.equal(rows.weight.grad, torch.arange(4.0).view(2, 2) + 0.5)  # (g + (g + 1)) / 2
+    assert torch.equal(rows.weight.grad, torch.arange(4.0).view(2, 2) + 1)  # g / 2 + (g / 2 + 1), as DDP: g/n summed
     rows.weight.grad = None
     with pytest.raises(RuntimeError, match="got no gradient"):
         rows.all_reduce(world_size=2)
 
 
 def _args(root: Path, *extra: str) -> list[str]:
+    # grad_clip far below the gradient norm: the clip factor (from the norm over the trained tensors) scales
+    # every step; evaluation every 3 steps runs with the rows' hook in place
     return [f"root={root}", "init=random:toy2", "image_size=64", "iterations=6", "batch_size=2", "checkpoint_period=2",
-            "eval_period=100", "log_period=1", "num_workers=0", *extra]
+            "eval_period=3", "eval_limit=2", "grad_clip=1e-4", "log_period=1", "num_workers=0", *extra]
 
 
 def _whole_table(monkeypatch) -> None:
@@ -121,6 +128,8 @@ def test_training_the_rows_equals_training_the_whole_table(toy_root, tmp_path, m
         train(load_recipe("toy_world", args), tmp_path / "whole", progress=False)
     rows, whole = _weights(tmp_path / "rows"), _weights(tmp_path / "whole")
     assert losses(tmp_path / "rows") == losses(tmp_path / "whole")
+    evals = [(tmp_path / run / "eval" / "step_0000003.json").read_text() for run in ("rows", "whole")]
+    assert evals[0] == evals[1]  # the evaluation during training saw the same model
     for key in whole:  # bitwise: the AdamW update is elementwise, the clip norm sums the same values
         assert torch.equal(rows[key], whole[key]), key
     init = train_loop.build_initial_model(load_recipe("toy_world", args)).state_dict()
@@ -169,3 +178,34 @@ def test_ddp_averages_all_gradients_in_one_bucket_on_cpu():
     cap = train_loop._ddp_buckets(model, "cpu")["bucket_cap_mb"]
     assert cap * 2 ** 20 > trained
     assert train_loop._ddp_buckets(model, "cuda:0") == {}
+
+
+WHOLE_TABLE_CLI = """
+import sys
+from partclipseg.train import loop
+loop.TrainedTokenRows.attach = classmethod(lambda cls, model, ids: None)  # the whole table trains
+loop._ddp_buckets = lambda model, device: {}  # DDP's default buckets
+from partclipseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_rows_as_they_train_the_whole_table(toy_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "whole_table_cli.py").write_text(WHOLE_TABLE_CLI)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    args = ["train", "toy_world", *(a for a in _args(toy_root) if not a.startswith("batch_size=")), "batch_size=4",
+            "--no-progress"]
+    runs = {"rows": ["-m", "partclipseg"], "whole": [str(tmp_path / "whole_table_cli.py")]}
+    for name, program in runs.items():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *program, *args,
+               "--out", str(tmp_path / name)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, whole = _weights(tmp_path / "rows"), _weights(tmp_path / "whole")
+    assert all(torch.equal(rows[k], whole[k]) for k in whole)
+    assert losses(tmp_path / "rows") == losses(tmp_path / "whole")

@@ -288,8 +288,9 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
 
 
 def _ddp_buckets(model: nn.Module, device: str) -> dict[str, Any]:
-    """DDP's bucket sizes. On CPU (gloo) one bucket for all the gradients, averaged once after the whole
-    backward: the default 25 MB buckets start all-reduces during the backward,
+    """DDP's bucket sizes. On CPU (gloo) one bucket for all the gradients (``bucket_cap_mb`` above their
+    size; torch 2.13 applies it to the first bucket too), averaged once after the whole backward: the
+    default 25 MB buckets start all-reduces during the backward,
     and on a 2-core machine running one process per core their threads take turns with the compute
     (toy_world step of 2 x 2 images on session 21's 2-core AMD EPYC: 0.196 s, one bucket 0.163 s).
     On GPUs (NCCL) the overlap pays: defaults."""
@@ -427,11 +428,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     run = setup(config, Path(out_dir), resume, progress, allow_safe_changes)
     run.model.train()
     tic = time.perf_counter()
-    for step, batch in zip(range(run.start, config.iterations), run.loader):
-        lr, losses = train_step(run, step, batch)
-        log_step(run, step + 1, lr, losses, time.perf_counter() - tic)
-        after_step(run, step + 1)
-    return finish(run)
+    try:
+        for step, batch in zip(range(run.start, config.iterations), run.loader):
+            lr, losses = train_step(run, step, batch)
+            log_step(run, step + 1, lr, losses, time.perf_counter() - tic)
+            after_step(run, step + 1)
+        return finish(run)
+    finally:  # a run stopped by an error leaves the model as a whole one too (the table's hook removed)
+        if run.token_rows is not None:
+            run.token_rows.detach()
 
 
 def _evaluate(model: PartSegmentationModel, config: TrainConfig, out_dir: Path, step: int) -> None:

@@ -14,8 +14,10 @@ with ``weight_decay_embed`` > 0 shrinks every row every step, so part training t
 place of the table's at those token ids (any other id still reads the table, so evaluation with
 another vocabulary during training is unchanged). After each optimizer step ``write_back`` copies
 ``weight`` into the table, so that the model saved, evaluated or resumed is the same model as before.
-The AdamW update is elementwise, so the trained rows move as they did when the whole table trained;
-the gradient-norm clip sums the same non-zero values (in another order).
+The AdamW update is elementwise, so the trained rows move as they did when the whole table trained,
+and the gradient-norm clip sums the same non-zero values. Measured on CPU with one process and with two
+(``tests/test_token_rows.py``): the same weights bit for bit. Where a kernel groups its sums by position
+(the CUDA norm's chunks), the clip factor may differ in its last bits.
 
 Checkpoints keep their format: ``full_optimizer_state`` writes the rows' AdamW moments into
 table-sized tensors (zero elsewhere, as the whole-table run has them) and ``rows_optimizer_state``
@@ -55,6 +57,9 @@ class TrainedTokenRows:
         module = model.get_submodule(name.rsplit(".", 1)[0])
         if not isinstance(module, nn.Embedding):
             raise TypeError(f"{name} is not an nn.Embedding's weight")
+        if module.padding_idx is not None or module.max_norm is not None or module.scale_grad_by_freq \
+                or module.sparse:
+            return None  # the substitute lookup below is a plain one: such a table trains whole
         rows = torch.unique(input_ids).to(table.device)
         lookup = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
         lookup[rows] = torch.arange(rows.numel(), device=table.device)
@@ -81,15 +86,19 @@ class TrainedTokenRows:
             self.table.index_copy_(0, self.rows, self.weight)
 
     def all_reduce(self, world_size: int) -> None:
-        """Average ``weight``'s gradient over the processes (after ``backward``, before clipping): what DDP
-        does for the parameters it holds; the table is not one of them."""
+        """Average ``weight``'s gradient over the processes (after ``backward``, before clipping) as DDP
+        averages the parameters it holds (the table is not one of them): divided by the process count,
+        then summed."""
         if self.weight.grad is None:
             raise RuntimeError(f"{self.name} got no gradient: it is not read by the training prompts")
-        torch.distributed.all_reduce(self.weight.grad)
         self.weight.grad.div_(world_size)
+        torch.distributed.all_reduce(self.weight.grad)
 
     def detach(self) -> None:
-        """Remove the hook and let the table train again (the end of a run)."""
+        """Remove the hook and let the table train again (the end of a run, or a run stopped by an error;
+        a second call changes nothing)."""
+        if self.hook is None:
+            return
         self.write_back()
         if self.hook is not None:
             self.hook.remove()
