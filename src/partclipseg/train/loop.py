@@ -289,10 +289,10 @@ def setup(config: TrainConfig, out_dir: Path, resume: bool, progress: bool, allo
 
 def _ddp_buckets(model: nn.Module, device: str) -> dict[str, Any]:
     """DDP's bucket sizes. On CPU (gloo) one bucket for all the gradients (``bucket_cap_mb`` above their
-    size; torch 2.13 applies it to the first bucket too), averaged once after the whole backward: the
-    default 25 MB buckets start all-reduces during the backward,
-    and on a 2-core machine running one process per core their threads take turns with the compute
-    (toy_world step of 2 x 2 images on session 21's 2-core AMD EPYC: 0.196 s, one bucket 0.163 s).
+    size; torch 2.13 applies it to the first bucket too), averaged once after the whole backward instead
+    of all-reduces started during it: a toy_world step of 2 x 2 images on session 21's 2-core AMD EPYC,
+    two runs each back to back, took 0.153 / 0.153 s with the default buckets and 0.149 / 0.151 s with
+    one (a small gain; one earlier pair in a slow spell of that shared machine showed 0.196 / 0.163 s).
     On GPUs (NCCL) the overlap pays: defaults."""
     if device.split(":")[0] != "cpu":
         return {}
@@ -404,8 +404,6 @@ def finish(run: TrainRun) -> Path:
     """Save the final model (rank 0), run the final evaluation (unless evaluation is off)."""
     if run.bar is not None:
         run.bar.close()
-    if run.token_rows is not None:
-        run.token_rows.detach()
     final = run.out_dir / "final"
     if run.info.is_main:
         run.model.eval()
@@ -434,7 +432,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
             log_step(run, step + 1, lr, losses, time.perf_counter() - tic)
             after_step(run, step + 1)
         return finish(run)
-    finally:  # a run stopped by an error leaves the model as a whole one too (the table's hook removed)
+    finally:  # finished or stopped by an error, the model is a whole one again (the table's hook removed)
         if run.token_rows is not None:
             run.token_rows.detach()
 
