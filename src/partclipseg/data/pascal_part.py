@@ -115,7 +115,18 @@ class PascalPart116(DatasetReader):
         return part, obj
 
     # ------------------------------------------------------------------ check
+    def _other_benchmark(self) -> str | None:
+        """A message when the folder holds another benchmark in this layout, else None: the toy world
+        (``python -m partclipseg.data.toyworld``) writes its captions beside the Pascal-Part-116 folders."""
+        if (self.root / "captions").is_dir():
+            return (f"{self.root} holds the toy world (it has captions/), not {self.name}: "
+                    f"use the dataset toy_world (evaluate --dataset toy_world)")
+        return None
+
     def check(self, full: bool = False) -> dict:
+        other = self._other_benchmark()
+        if other is not None:
+            raise DatasetError(other)
         for folder, what in ((self.image_dir, "images"), (self.part_dir, "part annotations"),
                              (self.obj_dir, "object annotations")):
             self._require_dir(folder, what)

@@ -124,6 +124,14 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, 
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def run_kind(config: dict[str, Any]) -> str:
+    """What a run's config trains: ``"pretraining"`` (``"kind": "pretrain"``) or ``"<architecture>
+    part-training"`` (a config without ``architecture`` predates the key: ``partclipseg``)."""
+    if config.get("kind") == "pretrain":
+        return "pretraining"
+    return f"{config.get('architecture', 'partclipseg')} part-training"
+
+
 def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, allow_safe_changes: bool,
                         defaults: dict[str, Any] | None = None) -> dict:
     """Refuse to resume the run in ``out_dir`` with a config other than its own.
@@ -142,6 +150,11 @@ def check_resume_config(out_dir: Path, new: dict[str, Any], resumed_step: int, a
         raise ConfigError(f"{path} is not valid JSON ({exc}); cannot check that --resume continues the same run") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} does not hold a JSON object")
+    saved_kind, new_kind = run_kind(saved), run_kind(new)
+    if saved_kind != new_kind:
+        verb = "pretrain" if saved_kind == "pretraining" else "train"
+        raise ConfigError(f"{out_dir} holds a {saved_kind} run, not a {new_kind} run: resume it with "
+                          f"`partclipseg {verb}` and its recipe, or choose another folder")
     if defaults:
         flat_saved = _flatten(saved)
         saved = {**{k: v for k, v in _flatten(defaults).items() if k not in flat_saved}, **flat_saved}
