@@ -6,7 +6,7 @@
 #   3. part training from the towers (recipe toy_world, supervision=parts+objects: the seen objects' part
 #      masks and the object masks of every object, unseen ones included, as CLIPSeg's PhraseCut training
 #      places cows and buses for the real model; no part of an unseen object is labelled), evaluated
-#      every 1000 steps on 100 validation images; the checkpoint with the best harmonic mIoU is kept;
+#      every 3000 steps and at the end on every validation sample; the best checkpoint by harmonic mIoU is kept;
 #   4. partclipseg evaluate (Oracle-Obj and Pred-All) on the test set;
 #   5. copy the model into the package and pick the example images from the test set.
 # Every step resumes where a killed run stopped. SMOKE=1: tiny sizes (seconds; CI), nothing copied.
