@@ -64,6 +64,7 @@ def test_resume_into_another_kind_of_run_is_one_line(capsys, toy, tmp_path, save
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert " -> " not in err  # not the key-by-key config diff
+    assert "no checkpoint" not in stdout  # the other kind's checkpoints are not "no checkpoint"
     assert sorted(p.name for p in out.iterdir()) == ["config.json"] and (out / "config.json").read_text() == before
 
 
@@ -96,11 +97,15 @@ def test_toy_world_folder_is_not_read_as_pascal_part(capsys, toy, tmp_path):
     code, stdout, err = _cli(capsys, "evaluate", "--dataset", "pascal_part_116", "--root", toy, "--protocol",
                              "oracle-obj", "--limit", "1", "--out", tmp_path / "e.json", "--no-progress")
     errors = [line for line in err.splitlines() if not line.startswith("note:")]  # the no --model note
-    assert code == 2 and len(errors) == 1 and "use the dataset toy_world" in errors[0], (stdout, err)
+    assert code == 2 and len(errors) == 1 and "use the dataset name toy_world" in errors[0], (stdout, err)
     assert not (tmp_path / "e.json").exists()
-    # a Pascal-Part-116 folder (no captions/) is still read as one
+    # a Pascal-Part-116 folder (no captions/*.json) is still read as one
     (toy / "captions").rename(toy / "captions_away")
     try:
         open_dataset("pascal_part_116", toy, "val").check()
+        (toy / "captions").mkdir()  # a folder of that name without caption files is no toy world
+        open_dataset("pascal_part_116", toy, "val").check()
     finally:
+        if (toy / "captions").is_dir():
+            (toy / "captions").rmdir()
         (toy / "captions_away").rename(toy / "captions")

@@ -118,9 +118,10 @@ class PascalPart116(DatasetReader):
     def _other_benchmark(self) -> str | None:
         """A message when the folder holds another benchmark in this layout, else None: the toy world
         (``python -m partclipseg.data.toyworld``) writes its captions beside the Pascal-Part-116 folders."""
-        if (self.root / "captions").is_dir():
-            return (f"{self.root} holds the toy world (it has captions/), not {self.name}: "
-                    f"use the dataset toy_world (evaluate --dataset toy_world)")
+        captions = self.root / "captions"
+        if captions.is_dir() and any(captions.glob("*.json")):
+            return (f"{self.root} holds the toy world (it has captions/*.json), not {self.name}: "
+                    f"use the dataset name toy_world")
         return None
 
     def check(self, full: bool = False) -> dict:

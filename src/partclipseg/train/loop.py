@@ -311,10 +311,10 @@ def check_run_folder(config: TrainConfig, out_dir: Path, resume: bool, allow_saf
         remove_stale_temporaries(out_dir)
     ckpt = latest_checkpoint(out_dir)
     step = 0 if ckpt is None else int(ckpt.name.split("_")[1])
-    if ckpt is None and info.is_main:
-        print(f"--resume: no checkpoint in {out_dir} yet; starting at step 0")
     changed = check_resume_config(out_dir, config.to_dict(), step, allow_safe_changes,
                                   defaults=type(config)().to_dict())
+    if ckpt is None and info.is_main:  # after the checks: a refused folder gets its one line only
+        print(f"--resume: no checkpoint in {out_dir} yet; starting at step 0")
     if changed and info.is_main:
         print("resume with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 

@@ -515,10 +515,10 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, 
         remove_stale_temporaries(out_dir)
         ckpt = latest_checkpoint(out_dir, CHECKPOINT_FILES)
         done_step = 0 if ckpt is None else int(ckpt.name.split("_")[1])
-        if ckpt is None:
-            print(f"--resume: no checkpoint in {out_dir} yet; starting at step 0")
         check_resume_config(out_dir, config.to_dict(), done_step, allow_safe_changes=False,
                             defaults=type(config)().to_dict())
+        if ckpt is None:  # after the checks: a refused folder gets its one line only
+            print(f"--resume: no checkpoint in {out_dir} yet; starting at step 0")
         final = out_dir / "final"
         if done_step >= config.iterations and (final / "model.safetensors").is_file():
             return final  # finished: nothing to decode, train or rewrite
