@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 import warnings
 from typing import Sequence, Union
 
@@ -18,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ImageError, PartCLIPSegError
+from .fonts import Font as _Font
+from .fonts import text_font
 from .io import atomic_path
 
 __all__ = ["LEGEND_MAX_ENTRIES", "LEGEND_MIN_AREA_PERCENT", "LEGEND_MIN_SCORE", "colormap", "heatmap", "label_png_array", "legend_entries",
@@ -39,7 +40,6 @@ _JET = ((0.0, (0.0, 0.0, 0.5)), (0.125, (0.0, 0.0, 1.0)), (0.375, (0.0, 1.0, 1.0
 _WHITE, _BLACK, _GREY = (255, 255, 255), (0, 0, 0), (60, 60, 60)
 
 PngData = Union[np.ndarray, Image.Image]
-_Font = Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]
 
 
 # ------------------------------------------------------------------------ colours
@@ -179,8 +179,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], backgro
         out[block][fg] = _blend(image[block][fg], colours[labels[block][fg]], alpha)
     edge = _boundaries(labels, background, max(1, round(max(labels.shape) / 1000)))
     out[edge] = colours[labels[edge]] // 2
-    font, size = _font(image.shape[0])
-    panel = _legend_panel(_legend_rows(entries, colours), font, size) if legend else None
+    legend_rows = _legend_rows(entries, colours) if legend else []
+    font, size = _font(image.shape[0], [name for _, name, _ in legend_rows] + [title])
+    panel = _legend_panel(legend_rows, font, size) if legend else None
     return _compose(Image.fromarray(out), panel, title, font, size)
 
 
@@ -204,27 +205,17 @@ def heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
         resized = Image.fromarray(norm.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR)
         norm = np.asarray(resized, dtype=np.float64)
     out = _blend(image, colormap(norm), alpha)
-    font, size = _font(h)
+    font, size = _font(h, [title])
     return _compose(Image.fromarray(out), None, title, font, size)
 
 
 # ------------------------------------------------------------------------ drawing
-def _font(image_height: int) -> tuple[_Font, int]:
-    """PIL's default font at ~14 px for a 512 px image (12..48 px), and that size.
-
-    Loaded once per size and thread (a job draws many legends at few sizes; a FreeType face is not
-    shared between the threads that render output sets)."""
+def _font(image_height: int, texts: Sequence[str | None] = ()) -> tuple[_Font, int]:
+    """A font of ~14 px for a 512 px image (12..48 px) that draws ``texts`` (``fonts.text_font``:
+    Pillow's built-in font for ASCII), and that size."""
     size = int(np.clip(round(image_height / 36), 12, 48))
-    fonts = _THREAD_FONTS.__dict__.setdefault("by_size", {})
-    if size not in fonts:
-        try:
-            fonts[size] = ImageFont.load_default(size=size), size
-        except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
-            fonts[size] = ImageFont.load_default(), 11
-    return fonts[size]
-
-
-_THREAD_FONTS = threading.local()
+    font = text_font(size, [t for t in texts if t])
+    return font, (size if isinstance(font, ImageFont.FreeTypeFont) else 11)  # Pillow < 10.1: fixed 11 px
 
 
 def _text_width(font: _Font, text: str) -> int:
