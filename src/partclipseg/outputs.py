@@ -49,15 +49,17 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def render_outputs(result: PartSegmentation, name: str, *, overlay: bool = True, scores: bool = False,
-                   rle: bool = False, source: str | None = None, job: str | None = None) -> list[tuple[str, bytes]]:
+                   rle: bool = False, source: str | None = None, job: str | None = None,
+                   input_file: dict | None = None) -> list[tuple[str, bytes]]:
     """``[(relative file name, bytes), ...]`` of one image's output set, the JSON last. ``job``: the
-    segment job's key hash, kept in the JSON (``--resume`` trusts only outputs of the same job)."""
+    segment job's key hash, kept in the JSON (``--resume`` trusts only outputs of the same job);
+    ``input_file``: the input's ``{"bytes", "sha256"}`` (``--resume`` redoes an image replaced since)."""
     from .viz import encode_png, label_png_array
 
     base = name.rsplit("/", 1)[-1]
     files: list[tuple[str, bytes]] = []
-    files.append((f"{name}.labels.png",
-                  encode_png(label_png_array(result.part_labels, result.background, len(result.vocabulary)))))
+    label_png = label_png_array(result.part_labels, result.background, len(result.vocabulary))
+    files.append((f"{name}.labels.png", encode_png(label_png)))
     if overlay:
         files.append((f"{name}.overlay.png", encode_png(result.to_overlay())))
     attention_files = {}
@@ -76,7 +78,12 @@ def render_outputs(result: PartSegmentation, name: str, *, overlay: bool = True,
     info["source"] = source
     if job is not None:
         info["job"] = job
-    info["files"] = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png" if overlay else None,
+    if input_file is not None:
+        info["input_file"] = input_file
+    # the PNG's background value (255, or 65535 for more than 255 classes); "background_label" above is
+    # the in-memory label index (the number of classes)
+    info["files"] = {"labels": f"{base}.labels.png", "labels_background": int(np.iinfo(label_png.dtype).max),
+                     "overlay": f"{base}.overlay.png" if overlay else None,
                      "attention": attention_files, "scores": f"{base}.scores.npz" if scores else None}
     files.append((f"{name}.json", (json_text(info, indent=1) + "\n").encode("utf-8")))
     return files

@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import PartCLIPSegError
+from .errors import PartCLIPSegError, VocabularyError
 from .io import json_text
 from .storage import (LOCK_FILE, JobLock, OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store,
                       read_input_bytes)
@@ -157,6 +157,18 @@ def model_fingerprint(model) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+def check_vocabulary_fits(model, options: "SegmentOptions") -> None:
+    """Tokenise the vocabulary's prompts as ``model`` builds them (no text encoding): a class name too long
+    for the text tower is a mistake about the vocabulary, refused in one line before any output is touched,
+    not one failure per image."""
+    from .tokenizer import get_tokenizer
+
+    try:
+        model.tokenize_vocabulary(options.vocabulary(), get_tokenizer())
+    except PartCLIPSegError as exc:
+        raise VocabularyError(f"--parts/--vocab: {exc}") from None
 
 
 def load_model(source: str | None, log: Log = _stderr):
@@ -400,8 +412,9 @@ def check_no_input_overwritten(plan: Plan, options: SegmentOptions, out: str) ->
 
 
 # ============================================================================ output
-def output_complete(store: OutputStore, name: str, job: str) -> bool:
-    """True when ``name``'s JSON exists and was written by a job with key hash ``job``."""
+def output_complete(store: OutputStore, name: str, job: str, source_path: str | None = None) -> bool:
+    """True when ``name``'s JSON exists, was written by a job with key hash ``job`` and (given the input's
+    ``source_path``, a local file) was made from the input as it is now (its recorded size and sha256)."""
     try:
         data = store.read_bytes(f"{name}.json")
     except OSError:
@@ -409,9 +422,30 @@ def output_complete(store: OutputStore, name: str, job: str) -> bool:
     if data is None:
         return False
     try:
-        return json.loads(data).get("job") == job
-    except (ValueError, AttributeError):
+        info = json.loads(data)
+        if info.get("job") != job:
+            return False
+        return source_path is None or _input_unchanged(source_path, info.get("input_file"))
+    except (ValueError, AttributeError, TypeError, KeyError):
         return False
+
+
+def input_identity(data: bytes) -> dict[str, Any]:
+    """What the JSON records of the input it was made from."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _input_unchanged(path: str, recorded: dict | None) -> bool:
+    """Whether the local input ``path`` still has the recorded size and sha256 (URIs are not re-read: True;
+    an output set without a record predates it: True)."""
+    if recorded is None or is_uri(path):
+        return True
+    try:
+        if os.stat(path).st_size != recorded["bytes"]:
+            return False
+        return input_identity(read_input_bytes(path))["sha256"] == recorded["sha256"]
+    except (OSError, PartCLIPSegError):
+        return True  # unreadable now: processing it reports why
 
 
 def _key_differences(old: dict, new: dict) -> list[str]:
@@ -480,7 +514,7 @@ def start_job(specs: Sequence[str], out: str, options: SegmentOptions, key: dict
     lock = store.lock(log)
     try:
         prepare_output(store, key, plan.items, resume=resume, log=log, model_source=options.model)
-        todo = [it for it in plan.items if not (resume and output_complete(store, it.name, job))]
+        todo = [it for it in plan.items if not (resume and output_complete(store, it.name, job, it.path))]
     except BaseException:
         lock.release()
         raise
@@ -512,6 +546,7 @@ class ItemProcessor:
         self._writer_pool = None
         self.vocabulary = options.vocabulary()
         model = load_model(options.model, log) if model is None else model
+        check_vocabulary_fits(model, options)
         self.key = options.job_key(model_fingerprint(model))
         self.job = key_hash(self.key)
         if expected_job is not None and self.job != expected_job:
@@ -538,12 +573,14 @@ class ItemProcessor:
 
         statuses: dict[int, dict[str, Any]] = {}
         loaded: list[tuple[int, Item, np.ndarray]] = []
+        identities: dict[int, dict[str, Any]] = {}
         for i, item in enumerate(items):
-            if skip_complete and output_complete(self.store, item.name, self.job):
+            if skip_complete and output_complete(self.store, item.name, self.job, item.path):
                 statuses[i] = item_status(item, "ok")
                 continue
             try:
                 data = read_input_bytes(item.path)
+                identities[i] = input_identity(data)
                 stream = io.BytesIO(data)
                 stream.name = item.source
                 loaded.append((i, item, load_image(stream)))
@@ -581,7 +618,7 @@ class ItemProcessor:
                 # bounded memory: the results waiting to be written hold at most WRITER_BYTES (or one result),
                 # so large photos and score maps are written one at a time, as before the threads
                 _wait_for_room(pending, size)
-                pending.append((i, item, self._writers().submit(self._write, result, item, stop), size))
+                pending.append((i, item, self._writers().submit(self._write, result, item, identities[i], stop), size))
                 del result
         except BaseException:  # Ctrl-C, an error: no output set is begun or completed after this raises
             stop.set()
@@ -603,7 +640,7 @@ class ItemProcessor:
             self._writer_pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="partclipseg-write")
         return self._writer_pool
 
-    def _write(self, result, item: Item, stop: threading.Event) -> str | None:
+    def _write(self, result, item: Item, input_file: dict[str, Any], stop: threading.Event) -> str | None:
         """Render one image's output set and write it, the JSON (the completion mark) last; returns the result's
         note. Once ``stop`` is set no further file of it is written (its JSON in particular)."""
         from .outputs import render_outputs
@@ -611,7 +648,7 @@ class ItemProcessor:
         if stop.is_set():
             raise _Stopped()
         files = render_outputs(result, item.name, overlay=self.options.overlay, scores=self.options.scores,
-                               rle=self.options.rle, source=item.source, job=self.job)
+                               rle=self.options.rle, source=item.source, job=self.job, input_file=input_file)
         for name, payload in files:
             if stop.is_set():
                 raise _Stopped()

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import PartCLIPSegError
-from ..segment_job import (Item, ItemProcessor, Log, Report, SegmentOptions, _stderr, finish_report, key_hash,
-                           load_model, model_fingerprint, start_job)
+from ..segment_job import (Item, ItemProcessor, Log, Report, SegmentOptions, _stderr, check_vocabulary_fits,
+                           finish_report, key_hash, load_model, model_fingerprint, start_job)
 from ..storage import JobLock, OutputError, open_store
 
 MAX_BATCH_RETRIES = 3
@@ -97,7 +97,10 @@ def run_ray(specs: Sequence[str], out: str, options: SegmentOptions, *, resume: 
     if gpus_per_worker is not None and gpus_per_worker < 0:
         raise PartCLIPSegError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     # the driver loads the model once: a bad --model fails here, and the job key needs its fingerprint
-    key = options.job_key(model_fingerprint(load_model(options.model, log)))
+    model = load_model(options.model, log)
+    check_vocabulary_fits(model, options)
+    key = options.job_key(model_fingerprint(model))
+    del model
     job_hash = key_hash(key)
     job = start_job(specs, out, options, key, job_hash, resume=resume, log=log)
     with job.lock:  # the driver holds the output's job lock; the workers write under it
