@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .dist import resolve_device
 from .errors import PartCLIPSegError
 from .io import json_text
 
@@ -75,11 +76,22 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with errors cut short: a huge bad argument is not echoed back whole."""
+    """argparse with errors in one line (no usage block: ``--help`` has it) and cut short: a huge bad
+    argument is not echoed back whole."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {_short(message, 4 * MAX_ECHO)}\n")
+        self.exit(2, f"{self.prog}: error: {_short(message, 4 * MAX_ECHO)} (see {self.prog} --help)\n")
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second ``--point`` (``--box``, ``--object``, ...) would silently
+    replace the first, while ``--attention`` is repeatable; a segment job takes one prompt."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: a job takes one {self.dest.replace('_', ' ')} "
+                         f"(segment the images again for another)")
+        setattr(namespace, self.dest, values)
 
 
 def _version() -> str:
@@ -110,13 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     vocab = seg.add_mutually_exclusive_group()
     vocab.add_argument("--parts", help="comma-separated object-specific parts, e.g. \"dog's head, dog's leg\"")
     vocab.add_argument("--vocab", help=f"a benchmark vocabulary: {', '.join(BENCHMARKS)}")
-    seg.add_argument("--object-mask", type=Path,
+    seg.add_argument("--object-mask", type=Path, action=_Once, metavar="MASK",
                      help="image of the object's mask: a pixel is object where any of its grey, colour or alpha "
                           "values is non-zero; alone, the model picks the object inside it")
-    seg.add_argument("--object", help="the object class (Oracle-Obj): every pixel gets that object's best part; "
+    seg.add_argument("--object", action=_Once, metavar="OBJECT", help="the object class (Oracle-Obj): every pixel gets that object's best part; "
                                       "with --object-mask only the mask's pixels do (the mask is optional)")
-    seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="x0,y0,x1,y1 in pixels")
-    seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), help="x,y in pixels")
+    seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), action=_Once, metavar="BOX",
+                     help="x0,y0,x1,y1 in pixels")
+    seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), action=_Once, metavar="POINT",
+                     help="x,y in pixels")
     seg.add_argument("--protocol", choices=PROTOCOLS, default=None,
                      help="pred-all: the model finds the objects; oracle-obj: the object is given by --object "
                           "(default: decided by the prompts given)")
@@ -317,30 +331,6 @@ def _toy_note(args) -> None:
 def _one_line(exc: BaseException) -> str:
     """An error message on one line, with very long user text cut (see ``_short``)."""
     return _short(" ".join(str(exc).split()), 2000)
-
-
-def resolve_device(name: str | None) -> str:
-    """``--device`` -> a device string torch accepts and that exists here (``PartCLIPSegError`` if not)."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise PartCLIPSegError(f"--device {_short(name)!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PartCLIPSegError(f"--device {name}: CUDA is not available here (no NVIDIA GPU or a CPU-only "
-                                   f"PyTorch); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise PartCLIPSegError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise PartCLIPSegError(f"--device {name}: MPS is not available here; use --device cpu")
-    elif device.type != "cpu":
-        raise PartCLIPSegError(f"--device {name}: only cpu, cuda and mps devices are supported")
-    return str(device)
 
 
 # ---------------------------------------------------------------------------- train

@@ -30,6 +30,38 @@ def dist_info() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def resolve_device(name: str | None, option: str = "--device") -> str:
+    """A device name -> a device string torch accepts and that exists here, else a one-line
+    ``PartCLIPSegError`` naming ``option`` (``"--device"`` on the command line, ``"device="`` in the API).
+    ``None``: CUDA when available, else the CPU."""
+    import torch
+
+    from .errors import PartCLIPSegError
+
+    def given(value: str) -> str:  # "--device cuda" / "device='cuda'"
+        return f"{option} {value}" if option.startswith("--") else f"{option}{value!r}"
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise PartCLIPSegError(f"{given(shown)} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PartCLIPSegError(f"{given(name)}: CUDA is not available here (no NVIDIA GPU or a CPU-only "
+                                   f"PyTorch); use {given('cpu')}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PartCLIPSegError(f"{given(name)}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PartCLIPSegError(f"{given(name)}: MPS is not available here; use {given('cpu')}")
+    elif device.type != "cpu":
+        raise PartCLIPSegError(f"{given(name)}: only cpu, cuda and mps devices are supported")
+    return str(device)
+
+
 def default_device(local_rank: int | None = None) -> str:
     """``"cuda"`` (``"cuda:<local_rank>"`` when given) if CUDA is available, else ``"cpu"``."""
     import torch

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .dist import resolve_device
 from .errors import PartCLIPSegError
 from .evaluation import PROTOCOLS
 from .model import EncodedVocabulary, ImageFeatures, PartSegmentationModel, SegmentationOutput
@@ -63,10 +64,16 @@ __all__ = ["EncodedVocabulary", "PROTOCOLS", "Predictor", "as_predictor", "segme
 class Predictor:
     """Wraps any ``PartSegmentationModel``; see the module docstring. ``chunk_size`` bounds classes
     decoded at once. The Predictor only uses the model interface (``model/base.py``): it never asks
-    which architecture it holds."""
+    which architecture it holds.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``; ``None``: leave the
+    model where it is) moves the model there (in place). A device that does not exist here (CUDA on a
+    CPU-only PyTorch, ``cuda:3`` on a one-GPU machine, MPS off a Mac, an unknown name) is a one-line
+    ``PartCLIPSegError``, the check ``partclipseg segment --device`` makes."""
 
     def __init__(self, model: PartSegmentationModel, *, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, chunk_size: int | None = 32, max_cached_vocabularies: int = 8):
+        device = check_device(device)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         self.model = model.eval()
@@ -83,9 +90,11 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, source=None, *, device=None, dtype=None, **kwargs) -> "Predictor":
-        """A Predictor on a saved folder / hub id / official ``.pth`` (``None``: the built-in default model)."""
+        """A Predictor on a saved folder / hub id / official ``.pth`` (``None``: the built-in default model).
+        ``device`` is checked before the model is loaded (see the class docstring)."""
         from .weights import load_default_model, load_pretrained
 
+        check_device(device)  # a missing device fails before any loading or download
         model = load_default_model() if source is None else load_pretrained(source)
         return cls(model, device=device, dtype=dtype, **kwargs)
 
@@ -315,20 +324,33 @@ def _image_logits(out: SegmentationOutput, index: int):
 _ONE_IMAGE = "predict_batch takes a list of images; for one image use set_image() and predict()"
 
 
+_UNAMBIGUOUS = ("pass a list of 2-D arrays (list(images)) or add a channel axis (images[..., None], "
+                "N x H x W x 1)")
+
+
 def _batch_of_images(images) -> Sequence[Any]:
     """``images`` as something ``predict_batch`` can slice, or a one-line error when it is one image.
 
     A list or tuple of images, a 4-D array or tensor (N images of HWC or CHW), a 3-D stack of N
     grayscale images (N, H, W) whose first and last dimensions are not 1, 3 or 4 (else it reads as one
-    HWC or CHW image, as :func:`~partclipseg.preprocess.load_image` reads it), or any other iterable of
-    images (a generator: read into a list)."""
+    HWC or CHW image, as :func:`~partclipseg.preprocess.load_image` reads it: the error says so and how
+    to pass such grayscale images), or any other iterable of images (a generator: read into a list)."""
     if isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "getpixel"):  # a path or a PIL image
         raise PartCLIPSegError(_ONE_IMAGE)
     if isinstance(images, (np.ndarray, torch.Tensor)):
         shape = tuple(images.shape)
-        if len(shape) < 3 or len(shape) == 3 and (shape[0] in (1, 3, 4) or shape[-1] in (1, 3, 4)):
-            raise PartCLIPSegError(f"{_ONE_IMAGE} (an array of shape {shape} reads as one image; a stack of "
-                                   f"images is N x H x W x C, N x C x H x W or N x H x W)")
+        if len(shape) < 3:
+            raise PartCLIPSegError(f"{_ONE_IMAGE} (an array of shape {shape} is not a stack of images: a stack "
+                                   f"is N x H x W x C, N x C x H x W, or N x H x W grayscale with N and W not "
+                                   f"1, 3 or 4)")
+        if len(shape) == 3 and shape[-1] in (1, 3, 4):
+            raise PartCLIPSegError(f"{_ONE_IMAGE} (an array of shape {shape} reads as one H x W x {shape[-1]} "
+                                   f"image; for {shape[0]} grayscale images {shape[-1]} pixels wide, "
+                                   f"{_UNAMBIGUOUS})")
+        if len(shape) == 3 and shape[0] in (1, 3, 4):
+            raise PartCLIPSegError(f"{_ONE_IMAGE} (an array of shape {shape} is ambiguous: one {shape[0]} x H x W "
+                                   f"image or N = {shape[0]} grayscale H x W images; a 3-D array whose first axis "
+                                   f"is 1, 3 or 4 is read as one CHW image. For grayscale images, {_UNAMBIGUOUS})")
         if len(shape) > 4:
             raise PartCLIPSegError(f"predict_batch takes at most 4-D arrays of images, got shape {shape}")
         return images
@@ -455,6 +477,35 @@ def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: 
                             region_rule=region_rule)
 
 
+def check_device(device: str | torch.device | None) -> str | None:
+    """``device`` (a name, a ``torch.device`` or a CUDA index) as a device name that exists here, ``None``
+    for ``None``; else a one-line ``PartCLIPSegError`` (``dist.resolve_device``, the check of
+    ``--device``: CUDA needs a CUDA build and a GPU of that index, MPS needs MPS, other devices are
+    refused), naming ``device=``."""
+    if device is None:
+        return None
+    if isinstance(device, torch.device):
+        name = str(device)
+    elif isinstance(device, str):
+        name = device
+    elif isinstance(device, int) and not isinstance(device, bool):  # torch's shorthand for a CUDA index
+        name = f"cuda:{device}" if device >= 0 else str(device)
+    else:
+        raise PartCLIPSegError(f"device must be a device name (cpu, cuda, cuda:1, mps, ...) or a torch.device, "
+                               f"got {type(device).__name__}")
+    return resolve_device(name, option="device=")
+
+
+def _same_device(wanted: str, have: torch.device) -> bool:
+    """Whether a checked device name is the device ``have`` (``"cuda"``: the current CUDA device)."""
+    want = torch.device(wanted)
+    if want.type != have.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        want = torch.device("cuda", torch.cuda.current_device())
+    return want.index is None or have.index is None or want.index == have.index
+
+
 def as_predictor(model: Any = None, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None) -> Predictor:
     """A Predictor for ``model``: a Predictor (returned as is), a model (wrapped, moved to ``device`` /
@@ -466,12 +517,25 @@ def as_predictor(model: Any = None, device: str | torch.device | None = None,
     return Predictor.from_pretrained(model, device=device, dtype=dtype)
 
 
-def segment_parts(image: Any, parts: Vocabulary | str | Sequence[str], model: Any = None, **kwargs) -> list[dict]:
+def segment_parts(image: Any, parts: Vocabulary | str | Sequence[str], model: Any = None, *,
+                  device: str | torch.device | None = None, **kwargs) -> list[dict]:
     """One call: ``[{"label", "mask", "score"}]`` for the parts found in ``image`` (HF pipeline shape).
 
     ``model``: a Predictor, a model, a folder / hub id / ``.pth``, or None for the built-in default.
-    Keyword arguments go to ``Predictor.predict`` (prompts, protocol).
+    ``device``: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``).
+    ``None`` (the default) leaves the model where it is: on the CPU for a model loaded from a name,
+    folder or file; a model passed in stays on its device. A model passed in is moved to ``device``
+    in place (as ``Predictor(model, device=...)`` does). A Predictor passed in is not moved: a
+    ``device`` other than the Predictor's is a ``PartCLIPSegError`` (build the Predictor on that
+    device instead). A device that does not exist here is a one-line ``PartCLIPSegError``.
+    Other keyword arguments go to ``Predictor.predict`` (prompts, protocol).
     """
-    predictor = as_predictor(model)
+    if device is not None:
+        checked = check_device(device)
+        if isinstance(model, Predictor) and not _same_device(checked, model.device):
+            raise PartCLIPSegError(f"segment_parts: device={checked!r} but the Predictor passed as model is on "
+                                   f"{model.device}; leave device out to use it there, or build the Predictor on "
+                                   f"{checked} (Predictor.from_pretrained(..., device={checked!r}))")
+    predictor = as_predictor(model, device)
     predictor.set_image(image)
     return predictor.predict(parts, **kwargs).segments()
