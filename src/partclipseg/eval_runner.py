@@ -26,7 +26,7 @@ import numpy as np
 
 from .dist import DistInfo, barrier, default_device, dist_info, init_distributed
 from .errors import PartCLIPSegError
-from .eval_work import check_results_file, model_fingerprint, prepare_work_dir, read_work, work_key
+from .eval_work import check_results_file, dataset_fingerprint, model_fingerprint, prepare_work_dir, read_work, work_key
 from .io import atomic_write_text, check_writable_file, json_text
 from .evaluation import PROTOCOLS
 
@@ -92,7 +92,8 @@ def prepare(dataset: str, root: str | Path, model: Any, protocol: str, out: Path
         refs = refs[:limit]
     predictor = as_predictor(model, device, dtype)
     key = work_key(model_source=model, fingerprint=model_fingerprint(predictor.model), protocol=protocol,
-                   dataset=dataset, root=root, gt_resize_quirk=gt_resize_quirk, limit=limit, dtype=dtype)
+                   dataset=dataset, root=root, gt_resize_quirk=gt_resize_quirk, limit=limit, dtype=dtype,
+                   dataset_files=dataset_fingerprint(refs))
     if info.is_main:
         check_results_file(out, key, overwrite)
         prepare_work_dir(work_dir, key, overwrite)

@@ -1,7 +1,8 @@
 """The work files of a resumable evaluation (``<out>.work/``), keyed on everything that changes the result.
 
 ``key.json`` in the work folder holds the *work key*: the model's identity (a SHA-256 of its config
-and weights as evaluated), the protocol, dataset, dataset root, GT handling, sample limit and dtype.
+and weights as evaluated), the protocol, dataset, dataset root, the evaluated files' fingerprint (paths,
+sizes, modification times, annotations), GT handling, sample limit and dtype.
 A run only continues work files with its own key; work of another run (an Oracle-Obj run after a
 Pred-All one, another model, ...) is refused, or discarded with ``overwrite``. The results JSON
 carries the same key, so a finished result of another run is not silently replaced either.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,35 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def dataset_fingerprint(refs) -> str:
+    """SHA-256 of the evaluated samples as they are on disk: each sample's id, object and annotations, and
+    the path, size and modification time of every file it reads. A dataset regenerated or relabelled in
+    place changes it, so its samples are not mixed with work files of the old one."""
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    for ref in refs:
+        digest.update(json_text({"id": ref.sample_id, "object": ref.object_id, "annotations": ref.annotations},
+                                sort_keys=True).encode())
+        for path in (ref.image_path, ref.label_path, ref.object_path):
+            if path is None or str(path) in seen:
+                continue
+            seen.add(str(path))
+            try:
+                st = os.stat(path)
+                digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:  # reading the sample reports it
+                digest.update(f"{path}|missing".encode())
+    return digest.hexdigest()
+
+
 def work_key(*, model_source: Any, fingerprint: str, protocol: str, dataset: str, root: str | Path,
-             gt_resize_quirk: bool, limit: int | None, dtype: Any) -> dict[str, Any]:
-    """Everything that changes an evaluation's numbers (see the module docstring)."""
+             gt_resize_quirk: bool, limit: int | None, dtype: Any, dataset_files: str | None = None) -> dict[str, Any]:
+    """Everything that changes an evaluation's numbers (see the module docstring); ``dataset_files``:
+    :func:`dataset_fingerprint` of the samples evaluated."""
     return {"model": str(model_source) if isinstance(model_source, (str, Path)) else None,
             "model_sha256": fingerprint, "protocol": protocol, "dataset": dataset,
-            "root": str(Path(root).resolve()), "gt_resize_quirk": bool(gt_resize_quirk), "limit": limit,
+            "root": str(Path(root).resolve()), "dataset_files": dataset_files,
+            "gt_resize_quirk": bool(gt_resize_quirk), "limit": limit,
             "dtype": str(dtype).replace("torch.", "") if dtype is not None else "float32"}
 
 
@@ -60,6 +85,9 @@ def _differences(old: dict, new: dict) -> str:
         if k == "model_sha256":
             a, b = (str(a)[:12] if a else a), str(b)[:12]
             k = "model weights (sha256)"
+        elif k == "dataset_files":
+            a, b = (str(a)[:12] if a else a), (str(b)[:12] if b else b)
+            k = "dataset files (sizes, times; regenerated or edited since)"
         shown.append(f"{k}: {a!r} -> {b!r}")
     return "; ".join(shown)
 
