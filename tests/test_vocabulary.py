@@ -247,3 +247,17 @@ def test_names_that_differ_only_in_letter_case_are_refused_and_the_separator_ign
     assert baseline_prompt("DOG'S Head") == "DOG Head"
     vocab = Vocabulary.parse("Dog's Head, Dog's Leg")  # one spelling per name: accepted as written
     assert vocab.objects == ("Dog",) and vocab.parts == ("Head", "Leg")
+
+
+@pytest.mark.parametrize("names, needle", [
+    (["dog\u2019s head"], "it has '\u2019s': type the apostrophe as '"),  # a typographic apostrophe
+    (["dog\uff07s head"], "type the apostrophe as '"),
+    (["dog's\thead"], "control character '\\t'"),
+    (["dog's head\ncat's leg"], "control character '\\n'"),
+    (["caf\u00e9's table", "cafe\u0301's leg"], "two Unicode forms"),  # composed vs decomposed é
+    (["Dog's head", "dog's leg"], "differ only in letter case or spacing"),
+])
+def test_vocabulary_mistakes_name_their_cause(names, needle):
+    with pytest.raises(VocabularyError) as info:
+        Vocabulary.from_names(names)
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -22,6 +22,7 @@ import functools
 import json
 import operator
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
@@ -60,12 +61,17 @@ def parse_class_name(name: str) -> tuple[str, str]:
         raise VocabularyError(f"class name {name!r} is not a string (got {type(name).__name__})")
     if ";" in name:  # "dog's head; dog's leg" would be one part named "head; dog's leg"
         raise VocabularyError(f"class name {name!r} contains ';'; separate class names with commas")
+    control = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    if control is not None:  # a tab or line break: a box in the legend, a broken line in every listing
+        raise VocabularyError(f"class name {name!r} contains the control character {control!r}; use spaces")
     # searched in the name itself, not in name.lower(): lower-casing can change the length ("İ" -> "i̇")
     found = re.search("'[sS]", name)
     obj, sep, part = (name[:found.start()], found.group(), name[found.end():]) if found else (name, "", "")
     if not sep:
+        curly = re.search("[\u2019\u2018\u02bc\u0060\u00b4\uff07][sS]", name)  # ’s ‘s ʼs `s ´s ＇s
+        hint = (f" (it has {curly.group()!r}: type the apostrophe as ')" if curly else "")
         raise VocabularyError(
-            f"class name {name!r} has no \"'s\"; expected the form \"<object>'s <part>\" (e.g. \"dog's head\")"
+            f"class name {name!r} has no \"'s\"{hint}; expected the form \"<object>'s <part>\" (e.g. \"dog's head\")"
         )
     obj, part = obj.strip(), part.strip()
     if not obj:
@@ -148,9 +154,12 @@ class Vocabulary:
             for item in found:
                 other = folded.setdefault(normalize_text(item), item)
                 if other != item:
+                    why = ("are the same letters in two Unicode forms (composed and decomposed accents)"
+                           if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", item)
+                           else "differ only in letter case or spacing")
                     raise VocabularyError(
-                        f"{kind} names {other!r} and {item!r} differ only in letter case or spacing: the model reads "
-                        f"names in lower case with every run of spaces as one, so they would be one {kind} to it; "
+                        f"{kind} names {other!r} and {item!r} {why}: the model reads names in lower case, in one "
+                        f"Unicode form, with every run of spaces as one, so they would be one {kind} to it; "
                         f"write them the same way")
         part_pos = {p: i for i, p in enumerate(parts)}
         obj_pos = {o: i for i, o in enumerate(objects)}
