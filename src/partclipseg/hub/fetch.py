@@ -18,8 +18,8 @@ into ``<stem>.safetensors`` (the file's own key names; ``torch.load(weights_only
 Any failure becomes a ``DownloadError`` saying the URL, the manual way and the folder to use.
 
 ``PARTCLIPSEG_GDRIVE_URL`` (a template with ``{id}``) replaces the Drive download address: it is how
-the tests point ``gdown`` at a server on 127.0.0.1; ``PARTCLIPSEG_DOWNLOAD_RETRIES`` (default 3) is the
-number of reconnections (each resuming where the bytes stopped) before a download gives up.
+the tests point ``gdown`` at a server on 127.0.0.1. Retries (transient failures only; a host name that
+does not resolve fails at once) and ``PARTCLIPSEG_DOWNLOAD_RETRIES``: :mod:`partclipseg.hub.network`.
 """
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ import sys
 from pathlib import Path
 
 from ..errors import DownloadError, PartCLIPSegError
+from .network import first_line, gdown_file, hub_endpoint, hub_file, shorten, unresolved_host, unresolved_text
 from .registry import GDRIVE_URL, GDRIVE_VIEW_URL, ModelEntry, WeightFile
 from .store import MANIFEST, lock_for, model_dir, read_manifest, sha256_of, verify, weights_dir, write_manifest
 
 GDRIVE_URL_ENV = "PARTCLIPSEG_GDRIVE_URL"
-RETRIES_ENV = "PARTCLIPSEG_DOWNLOAD_RETRIES"
 HF_FILES = ("config.json", "preprocessor_config.json")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+MAX_REASON = 300  # characters of a library's error message quoted in ours (cut at a word, with "...")
 
 
 def ensure_model(entry: ModelEntry, progress: bool = True) -> Path:
@@ -73,20 +74,18 @@ def _fetch_gdrive(entry: ModelEntry, folder: Path, progress: bool) -> None:
     url = gdrive_url(entry)
     if not target.is_file():  # a file put there by hand is taken as is
         try:
-            import gdown
+            import gdown  # noqa: F401  (imported here to say clearly when it is missing)
         except ImportError:
             raise DownloadError(_manual(entry, folder, url, "the gdown package is not installed "
                                                              "(pip install gdown)")) from None
-        retries = int(os.environ.get(RETRIES_ENV, "3"))
         try:
-            gdown.download(url=url, output=str(target), quiet=not progress, resume=True, retries=retries,
-                           timeout=(15, 60))
+            gdown_file(url, target, progress)
         except KeyboardInterrupt:
             _drop_empty_partials(folder, entry.filename)
             raise
         except Exception as exc:  # network, HTTP and gdown errors: one message, no traceback
             kept = _drop_empty_partials(folder, entry.filename)
-            raise DownloadError(_manual(entry, folder, url, _reason(exc), kept)) from None
+            raise DownloadError(_manual(entry, folder, url, _reason(exc, url), kept)) from None
     size, digest = target.stat().st_size, sha256_of(target)
     problem = None
     if entry.bytes is not None and size != entry.bytes:
@@ -146,24 +145,20 @@ def _fetch_hub(entry: ModelEntry, folder: Path, progress: bool) -> None:
 
 
 def _hub_download(entry: ModelEntry, folder: Path, progress: bool) -> None:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     staging = folder / ".hub"
-    endpoint = os.environ.get("HF_ENDPOINT") or None
     wanted = {"config.json": True, "preprocessor_config.json": False}
     try:
         for name, required in wanted.items():
             try:
-                hf_hub_download(entry.hub_repo, name, revision=entry.hub_revision, local_dir=staging,
-                                endpoint=endpoint)
+                hub_file(entry.hub_repo, name, entry.hub_revision, staging)
             except EntryNotFoundError:
                 if required:
                     raise
         for name in HF_WEIGHTS:
             try:
-                hf_hub_download(entry.hub_repo, name, revision=entry.hub_revision, local_dir=staging,
-                                endpoint=endpoint)
+                hub_file(entry.hub_repo, name, entry.hub_revision, staging)
                 break
             except EntryNotFoundError:
                 if name == HF_WEIGHTS[-1]:
@@ -172,7 +167,7 @@ def _hub_download(entry: ModelEntry, folder: Path, progress: bool) -> None:
         raise
     except Exception as exc:
         _drop_hub_staging(staging, folder)
-        raise DownloadError(_manual(entry, folder, entry.url, _reason(exc))) from None
+        raise DownloadError(_manual(entry, folder, entry.url, _reason(exc, hub_endpoint()))) from None
     for path in staging.iterdir():
         if path.is_file():
             os.replace(path, folder / path.name)
@@ -224,18 +219,12 @@ def _download_weight_file(entry: WeightFile, folder: Path, progress: bool) -> No
     target = folder / entry.filename
     try:
         if entry.source == "hub":
-            from huggingface_hub import hf_hub_download
-
             staging = folder / ".hub"
-            hf_hub_download(entry.hub_repo, entry.filename, revision=entry.hub_revision, local_dir=staging,
-                            endpoint=os.environ.get("HF_ENDPOINT") or None)
+            hub_file(entry.hub_repo, entry.filename, entry.hub_revision, staging)
             os.replace(staging / entry.filename, target)
             shutil.rmtree(staging, ignore_errors=True)
         else:
-            import gdown
-
-            gdown.download(url=entry.url, output=str(target), quiet=not progress, resume=True,
-                           retries=int(os.environ.get(RETRIES_ENV, "3")), timeout=(15, 60))
+            gdown_file(entry.url, target, progress)  # ImportError when gdown is missing: said below
     except KeyboardInterrupt:
         raise
     except ImportError:
@@ -246,7 +235,8 @@ def _download_weight_file(entry: WeightFile, folder: Path, progress: bool) -> No
             _drop_hub_staging(folder / ".hub", folder)
         else:
             _drop_empty_partials(folder, entry.filename)
-        raise DownloadError(_manual_weight_file(entry, folder, _reason(exc))) from None
+        where = hub_endpoint() if entry.source == "hub" else entry.url
+        raise DownloadError(_manual_weight_file(entry, folder, _reason(exc, where))) from None
     size = target.stat().st_size
     problem = None
     if entry.bytes is not None and size != entry.bytes:
@@ -276,21 +266,30 @@ def _convert_weight_file(entry: WeightFile, raw: Path, converted: Path) -> None:
 
 
 def _manual_weight_file(entry: WeightFile, folder: Path, reason: str) -> str:
-    return (f"could not download {entry.name!r} ({entry.size}) from {entry.url}: {reason}. To get it by hand: "
-            f"download {entry.url} on a machine with network, put it as {folder / entry.filename} and run the "
+    return (f"could not download {entry.name!r} ({entry.size}) from {entry.url}: {_sentence(reason)} To get it by "
+            f"hand: download {entry.url} on a machine with network, put it as {folder / entry.filename} and run the "
             f"command again; it is checked and converted on first use.")
 
 
 # ---------------------------------------------------------------------------- messages
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = next((line.strip() for line in text if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:300].rstrip('.')}" if first else type(exc).__name__
+def _reason(exc: BaseException, url: str = "") -> str:
+    """Why a download failed, for the one-line error: a host without DNS answer said plainly, else the
+    exception's type and first line (cut at a word, with "...", past ``MAX_REASON`` characters)."""
+    host = unresolved_host(exc, url)
+    if host is not None:
+        return unresolved_text(host)
+    first = first_line(exc).rstrip(".")
+    return shorten(f"{type(exc).__name__}: {first}", MAX_REASON) if first else type(exc).__name__
+
+
+def _sentence(reason: str) -> str:
+    """``reason`` ended with one full stop (none added after a "...")."""
+    return reason if reason.endswith(".") else reason + "."
 
 
 def _manual(entry: ModelEntry, folder: Path, url: str, reason: str, kept: list[str] | None = None) -> str:
     """The offline / failure message: what failed, the manual way, and where to put the file."""
-    lead = f"could not download model {entry.name!r} ({entry.size}) from {url}: {reason}."
+    lead = f"could not download model {entry.name!r} ({entry.size}) from {url}: {_sentence(reason)}"
     if kept:
         lead += f" The bytes received so far are kept in {folder / kept[0]}; running again resumes there."
     if entry.source == "gdrive":
