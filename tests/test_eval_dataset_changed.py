@@ -50,11 +50,27 @@ def test_regenerated_dataset_is_not_mixed_with_old_work(capsys, tmp_path):
     assert _metrics(out) == _metrics(fresh) != first
 
 
-def test_fingerprint_follows_a_relabelled_file_and_nothing_else(tmp_path):
+def test_fingerprint_follows_a_relabelled_file_and_nothing_else(tmp_path, monkeypatch):
     root = generate_toy_world(tmp_path / "tw", n_train=0, n_val=2, size_range=(64, 96), seed=2)
     refs = open_dataset("toy_world", root, "val").eval_samples()
-    before = dataset_fingerprint(refs)
-    assert dataset_fingerprint(open_dataset("toy_world", root, "val").eval_samples()) == before
+    before = dataset_fingerprint(refs, root)
+    monkeypatch.chdir(tmp_path)  # the same files by a relative path: the same fingerprint
+    relative = open_dataset("toy_world", Path("tw") / root.name, "val")
+    assert dataset_fingerprint(relative.eval_samples(), relative.root) == before
     label = Path(refs[0].label_path)
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))  # edited in place
-    assert dataset_fingerprint(refs) != before
+    assert dataset_fingerprint(refs, root) != before
+
+
+def test_same_dataset_by_another_path_and_an_older_key_are_accepted(capsys, tmp_path, monkeypatch):
+    root = generate_toy_world(tmp_path / "tw", n_train=0, n_val=2, size_range=(64, 96), seed=3)
+    out = tmp_path / "e" / "r.json"
+    assert _evaluate(capsys, root, out)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    assert _evaluate(capsys, Path("tw") / root.name, out)[0] == 0  # not "regenerated or edited since"
+    # work files and a result from before the fingerprint was recorded: continued, not refused
+    for path in (out, out.with_name(out.name + ".work") / "key.json"):
+        data = json.loads(path.read_text())
+        (data["work_key"] if "work_key" in data else data).pop("dataset_files")
+        path.write_text(json.dumps(data))
+    assert _evaluate(capsys, root, out)[0] == 0

@@ -86,3 +86,40 @@ def test_env_font_that_cannot_load_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv(fonts.FONT_ENV, str(bad))
     with pytest.raises(PartCLIPSegError, match=f"{fonts.FONT_ENV}=.*not_a_font.ttf: not a font file"):
         fonts.text_font(15, ["x"])
+
+
+def test_bitmap_builtin_font_draws_ascii_and_refuses_the_rest(monkeypatch):
+    """Pillow < 10.1 (or no FreeType): the built-in font is a fixed bitmap font; legends still draw."""
+    bitmap = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") else None
+    if bitmap is None:
+        pytest.skip("this Pillow has no separate bitmap default font")
+    assert fonts.draws(bitmap, "a") and not fonts.draws(bitmap, "\u00e9") and not fonts.draws(bitmap, "\u72d7")
+    original = ImageFont.load_default
+
+    def old_pillow(size=None):
+        if size is not None:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return bitmap
+
+    monkeypatch.setattr(ImageFont, "load_default", old_pillow)
+    monkeypatch.setattr(fonts, "_LOCAL", type(fonts._LOCAL)())  # no cached built-in fonts
+    image = np.full((60, 80, 3), 200, np.uint8)
+    labels = np.zeros((60, 80), np.int64)
+    out = viz.overlay(image, labels, ["dog's head"], 1, title="a title")  # used to raise UnicodeEncodeError
+    assert out.width > 80
+    monkeypatch.setattr(ImageFont, "load_default", original)
+
+
+def test_bad_env_font_fails_the_segment_job_up_front(monkeypatch, tmp_path, capsys):
+    from partclipseg.cli import main
+
+    bad = tmp_path / "x.ttf"
+    bad.write_text("no font")
+    monkeypatch.setenv(fonts.FONT_ENV, str(bad))
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(image)
+    code = main(["segment", str(image), "--vocab", "toy_world", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and fonts.FONT_ENV in err and not (tmp_path / "o").exists()

@@ -5,6 +5,7 @@ won), argparse errors (a usage block), and which value the label PNG uses for ba
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 from pathlib import Path
@@ -107,3 +108,32 @@ def test_argparse_errors_are_one_line_without_the_usage_block(capsys, tmp_path):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], err
         assert not lines[0].startswith("usage:")
+
+
+def test_too_long_name_is_caught_for_partcatseg_too(tmp_path):
+    """PartCATSeg tokenises its own prompt ensemble at encoding time: the check reads every model's prompts."""
+    from partclipseg.errors import VocabularyError
+    from partclipseg.model import build_model
+    from partclipseg.model.partcatseg import get_partcatseg_config
+    from partclipseg.segment_job import SegmentOptions, check_vocabulary_fits
+
+    model = build_model(get_partcatseg_config("partcatseg-tiny"))
+    check_vocabulary_fits(model, SegmentOptions(classes=("dog's head", "dog's leg")))
+    with pytest.raises(VocabularyError, match="tokenises to"):
+        check_vocabulary_fits(model, SegmentOptions(classes=("长" * 60 + "的猫's 头", "dog's leg")))
+
+
+def test_resume_does_not_reread_inputs_untouched_since(capsys, photos, tmp_path, monkeypatch):
+    import partclipseg.segment_job as segment_job
+
+    out = tmp_path / "out"
+    assert _cli(capsys, "segment", photos, "--vocab", "toy_world", "--out", out)[0] == 0
+    reads = []
+    original = segment_job.read_input_bytes
+    monkeypatch.setattr(segment_job, "read_input_bytes", lambda path: reads.append(path) or original(path))
+    code, stdout, _ = _cli(capsys, "segment", photos, "--vocab", "toy_world", "--out", out, "--resume")
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["skipped"] == 2 and reads == []
+    (photos / "x.jpg").touch()  # newer than its outputs, same bytes: hashed once, still done
+    os.utime(photos / "x.jpg", ns=(10**19, 10**19))
+    code, stdout, _ = _cli(capsys, "segment", photos, "--vocab", "toy_world", "--out", out, "--resume")
+    assert json.loads(stdout.strip().splitlines()[-1])["skipped"] == 2 and len(reads) == 1

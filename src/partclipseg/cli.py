@@ -89,7 +89,7 @@ class _Once(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest, None) is not None:
-            parser.error(f"{option_string} given twice: a job takes one {self.dest.replace('_', ' ')} "
+            parser.error(f"{self.option_strings[0]} given twice: a job takes one {self.dest.replace('_', ' ')} "
                          f"(segment the images again for another)")
         setattr(namespace, self.dest, values)
 

@@ -30,13 +30,21 @@ def dist_info() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def resolve_device(name: str | None, option: str = "--device") -> str:
-    """A device name -> a device string torch accepts and that exists here, else a one-line
-    ``PartCLIPSegError`` naming ``option`` (``"--device"`` on the command line, ``"device="`` in the API).
-    ``None``: CUDA when available, else the CPU."""
+def resolve_device(name, option: str = "--device") -> str:
+    """A device (a name, a ``torch.device`` or a CUDA index) -> a device string torch accepts and that
+    exists here, else a one-line ``PartCLIPSegError`` naming ``option`` (``"--device"`` on the command line,
+    ``"device="`` in the API). ``None``: CUDA when available, else the CPU."""
     import torch
 
     from .errors import PartCLIPSegError
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    elif isinstance(name, int) and not isinstance(name, bool):  # torch's shorthand for a CUDA index
+        name = f"cuda:{name}" if name >= 0 else str(name)
+    elif name is not None and not isinstance(name, str):
+        raise PartCLIPSegError(f"{option.rstrip('=')} must be a device name (cpu, cuda, cuda:1, mps, ...) or a "
+                               f"torch.device, got {type(name).__name__}")
 
     def given(value: str) -> str:  # "--device cuda" / "device='cuda'"
         return f"{option} {value}" if option.startswith("--") else f"{option}{value!r}"

@@ -93,7 +93,7 @@ def prepare(dataset: str, root: str | Path, model: Any, protocol: str, out: Path
     predictor = as_predictor(model, device, dtype)
     key = work_key(model_source=model, fingerprint=model_fingerprint(predictor.model), protocol=protocol,
                    dataset=dataset, root=root, gt_resize_quirk=gt_resize_quirk, limit=limit, dtype=dtype,
-                   dataset_files=dataset_fingerprint(refs))
+                   dataset_files=dataset_fingerprint(refs, reader.root))
     if info.is_main:
         check_results_file(out, key, overwrite)
         prepare_work_dir(work_dir, key, overwrite)

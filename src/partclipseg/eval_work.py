@@ -39,12 +39,14 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def dataset_fingerprint(refs) -> str:
+def dataset_fingerprint(refs, root: str | Path) -> str:
     """SHA-256 of the evaluated samples as they are on disk: each sample's id, object and annotations, and
-    the path, size and modification time of every file it reads. A dataset regenerated or relabelled in
-    place changes it, so its samples are not mixed with work files of the old one."""
+    the path (relative to the dataset folder ``root``), size and modification time of every file it reads.
+    A dataset regenerated or relabelled in place changes it, so its samples are not mixed with work files
+    of the old one; the same files reached by another path do not."""
     digest = hashlib.sha256()
     seen: set[str] = set()
+    base = os.path.realpath(root)
     for ref in refs:
         digest.update(json_text({"id": ref.sample_id, "object": ref.object_id, "annotations": ref.annotations},
                                 sort_keys=True).encode())
@@ -52,11 +54,12 @@ def dataset_fingerprint(refs) -> str:
             if path is None or str(path) in seen:
                 continue
             seen.add(str(path))
+            shown = os.path.relpath(os.path.realpath(path), base)
             try:
                 st = os.stat(path)
-                digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+                digest.update(f"{shown}|{st.st_size}|{st.st_mtime_ns}".encode())
             except OSError:  # reading the sample reports it
-                digest.update(f"{path}|missing".encode())
+                digest.update(f"{shown}|missing".encode())
     return digest.hexdigest()
 
 
@@ -72,13 +75,16 @@ def work_key(*, model_source: Any, fingerprint: str, protocol: str, dataset: str
 
 
 def same_work(old: Any, new: dict) -> bool:
-    """Keys equal in everything but the model's name (a moved model folder with the same weights is the same)."""
-    return isinstance(old, dict) and {k: v for k, v in old.items() if k != "model"} == \
-        {k: v for k, v in new.items() if k != "model"}
+    """Keys equal in everything but the model's name (a moved model folder with the same weights is the same)
+    and, for a key written before it was recorded (no ``dataset_files``), the dataset files' fingerprint."""
+    if not isinstance(old, dict):
+        return False
+    ignored = {"model"} | ({"dataset_files"} if "dataset_files" not in old else set())
+    return {k: v for k, v in old.items() if k not in ignored} == {k: v for k, v in new.items() if k not in ignored}
 
 
 def _differences(old: dict, new: dict) -> str:
-    keys = [k for k in new if k != "model" and old.get(k) != new.get(k)]
+    keys = [k for k in new if k != "model" and old.get(k) != new.get(k) and (k != "dataset_files" or k in old)]
     shown = []
     for k in keys:
         a, b = old.get(k), new.get(k)

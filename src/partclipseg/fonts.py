@@ -16,6 +16,7 @@ import os
 import threading
 import unicodedata
 import warnings
+import weakref
 from typing import Iterable, Union
 
 from PIL import ImageFont
@@ -78,17 +79,29 @@ def text_font(size: int, texts: Iterable[str] = ()) -> Font:
 
 
 def draws(font: Font, ch: str) -> bool:
-    """Whether ``font`` has a glyph for ``ch`` (its mask differs from the missing-glyph box)."""
-    return _glyph(font, ch) != _glyph(font, "\uffff")  # U+FFFF is a noncharacter: every font's box
+    """Whether ``font`` has a glyph for ``ch`` (its mask differs from the missing-glyph box). Pillow's
+    bitmap font (Pillow < 10.1, or no FreeType) draws printable ASCII only."""
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        return ch.isascii() and ch.isprintable()
+    try:
+        return _glyph(font, ch) != _glyph(font, "\uffff")  # U+FFFF is a noncharacter: every font's box
+    except (UnicodeError, ValueError, OSError):
+        return False
+
+
+def check_font_file() -> None:
+    """A one-line ``PartCLIPSegError`` now when ``$PARTCLIPSEG_FONT`` names no loadable font."""
+    if os.environ.get(FONT_ENV):
+        text_font(12)
 
 
 def _glyph(font: Font, ch: str) -> tuple:
-    cache = _LOCAL.__dict__.setdefault("glyphs", {})
-    key = (id(font), ch)
-    if key not in cache:
+    cache = _LOCAL.__dict__.setdefault("glyphs", weakref.WeakKeyDictionary())  # per font, freed with it
+    per_font = cache.setdefault(font, {})
+    if ch not in per_font:
         mask = font.getmask(ch)
-        cache[key] = (mask.size, bytes(mask))
-    return cache[key]
+        per_font[ch] = (mask.size, bytes(mask))
+    return per_font[ch]
 
 
 def _builtin(size: int) -> Font:

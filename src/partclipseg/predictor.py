@@ -477,23 +477,12 @@ def _to_result(out: ProtocolOutput, vocab: Vocabulary, image: np.ndarray, mode: 
                             region_rule=region_rule)
 
 
-def check_device(device: str | torch.device | None) -> str | None:
+def check_device(device: str | torch.device | int | None) -> str | None:
     """``device`` (a name, a ``torch.device`` or a CUDA index) as a device name that exists here, ``None``
     for ``None``; else a one-line ``PartCLIPSegError`` (``dist.resolve_device``, the check of
     ``--device``: CUDA needs a CUDA build and a GPU of that index, MPS needs MPS, other devices are
     refused), naming ``device=``."""
-    if device is None:
-        return None
-    if isinstance(device, torch.device):
-        name = str(device)
-    elif isinstance(device, str):
-        name = device
-    elif isinstance(device, int) and not isinstance(device, bool):  # torch's shorthand for a CUDA index
-        name = f"cuda:{device}" if device >= 0 else str(device)
-    else:
-        raise PartCLIPSegError(f"device must be a device name (cpu, cuda, cuda:1, mps, ...) or a torch.device, "
-                               f"got {type(device).__name__}")
-    return resolve_device(name, option="device=")
+    return None if device is None else resolve_device(device, option="device=")
 
 
 def _same_device(wanted: str, have: torch.device) -> bool:

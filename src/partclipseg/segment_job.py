@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import PartCLIPSegError, VocabularyError
+from .fonts import check_font_file
 from .io import json_text
 from .storage import (LOCK_FILE, JobLock, OutputError, OutputStore, arrow_filesystem, file_kind, is_uri, open_store,
                       read_input_bytes)
@@ -166,7 +167,7 @@ def check_vocabulary_fits(model, options: "SegmentOptions") -> None:
     from .tokenizer import get_tokenizer
 
     try:
-        model.tokenize_vocabulary(options.vocabulary(), get_tokenizer())
+        get_tokenizer()(list(model.prompts(options.vocabulary())), padding="longest")  # every architecture's texts
     except PartCLIPSegError as exc:
         raise VocabularyError(f"--parts/--vocab: {exc}") from None
 
@@ -414,7 +415,8 @@ def check_no_input_overwritten(plan: Plan, options: SegmentOptions, out: str) ->
 # ============================================================================ output
 def output_complete(store: OutputStore, name: str, job: str, source_path: str | None = None) -> bool:
     """True when ``name``'s JSON exists, was written by a job with key hash ``job`` and (given the input's
-    ``source_path``, a local file) was made from the input as it is now (its recorded size and sha256)."""
+    ``source_path``, a local file) was made from the input as it is now: same size, and not modified after
+    the JSON was written or, if it was, the same sha256."""
     try:
         data = store.read_bytes(f"{name}.json")
     except OSError:
@@ -425,7 +427,8 @@ def output_complete(store: OutputStore, name: str, job: str, source_path: str | 
         info = json.loads(data)
         if info.get("job") != job:
             return False
-        return source_path is None or _input_unchanged(source_path, info.get("input_file"))
+        return source_path is None or _input_unchanged(source_path, info.get("input_file"),
+                                                       _written_ns(store, f"{name}.json"))
     except (ValueError, AttributeError, TypeError, KeyError):
         return False
 
@@ -435,17 +438,31 @@ def input_identity(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _input_unchanged(path: str, recorded: dict | None) -> bool:
-    """Whether the local input ``path`` still has the recorded size and sha256 (URIs are not re-read: True;
-    an output set without a record predates it: True)."""
+def _written_ns(store: OutputStore, name: str) -> int | None:
+    """When a local output file was last written (ns), else None (a remote store: the input is re-hashed)."""
+    local_path = getattr(store, "local_path", None)
+    try:
+        return os.stat(local_path(name)).st_mtime_ns if local_path is not None else None
+    except OSError:
+        return None
+
+
+def _input_unchanged(path: str, recorded: dict | None, written_ns: int | None) -> bool:
+    """Whether the local input ``path`` still is the recorded one: the same size and either not modified
+    since the output was written (no read) or the same sha256. URIs are not re-read (True); an output set
+    without a record predates it (True); an input that cannot be read now is processed again (False), which
+    reports why."""
     if recorded is None or is_uri(path):
         return True
     try:
-        if os.stat(path).st_size != recorded["bytes"]:
+        st = os.stat(path)
+        if st.st_size != recorded["bytes"]:
             return False
+        if written_ns is not None and st.st_mtime_ns <= written_ns:
+            return True
         return input_identity(read_input_bytes(path))["sha256"] == recorded["sha256"]
     except (OSError, PartCLIPSegError):
-        return True  # unreadable now: processing it reports why
+        return False
 
 
 def _key_differences(old: dict, new: dict) -> list[str]:
@@ -547,6 +564,7 @@ class ItemProcessor:
         self.vocabulary = options.vocabulary()
         model = load_model(options.model, log) if model is None else model
         check_vocabulary_fits(model, options)
+        check_font_file()  # a bad $PARTCLIPSEG_FONT: one line now, not a failure per image
         self.key = options.job_key(model_fingerprint(model))
         self.job = key_hash(self.key)
         if expected_job is not None and self.job != expected_job:

@@ -52,7 +52,7 @@ def load_pretrained(source: str | os.PathLike, *, config: PartCLIPSegConfig | st
     from ..hub.store import MANIFEST, verify
 
     if device is not None:  # a device that is not there: one line before anything is read or fetched
-        resolve_device(str(device), option="device=")
+        resolve_device(device, option="device=")
     resolved = resolve_model(source)  # named models are fetched / verified; a missing path is refused by name
     if not isinstance(resolved, str) and resolved.is_dir() and (resolved / MANIFEST).is_file():
         verify(resolved)  # a folder from the cache or `partclipseg download --to`: sizes and sha256 re-checked
