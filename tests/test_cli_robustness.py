@@ -15,19 +15,11 @@ from PIL import Image
 
 from partclipseg.cli import build_parser, main
 from partclipseg.data import synthetic
+from cli_helpers import run_cli
 
 PARTS = "dog's head, dog's leg, cat's head"
 SRC = Path(__file__).resolve().parents[1] / "src" / "partclipseg"
 
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_line_exit_2(result, *needles) -> None:
@@ -55,9 +47,9 @@ def voc(tmp_path_factory):
 def test_cuda_without_cuda_is_one_line(capsys, model_dir, image, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    _one_line_exit_2(_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
+    _one_line_exit_2(run_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
                           "--device", "cuda"), "CUDA is not available")
-    _one_line_exit_2(_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
+    _one_line_exit_2(run_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
                           "--device", "banana"), "is not a device")
 
 
@@ -76,17 +68,17 @@ TRAIN_FAST = ["init=random:tiny-fast", "iterations=1", "batch_size=1", "num_work
     ("eval_limit=0", "eval_limit must be >= 1"),
 ])
 def test_train_nonsense_settings_are_refused(capsys, voc, tmp_path, override, needle):
-    _one_line_exit_2(_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, override, "--out",
+    _one_line_exit_2(run_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, override, "--out",
                           tmp_path / "run"), needle)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_missing_root_and_list_recipe(capsys, tmp_path):
-    _one_line_exit_2(_cli(capsys, "train", "pascal_part_116", "root=/nonexistent", *TRAIN_FAST, "--out",
+    _one_line_exit_2(run_cli(capsys, "train", "pascal_part_116", "root=/nonexistent", *TRAIN_FAST, "--out",
                           tmp_path / "run"), "/nonexistent")
     recipe = tmp_path / "r.json"
     recipe.write_text("[1, 2]")
-    _one_line_exit_2(_cli(capsys, "train", recipe, "--out", tmp_path / "run"), "JSON object", "list")
+    _one_line_exit_2(run_cli(capsys, "train", recipe, "--out", tmp_path / "run"), "JSON object", "list")
 
 
 def test_recipe_and_captions_that_are_not_json_in_utf8_are_one_line(capsys, tmp_path):
@@ -95,35 +87,35 @@ def test_recipe_and_captions_that_are_not_json_in_utf8_are_one_line(capsys, tmp_
     recipe = tmp_path / "latin1.json"
     recipe.write_bytes(b"\xff\xfe{}")
     for verb in ("train", "pretrain"):
-        _one_line_exit_2(_cli(capsys, verb, recipe, "--out", tmp_path / f"run_{verb}"), "latin1.json",
+        _one_line_exit_2(run_cli(capsys, verb, recipe, "--out", tmp_path / f"run_{verb}"), "latin1.json",
                          "not valid JSON in UTF-8")
     captions = tmp_path / "ToyWorld" / "captions"
     captions.mkdir(parents=True)
     for content, needle in ((b"{bad", "not valid JSON in UTF-8"), (b"\xff{}", "not valid JSON in UTF-8"),
                             (b'["a"]', "must map image names")):
         (captions / "train.json").write_bytes(content)
-        _one_line_exit_2(_cli(capsys, "pretrain", "toy_world_pretrain", f"root={tmp_path / 'ToyWorld'}",
+        _one_line_exit_2(run_cli(capsys, "pretrain", "toy_world_pretrain", f"root={tmp_path / 'ToyWorld'}",
                               "iterations=2", "batch_size=2", "image_size=64", "--out", tmp_path / "pre",
                               "--no-progress"), "train.json", needle)
         assert not (tmp_path / "pre" / "checkpoints").exists()
 
 
 def test_a_too_long_output_name_is_shortened_and_keeps_its_reason(capsys, voc, tmp_path):
-    result = _cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", tmp_path / ("a" * 300) / "run")
+    result = run_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", tmp_path / ("a" * 300) / "run")
     _one_line_exit_2(result, "characters): File name too long")
 
 
 def test_train_output_unwritable_or_occupied(capsys, voc, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_exit_2(_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", blocker),
+    _one_line_exit_2(run_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", blocker),
                      "is a file")
-    _one_line_exit_2(_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out",
+    _one_line_exit_2(run_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out",
                           blocker / "run"), "not a folder")
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "thesis.tex").write_text("precious")
-    _one_line_exit_2(_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", occupied),
+    _one_line_exit_2(run_cli(capsys, "train", "pascal_part_116", f"root={voc}", *TRAIN_FAST, "--out", occupied),
                      "not empty")
     assert sorted(p.name for p in occupied.iterdir()) == ["thesis.tex"]
 
@@ -149,7 +141,7 @@ def _bad_config(model_dir: Path, tmp_path: Path, change) -> Path:
 ])
 def test_config_json_with_wrong_types(capsys, model_dir, image, tmp_path, change, needle):
     folder = _bad_config(model_dir, tmp_path, change)
-    _one_line_exit_2(_cli(capsys, "segment", image, "--model", folder, "--parts", PARTS, "--out", tmp_path / "o"),
+    _one_line_exit_2(run_cli(capsys, "segment", image, "--model", folder, "--parts", PARTS, "--out", tmp_path / "o"),
                      needle, "config.json")
 
 
@@ -177,7 +169,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(capsys, model_dir, ima
     state["decoder.film_mul.weight"][0, 0] = float("inf")
     state["vision.pre_norm.bias"][0] = float("nan")
     save_file(state, str(folder / "model.safetensors"))
-    _one_line_exit_2(_cli(capsys, "segment", image, "--model", folder, "--parts", PARTS, "--out", tmp_path / "o"),
+    _one_line_exit_2(run_cli(capsys, "segment", image, "--model", folder, "--parts", PARTS, "--out", tmp_path / "o"),
                      "NaN or infinite", "decoder.film_mul.weight", "vision.pre_norm.bias")
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
@@ -190,7 +182,7 @@ def test_convert_refuses_non_finite_weights(capsys, ref_dir, tmp_path):
     state[key] = state[key].clone()
     state[key].view(-1)[3] = float("nan")
     torch.save({"model": state}, tmp_path / "nan.pth")
-    _one_line_exit_2(_cli(capsys, "convert", tmp_path / "nan.pth", tmp_path / "out", "--config",
+    _one_line_exit_2(run_cli(capsys, "convert", tmp_path / "nan.pth", tmp_path / "out", "--config",
                           ref_dir / "config.json"), "NaN or infinite", "decoder.film_mul.weight")
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -203,23 +195,23 @@ def test_convert_output_and_size_mistakes(capsys, ref_dir, tmp_path):
     torch.save({"model": state}, pth)
     existing = tmp_path / "existing-file"
     existing.write_text("keep me")
-    _one_line_exit_2(_cli(capsys, "convert", pth, existing, "--config", ref_dir / "config.json"), "is a file")
+    _one_line_exit_2(run_cli(capsys, "convert", pth, existing, "--config", ref_dir / "config.json"), "is a file")
     assert existing.read_text() == "keep me"
-    _one_line_exit_2(_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json",
+    _one_line_exit_2(run_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json",
                           "--image-size", "-32"), "--image-size must be >= 1")
-    assert _cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json")[0] == 0
+    assert run_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json")[0] == 0
     mode = stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "m" / "config.json").stat().st_mode) == 0o666 & ~_umask()
     before = (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns
-    _one_line_exit_2(_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json"),
+    _one_line_exit_2(run_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json"),
                      "already holds", "--overwrite")
     assert (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns == before
-    assert _cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json", "--overwrite")[0] == 0
+    assert run_cli(capsys, "convert", pth, tmp_path / "m", "--config", ref_dir / "config.json", "--overwrite")[0] == 0
     bad = tmp_path / "official.json"
     official = json.loads((ref_dir / "config.json").read_text())
     official["vision_config"] = 5
     bad.write_text(json.dumps(official))
-    _one_line_exit_2(_cli(capsys, "convert", pth, tmp_path / "m2", "--config", bad), "vision_config must be an object")
+    _one_line_exit_2(run_cli(capsys, "convert", pth, tmp_path / "m2", "--config", bad), "vision_config must be an object")
 
 
 def _umask() -> int:
@@ -267,7 +259,7 @@ def test_object_mask_from_any_channel(capsys, model_dir, image, tmp_path):
     for name, array in (("alpha.png", alpha_only), ("green.png", green_only), ("grey.png", grey)):
         Image.fromarray(array).save(tmp_path / name)
         out = tmp_path / f"out-{name}"
-        code, _, err = _cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", out,
+        code, _, err = run_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", out,
                             "--object-mask", tmp_path / name, "--object", "dog")
         assert code == 0, err
         labels = np.asarray(Image.open(next(out.rglob("*labels.png"))))
@@ -275,25 +267,25 @@ def test_object_mask_from_any_channel(capsys, model_dir, image, tmp_path):
 
 
 def test_oracle_obj_without_object_names_the_flag(capsys, model_dir, image, tmp_path):
-    _one_line_exit_2(_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
+    _one_line_exit_2(run_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
                           "--protocol", "oracle-obj"), "--object")
 
 
 def test_too_long_class_name_is_not_echoed_whole(capsys, model_dir, image, tmp_path):
     name = "dog's " + "x" * 30_000 + ",dog's"
-    code, out, err = _cli(capsys, "segment", image, "--model", model_dir, "--parts", name, "--out", tmp_path / "o")
+    code, out, err = run_cli(capsys, "segment", image, "--model", model_dir, "--parts", name, "--out", tmp_path / "o")
     assert code == 2 and len(err) < 2_500, len(err)
-    code, out, err = _cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
+    code, out, err = run_cli(capsys, "segment", image, "--model", model_dir, "--parts", PARTS, "--out", tmp_path / "o",
                           "--object", "z" * 30_000)
     assert code == 2 and len(err) < 2_500, len(err)
-    code, out, err = _cli(capsys, "segment", image, "--box", "1," * 20_000, "--parts", PARTS, "--out", tmp_path / "o")
+    code, out, err = run_cli(capsys, "segment", image, "--box", "1," * 20_000, "--parts", PARTS, "--out", tmp_path / "o")
     assert code == 2 and len(err) < 2_500, len(err)
 
 
 def test_prepare_partimagenet_refuses_an_output_inside_the_source(capsys, tmp_path):
     source = synthetic.make_partimagenet_original(tmp_path / "PartImageNet_Seg", n_train=1, n_val=1)
     before = sorted(str(p.relative_to(source)) for p in source.rglob("*"))
-    _one_line_exit_2(_cli(capsys, "prepare-partimagenet", source, source / "sub"), "inside")
+    _one_line_exit_2(run_cli(capsys, "prepare-partimagenet", source, source / "sub"), "inside")
     assert sorted(str(p.relative_to(source)) for p in source.rglob("*")) == before
 
 
@@ -329,7 +321,7 @@ def test_demo_without_gradio_keeps_pillow(capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     monkeypatch.delitem(sys.modules, "partclipseg.demo", raising=False)
-    code, out, err = _cli(capsys, "demo")
+    code, out, err = run_cli(capsys, "demo")
     assert code == 2 and "gradio" in err
     assert f"pillow=={PIL.__version__}" in err and ".[demo]" not in err
 
@@ -341,14 +333,14 @@ def test_demo_port_and_address_mistakes_are_one_line(capsys):
 
     pytest.importorskip("gradio")
     for port in ("-1", "0", "70000", "abc"):
-        _one_line_exit_2(_cli(capsys, "demo", "--port", port), "--port must be a whole number from 1 to 65535")
-    _one_line_exit_2(_cli(capsys, "demo", "--host", "999.1.1.1", "--port", "7999"),
+        _one_line_exit_2(run_cli(capsys, "demo", "--port", port), "--port must be a whole number from 1 to 65535")
+    _one_line_exit_2(run_cli(capsys, "demo", "--host", "999.1.1.1", "--port", "7999"),
                      "cannot listen on 999.1.1.1:7999", "does not resolve")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        _one_line_exit_2(_cli(capsys, "demo", "--port", str(port)), f"cannot listen on 127.0.0.1:{port}")
+        _one_line_exit_2(run_cli(capsys, "demo", "--port", str(port)), f"cannot listen on 127.0.0.1:{port}")
 
 
 # ---------------------------------------------------------------------------- help

@@ -6,24 +6,15 @@ import json
 import os
 from pathlib import Path
 
-from partclipseg.cli import main
 from partclipseg.data import open_dataset
 from partclipseg.data.toyworld import generate_toy_world
 from partclipseg.eval_work import dataset_fingerprint
+from cli_helpers import run_cli
 
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _evaluate(capsys, root: Path, out: Path, *extra) -> tuple[int, str, str]:
-    return _cli(capsys, "evaluate", "--dataset", "toy_world", "--root", root, "--protocol", "pred-all",
+    return run_cli(capsys, "evaluate", "--dataset", "toy_world", "--root", root, "--protocol", "pred-all",
                 "--out", out, "--no-progress", *extra)
 
 

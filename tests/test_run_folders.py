@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from partclipseg.cli import main
 from partclipseg.data import open_dataset
 from partclipseg.data.common import DatasetError
 from partclipseg.data.toyworld import generate_toy_world
@@ -16,6 +15,7 @@ from partclipseg.errors import ConfigError
 from partclipseg.train import load_recipe
 from partclipseg.train.checkpoint import check_resume_config, run_kind
 from partclipseg.train.pretrain import load_pretrain_recipe
+from cli_helpers import run_cli
 
 TINY_PRETRAIN = ["init=random:tiny-fast", "image_size=32", "batch_size=4", "iterations=1", "checkpoint_period=1",
                  "eval_period=1000", "log_period=1", "warmup=0"]
@@ -27,15 +27,6 @@ TINY_PARTS = ["init=random:tiny-fast", "image_size=32", "batch_size=2", "iterati
 def toy(tmp_path_factory) -> Path:
     return generate_toy_world(tmp_path_factory.mktemp("toy"), n_train=4, n_val=3, size_range=(64, 96), seed=5)
 
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _run_folder(path: Path, config: dict) -> Path:
@@ -59,7 +50,7 @@ def test_resume_into_another_kind_of_run_is_one_line(capsys, toy, tmp_path, save
     loader = load_pretrain_recipe if saved.endswith("pretrain") else load_recipe
     out = _run_folder(tmp_path / "run", loader(saved, [f"root={toy}"]).to_dict())
     before = (out / "config.json").read_text()
-    code, stdout, err = _cli(capsys, verb, recipe, f"root={toy}", "--out", out, "--resume", "--no-progress")
+    code, stdout, err = run_cli(capsys, verb, recipe, f"root={toy}", "--out", out, "--resume", "--no-progress")
     assert code == 2, (stdout, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
@@ -81,12 +72,12 @@ def test_same_kind_with_other_settings_still_lists_them(toy, tmp_path):
                                                  ("train", "toy_world", TINY_PARTS)])
 def test_resume_without_a_run_yet_says_it_starts_at_step_0(capsys, toy, tmp_path, verb, recipe, extra):
     out = tmp_path / "new"
-    code, stdout, err = _cli(capsys, verb, recipe, f"root={toy}", *extra, "--out", out, "--resume", "--no-progress")
+    code, stdout, err = run_cli(capsys, verb, recipe, f"root={toy}", *extra, "--out", out, "--resume", "--no-progress")
     assert code == 0, (stdout, err)
     assert f"--resume: no checkpoint in {out} yet; starting at step 0" in stdout
     assert (out / "final" / "model.safetensors").is_file()
     # resuming the finished run says nothing of the kind
-    code, stdout, err = _cli(capsys, verb, recipe, f"root={toy}", *extra, "--out", out, "--resume", "--no-progress")
+    code, stdout, err = run_cli(capsys, verb, recipe, f"root={toy}", *extra, "--out", out, "--resume", "--no-progress")
     assert code == 0 and "no checkpoint" not in stdout, (stdout, err)
 
 
@@ -94,7 +85,7 @@ def test_toy_world_folder_is_not_read_as_pascal_part(capsys, toy, tmp_path):
     with pytest.raises(DatasetError, match="holds the toy world .* not pascal_part_116"):
         open_dataset("pascal_part_116", toy, "val").check()
     assert isinstance(open_dataset("toy_world", toy, "val").check(), dict)  # the right name reads it
-    code, stdout, err = _cli(capsys, "evaluate", "--dataset", "pascal_part_116", "--root", toy, "--protocol",
+    code, stdout, err = run_cli(capsys, "evaluate", "--dataset", "pascal_part_116", "--root", toy, "--protocol",
                              "oracle-obj", "--limit", "1", "--out", tmp_path / "e.json", "--no-progress")
     errors = [line for line in err.splitlines() if not line.startswith("note:")]  # the no --model note
     assert code == 2 and len(errors) == 1 and "use the dataset name toy_world" in errors[0], (stdout, err)
