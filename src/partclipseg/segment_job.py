@@ -440,9 +440,9 @@ def input_identity(data: bytes) -> dict[str, Any]:
 
 def _written_ns(store: OutputStore, name: str) -> int | None:
     """When a local output file was last written (ns), else None (a remote store: the input is re-hashed)."""
-    local_path = getattr(store, "local_path", None)
+    path = store.local_path(name)  # None on a remote filesystem
     try:
-        return os.stat(local_path(name)).st_mtime_ns if local_path is not None else None
+        return os.stat(path).st_mtime_ns if path is not None else None
     except OSError:
         return None
 
