@@ -296,6 +296,9 @@ def test_download_to_copies_a_verified_folder(drive_entry, home, official_pth, m
     assert main(["download", "test_pascal", "--to", str(tmp_path / "other")]) == 2
     assert "already holds model files" in capsys.readouterr().err
     assert (tmp_path / "other" / "model.safetensors").read_bytes() == b"something else"
+    (tmp_path / "a_file").write_text("mine")
+    assert main(["download", "toy", "--to", str(tmp_path / "a_file")]) == 2  # not "File exists"
+    assert "is a file, not a folder" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------- the hub path

@@ -117,6 +117,8 @@ def copy_model(folder: Path, target: Path, name: str | None = None) -> Path:
     manifest = verify(folder) if read_manifest(folder) is not None else None
     names = list(manifest["files"]) if manifest else [n for n in ("config.json", "model.safetensors")
                                                       if (folder / n).is_file()]
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"--to {target} is a file, not a folder; give a new or empty folder")
     target.mkdir(parents=True, exist_ok=True)
     existing = [n for n in (*names, MANIFEST) if (target / n).exists()]
     if existing and (manifest is None or read_manifest(target) != manifest):
