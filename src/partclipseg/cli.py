@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--object-mask", type=Path, action=_Once, metavar="MASK",
                      help="image of the object's mask: a pixel is object where any of its grey, colour or alpha "
                           "values is non-zero; alone, the model picks the object inside it")
-    seg.add_argument("--object", action=_Once, metavar="OBJECT", help="the object class (Oracle-Obj): every pixel gets that object's best part; "
-                                      "with --object-mask only the mask's pixels do (the mask is optional)")
+    seg.add_argument("--object", action=_Once, metavar="OBJECT",
+                     help="the object class (Oracle-Obj): every pixel gets that object's best part; "
+                          "with --object-mask only the mask's pixels do (the mask is optional)")
     seg.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), action=_Once, metavar="BOX",
                      help="x0,y0,x1,y1 in pixels")
     seg.add_argument("--point", type=lambda t: _floats(t, 2, "--point"), action=_Once, metavar="POINT",

@@ -4,9 +4,10 @@ A part-training run encodes one fixed vocabulary every step, so the text tower's
 (``PartSegmentationModel.prompt_token_table``) gets a gradient on the token ids of those prompts only:
 the toy model's table holds 49408 x 64 = 3.2 million entries, of which its 20 prompts read 24 rows.
 Training the whole table costs every step a dense [49408, 64] gradient (zero-filled, ~7 ms on one
-thread), an AdamW update and a norm over it, ~10 ms of a ~150 ms toy step on one thread; every other row stays exactly as it was (its gradient and both
-AdamW moments are zero, and embedding tables have no weight decay, ``weight_decay_embed`` 0; a recipe
-with ``weight_decay_embed`` > 0 shrinks every row every step, so part training then trains the whole table).
+thread), an AdamW update and a norm over it, ~10 ms of a ~150 ms toy step on one thread; every other
+row stays exactly as it was (its gradient and both AdamW moments are zero, and embedding tables have
+no weight decay, ``weight_decay_embed`` 0; a recipe with ``weight_decay_embed`` > 0 shrinks every row
+every step, so part training then trains the whole table).
 
 ``TrainedTokenRows`` trains just those rows: the table is frozen, the optimizer holds ``weight`` [R, D]
 (a copy of the table's ``rows``), and a forward hook on the embedding module puts ``weight``'s rows in
